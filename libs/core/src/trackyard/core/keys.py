@@ -1,0 +1,39 @@
+"""Every Redis key and bus channel name, in one place. Nothing else spells a key."""
+
+from __future__ import annotations
+
+PREFIX = "trackyard:"
+
+# store ----------------------------------------------------------------------------------
+ROOMS = PREFIX + "rooms"  # hash: room name -> models.Room bytes
+NODES = PREFIX + "nodes"  # sorted set: node id -> expiry (unix seconds)
+PLACEMENTS = PREFIX + "placements"  # hash: room name -> "node_id|epoch"
+EPOCHS = PREFIX + "epochs"  # hash: room name -> last epoch handed out
+
+
+def participants(room: str) -> str:
+    """hash: identity -> models.ParticipantInfo bytes"""
+    return f"{PREFIX}participants:{room}"
+
+
+def node(node_id: str) -> str:
+    """string with TTL: NodeRecord JSON"""
+    return f"{PREFIX}node:{node_id}"
+
+
+# bus channels (Redis streams) -----------------------------------------------------------
+
+
+def node_channel(node_id: str) -> str:
+    """Inbound to an SFU node: session starts, client signal messages, API calls."""
+    return f"{PREFIX}bus:node:{node_id}"
+
+
+def session_channel(session_id: str) -> str:
+    """Outbound from the hosting node to the edge holding the session's WebSocket."""
+    return f"{PREFIX}bus:session:{session_id}"
+
+
+def reply_channel(caller_id: str) -> str:
+    """Replies to API calls made by one process."""
+    return f"{PREFIX}bus:reply:{caller_id}"
