@@ -67,7 +67,7 @@ class VideoGrants(BaseModel):
         )
 
 
-_SOURCES: dict[str, "models.TrackSource"] = {
+_SOURCES: dict[str, models.TrackSource] = {
     "camera": models.TrackSource.CAMERA,
     "microphone": models.TrackSource.MICROPHONE,
     "screen_share": models.TrackSource.SCREEN_SHARE,

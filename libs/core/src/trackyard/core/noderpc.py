@@ -1,0 +1,113 @@
+"""Request/response calls to an SFU node over the bus (the node's internal room API).
+
+The caller publishes an ``RPC`` envelope on the node's channel with ``reply_to`` set to its own
+reply channel; the node answers with ``RPC_REPLY`` carrying the same ``session`` (request id).
+Errors travel as a Twirp error code plus message so the public API can pass them on unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from trackyard.core import ids, keys, messages
+from trackyard.core.bus import Bus, BusClosedError, Envelope, Subscription
+
+log = structlog.get_logger(__name__)
+
+
+class RpcError(Exception):
+    """A call failed; ``code`` is a Twirp error code (not_found, unavailable, ...)."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+
+
+class NodeRpcClient:
+    """One reply channel per process, shared by all calls it makes."""
+
+    def __init__(self, bus: Bus, caller_id: str | None = None) -> None:
+        self._bus = bus
+        self._caller_id = caller_id or ids.new_id("RC_")
+        self._reply_channel = keys.reply_channel(self._caller_id)
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._sub: Subscription | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._sub is None:
+            self._sub = self._bus.subscribe(self._reply_channel)
+            self._reader = asyncio.create_task(self._read_replies(self._sub))
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._bus.delete(self._reply_channel)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RpcError("unavailable", "caller closed"))
+
+    async def call(
+        self,
+        node_id: str,
+        method: str,
+        request: bytes,
+        timeout: float = messages.RPC_TIMEOUT_SECONDS,
+    ) -> bytes:
+        await self.start()
+        request_id = ids.new_id(ids.REQUEST)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            await self._bus.publish(
+                keys.node_channel(node_id),
+                Envelope(
+                    kind=messages.RPC,
+                    session=request_id,
+                    data=request,
+                    reply_to=self._reply_channel,
+                    headers={"method": method},
+                ),
+            )
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RpcError(
+                "unavailable", f"node {node_id} did not answer {method} within {timeout:g}s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read_replies(self, sub: Subscription) -> None:
+        try:
+            async for env in sub:
+                fut = self._pending.get(env.session)
+                if fut is None or fut.done():
+                    continue  # a reply after its caller gave up
+                code = env.headers.get("error")
+                if code:
+                    fut.set_exception(RpcError(code, env.data.decode(errors="replace")))
+                else:
+                    fut.set_result(env.data)
+        except BusClosedError:
+            return
+
+
+async def reply(
+    bus: Bus, request: Envelope, data: bytes = b"", error: RpcError | None = None
+) -> None:
+    """Answer one ``RPC`` envelope."""
+    if not request.reply_to:
+        return
+    headers = {"error": error.code} if error else {}
+    body = error.msg.encode() if error else data
+    await bus.publish(
+        request.reply_to,
+        Envelope(kind=messages.RPC_REPLY, session=request.session, data=body, headers=headers),
+    )

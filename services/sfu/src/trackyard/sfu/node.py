@@ -1,0 +1,258 @@
+"""The SFU node: hosts whole rooms, consumes its bus channel, reports itself to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from livekit.protocol import models
+from pydantic import ValidationError
+from trackyard.core import ids, keys, messages
+from trackyard.core.bus import Bus, Envelope, Subscription
+from trackyard.core.config import Config
+from trackyard.core.node import NodeRecord, NodeState, NodeStats
+from trackyard.core.noderpc import RpcError, reply
+from trackyard.core.store import Store
+from trackyard.sfu import roomapi
+from trackyard.sfu.participant import Participant
+from trackyard.sfu.room import JoinRefusedError, Room
+
+log = structlog.get_logger(__name__)
+
+
+class SfuNode:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        bus: Bus,
+        *,
+        node_id: str | None = None,
+        address: str = "",
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.node_id = node_id or ids.new_id(ids.NODE)
+        self.address = address
+        self.state = NodeState.SERVING
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[str, Participant] = {}
+        self.started_at = time.time()
+        self.draining = asyncio.Event()  # set on the first drain signal
+        self.drained = asyncio.Event()  # set when draining and the last participant left
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sub: Subscription | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self.log = log.bind(node=self.node_id)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sub = self.bus.subscribe(keys.node_channel(self.node_id))
+        self._consumer = asyncio.create_task(self._consume(self._sub), name="node-consumer")
+        await self.report()
+        self._stats_task = asyncio.create_task(self._report_loop(), name="node-stats")
+        self.log.info("sfu node started", region=self.config.region)
+
+    async def stop(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        for task in (self._stats_task, self._consumer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._sub is not None:
+            await self._sub.close()
+        with contextlib.suppress(Exception):
+            await self.store.delete_node(self.node_id)
+            await self.bus.delete(keys.node_channel(self.node_id))
+        for task in list(self._tasks):
+            task.cancel()
+        self.log.info("sfu node stopped")
+
+    async def drain(self) -> None:
+        """Take no new rooms; keep the active ones; ``drained`` fires when the last one empties."""
+        if self.state is NodeState.SHUTTING_DOWN:
+            return
+        self.state = NodeState.SHUTTING_DOWN
+        self.draining.set()
+        self.log.info("draining", rooms=len(self.rooms), participants=len(self.sessions))
+        await self.report()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.state is NodeState.SHUTTING_DOWN and not self.sessions:
+            self.drained.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run in the background, keeping a reference and logging failures."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", exc_info=task.exception())
+
+    def make_peer_connection(self) -> RTCPeerConnection:
+        servers = [RTCIceServer(urls=url) for url in self.config.rtc.stun_servers]
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def record(self) -> NodeRecord:
+        return NodeRecord(
+            id=self.node_id,
+            address=self.address,
+            region=self.config.region,
+            state=self.state,
+            started_at=self.started_at,
+            stats=self.stats(),
+        )
+
+    def stats(self) -> NodeStats:
+        tracks_in = sum(len(p.tracks) for p in self.sessions.values())
+        return NodeStats(
+            cpus=1,
+            rooms=len(self.rooms),
+            clients=len(self.sessions),
+            tracks_in=tracks_in,
+            updated_at=time.time(),
+        )
+
+    async def report(self) -> None:
+        interval = self.config.node.stats_update_interval
+        try:
+            await self.store.put_node(self.record(), ttl=max(3 * interval, 5.0))
+        except Exception as exc:
+            self.log.warning("cannot write node record", error=str(exc))
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.node.stats_update_interval)
+            await self.report()
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def room_lock(self, name: str) -> asyncio.Lock:
+        return self._room_locks.setdefault(name, asyncio.Lock())
+
+    async def ensure_room(
+        self,
+        name: str,
+        *,
+        create: bool,
+        empty_timeout: int = 0,
+        departure_timeout: int = 0,
+        max_participants: int = 0,
+        metadata: str = "",
+    ) -> Room | None:
+        room = self.rooms.get(name)
+        if room is not None and not room.closed:
+            return room
+        if not create:
+            return None
+        cfg = self.config.room
+        placement = await self.store.get_placement(name)
+        room = Room(
+            self,
+            name,
+            empty_timeout=empty_timeout or cfg.empty_timeout,
+            departure_timeout=departure_timeout or cfg.departure_timeout,
+            max_participants=max_participants or cfg.max_participants,
+            metadata=metadata,
+            epoch=placement.epoch if placement else 0,
+        )
+        self.rooms[name] = room
+        await self.store.put_room(room.info())
+        room.log.info("room created")
+        return room
+
+    async def on_room_closed(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self._room_locks.pop(room.name, None)
+        try:
+            await self.store.delete_room(room.name)
+            await self.store.release_room(room.name, self.node_id)
+        except Exception as exc:
+            room.log.warning("cannot release room in store", error=str(exc))
+
+    def on_participant_joined(self, room: Room, participant: Participant) -> None:
+        pass
+
+    def on_participant_left(self, room: Room, participant: Participant) -> None:
+        self._check_drained()
+
+    # -- bus --------------------------------------------------------------------------------
+
+    async def _consume(self, sub: Subscription) -> None:
+        async for env in sub:
+            try:
+                self._dispatch(env)
+            except Exception:
+                self.log.exception("cannot dispatch bus message", kind=env.kind)
+
+    def _dispatch(self, env: Envelope) -> None:
+        if env.kind in (messages.SIGNAL, messages.CLIENT_GONE):
+            participant = self.sessions.get(env.session)
+            if participant is not None:
+                participant.deliver(env)
+            elif env.kind == messages.SIGNAL:
+                self.spawn(self._refuse(env.session, 0, "session is not on this node"))
+        elif env.kind == messages.JOIN:
+            self.spawn(self._join(env))
+        elif env.kind == messages.RPC:
+            self.spawn(self._rpc(env))
+        else:
+            self.log.warning("unknown bus message kind", kind=env.kind)
+
+    async def _join(self, env: Envelope) -> None:
+        try:
+            start = messages.SessionStart.model_validate_json(env.data)
+        except ValidationError as exc:
+            self.log.warning("malformed join on bus", error=str(exc))
+            return
+        try:
+            async with self.room_lock(start.room):
+                room = await self.ensure_room(start.room, create=self.config.room.auto_create)
+                if room is None:
+                    raise JoinRefusedError(404, f"room {start.room} does not exist")
+                await room.join(start)
+        except JoinRefusedError as exc:
+            self.log.info(
+                "join refused", room=start.room, identity=start.identity, reason=exc.reason
+            )
+            await self._refuse(start.session_id, exc.status, exc.reason)
+
+    async def _refuse(self, session_id: str, status: int, reason: str) -> None:
+        closed = messages.SessionClosed(status=status, reason=reason)
+        await self.bus.publish(
+            keys.session_channel(session_id),
+            Envelope(
+                kind=messages.CLOSE, session=session_id, data=closed.model_dump_json().encode()
+            ),
+        )
+
+    async def _rpc(self, env: Envelope) -> None:
+        method = env.headers.get("method", "")
+        try:
+            data = await roomapi.handle(self, method, env.data)
+        except RpcError as exc:
+            await reply(self.bus, env, error=exc)
+        except Exception as exc:
+            self.log.exception("room api call failed", method=method)
+            await reply(self.bus, env, error=RpcError("internal", f"{method} failed: {exc}"))
+        else:
+            await reply(self.bus, env, data)

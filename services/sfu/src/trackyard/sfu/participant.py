@@ -1,0 +1,503 @@
+"""One participant's session on the hosting node: its signal messages and peer connections.
+
+Signal requests are handled one at a time, in arrival order (one task per participant), and
+responses leave through one writer task so they reach the edge in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+from livekit.protocol import models, rtc
+from trackyard.core import ids, keys, messages
+from trackyard.core.bus import Bus, Envelope
+from trackyard.sfu import sdp as sdpparse
+
+if TYPE_CHECKING:
+    from trackyard.sfu.room import Room
+
+log = structlog.get_logger(__name__)
+
+RELIABLE = "_reliable"
+LOSSY = "_lossy"
+OUTBOX_LIMIT = 2000  # signal responses queued for a slow edge before we give up on it
+INBOX_LIMIT = 2000
+
+PeerConnectionFactory = Callable[[], RTCPeerConnection]
+
+
+class State(enum.Enum):
+    JOINING = 0
+    JOINED = 1
+    ACTIVE = 2
+    DISCONNECTED = 3
+
+
+class Participant:
+    def __init__(
+        self,
+        room: Room,
+        start: messages.SessionStart,
+        bus: Bus,
+        pc_factory: PeerConnectionFactory,
+    ) -> None:
+        self.room = room
+        self.bus = bus
+        self.session_id = start.session_id
+        self.sid = ids.new_id(ids.PARTICIPANT)
+        self.identity = start.identity
+        self.name = start.name
+        self.metadata = start.metadata
+        self.attributes = dict(start.attributes)
+        self.kind = start.kind
+        self.grants = start.grants
+        self.permission = start.grants.permission()
+        self.auto_subscribe = start.auto_subscribe
+        self.joined_at = time.time()
+        self.version = 0
+        self.state = State.JOINING
+        self.tracks: dict[str, models.TrackInfo] = {}  # track sid -> info
+        self.pending_tracks: dict[str, models.TrackInfo] = {}  # cid -> info awaiting an offer
+        self.log = log.bind(room=room.name, participant=self.identity, psid=self.sid)
+
+        self.publisher_pc = pc_factory()
+        self.subscriber_pc = pc_factory()
+        self.publisher_channels: dict[str, RTCDataChannel] = {}
+        self.subscriber_channels = {
+            RELIABLE: self.subscriber_pc.createDataChannel(RELIABLE, ordered=True),
+            LOSSY: self.subscriber_pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0),
+        }
+        self._offer_in_flight = False
+        self._renegotiate = False
+        self._offer_id = 0
+        self._inbox: asyncio.Queue[Envelope | None] = asyncio.Queue(INBOX_LIMIT)
+        self._outbox: asyncio.Queue[Envelope | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = asyncio.Event()
+        self._wire_peer_connections()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def hidden(self) -> bool:
+        return self.permission.hidden
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run_inbox(), name=f"inbox-{self.sid}"),
+            asyncio.create_task(self._run_outbox(), name=f"outbox-{self.sid}"),
+        ]
+
+    def deliver(self, env: Envelope) -> None:
+        """Queue one message from the edge (called by the node's dispatcher)."""
+        try:
+            self._inbox.put_nowait(env)
+        except asyncio.QueueFull:
+            self.log.warning("signal inbox full; closing session")
+            self.room.node.spawn(
+                self.room.remove(self, models.DisconnectReason.STATE_MISMATCH, notify=True)
+            )
+
+    async def close(self, *, reason: str = "") -> None:
+        """Stop everything; tell the edge the session is over."""
+        if self.state is State.DISCONNECTED:
+            return
+        self.state = State.DISCONNECTED
+        closed = messages.SessionClosed(status=0, reason=reason)
+        self._queue_out(
+            Envelope(
+                kind=messages.CLOSE, session=self.session_id, data=closed.model_dump_json().encode()
+            )
+        )
+        self._outbox.put_nowait(None) if not self._outbox.full() else None
+        self._inbox.put_nowait(None) if not self._inbox.full() else None
+        writer = self._tasks[1] if len(self._tasks) > 1 else None
+        if writer is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(writer), 2.0)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await self.publisher_pc.close()
+        await self.subscriber_pc.close()
+        self._closed.set()
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        if self.state is State.DISCONNECTED:
+            return
+        self._queue_out(
+            Envelope(
+                kind=messages.SIGNAL, session=self.session_id, data=response.SerializeToString()
+            )
+        )
+
+    def send_leave(
+        self,
+        reason: models.DisconnectReason,
+        action: rtc.LeaveRequest.Action = rtc.LeaveRequest.DISCONNECT,
+    ) -> None:
+        self.send(
+            rtc.SignalResponse(
+                leave=rtc.LeaveRequest(
+                    can_reconnect=action == rtc.LeaveRequest.RECONNECT,
+                    reason=reason,
+                    action=action,
+                )
+            )
+        )
+
+    def send_raw(self, env: Envelope) -> None:
+        """Queue an already-encoded response (broadcasts encode once for everyone)."""
+        if self.state is not State.DISCONNECTED:
+            self._queue_out(env)
+
+    def _queue_out(self, env: Envelope) -> None:
+        try:
+            self._outbox.put_nowait(env)
+        except asyncio.QueueFull:
+            self.log.warning("signal outbox full: edge is not reading; dropping session")
+            self.room.node.spawn(
+                self.room.remove(self, models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+            )
+
+    async def _run_outbox(self) -> None:
+        channel = keys.session_channel(self.session_id)
+        while True:
+            env = await self._outbox.get()
+            if env is None:
+                return
+            try:
+                await self.bus.publish(channel, env)
+            except Exception:
+                self.log.exception("cannot publish signal response")
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    async def _run_inbox(self) -> None:
+        while True:
+            env = await self._inbox.get()
+            if env is None:
+                return
+            if env.kind == messages.CLIENT_GONE:
+                await self.room.remove(self, models.DisconnectReason.CLIENT_INITIATED, notify=False)
+                return
+            try:
+                request = rtc.SignalRequest.FromString(env.data)
+            except Exception:
+                self.log.warning("undecodable signal request", size=len(env.data))
+                continue
+            try:
+                await self.handle(request)
+            except Exception:
+                self.log.exception("signal request failed", message=request.WhichOneof("message"))
+
+    async def handle(self, req: rtc.SignalRequest) -> None:
+        which = req.WhichOneof("message")
+        handler = self._handlers.get(which or "")
+        if handler is None:
+            self.log.debug("ignored signal request", message=which)
+            return
+        await handler(self, getattr(req, which or ""))
+
+    async def _on_ping_req(self, ping: rtc.Ping) -> None:
+        self.send(
+            rtc.SignalResponse(
+                pong_resp=rtc.Pong(
+                    last_ping_timestamp=ping.timestamp, timestamp=int(time.time() * 1000)
+                )
+            )
+        )
+
+    async def _on_ping(self, timestamp: int) -> None:
+        self.send(rtc.SignalResponse(pong=timestamp))
+
+    async def _on_leave(self, _leave: rtc.LeaveRequest) -> None:
+        await self.room.remove(self, models.DisconnectReason.CLIENT_INITIATED, notify=False)
+
+    async def _on_offer(self, offer: rtc.SessionDescription) -> None:
+        """The client (re)negotiates its publisher connection."""
+        await self.publisher_pc.setRemoteDescription(
+            RTCSessionDescription(sdp=offer.sdp, type="offer")
+        )
+        self._bind_published_media(offer.sdp)
+        answer = await self.publisher_pc.createAnswer()
+        await self.publisher_pc.setLocalDescription(answer)
+        local = self.publisher_pc.localDescription
+        self.send(
+            rtc.SignalResponse(
+                answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=offer.id)
+            )
+        )
+
+    async def _on_answer(self, answer: rtc.SessionDescription) -> None:
+        """The client answers our subscriber offer."""
+        if self.subscriber_pc.signalingState != "have-local-offer":
+            self.log.warning(
+                "unexpected subscriber answer", state=self.subscriber_pc.signalingState
+            )
+            return
+        await self.subscriber_pc.setRemoteDescription(
+            RTCSessionDescription(sdp=answer.sdp, type="answer")
+        )
+        self._offer_in_flight = False
+        if self._renegotiate:
+            self._renegotiate = False
+            await self.negotiate_subscriber()
+
+    async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        try:
+            init = json.loads(trickle.candidateInit)
+        except ValueError:
+            self.log.warning("trickle with undecodable candidate")
+            return
+        text = str(init.get("candidate") or "")
+        if not text:
+            return  # end-of-candidates
+        candidate = candidate_from_sdp(
+            text.split(":", 1)[1] if text.startswith("candidate:") else text
+        )
+        candidate.sdpMid = init.get("sdpMid")
+        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        pc = self.subscriber_pc if trickle.target == rtc.SUBSCRIBER else self.publisher_pc
+        if pc.remoteDescription is None:
+            self.log.debug("candidate before remote description; ignored")
+            return
+        await pc.addIceCandidate(candidate)
+
+    async def _on_add_track(self, req: rtc.AddTrackRequest) -> None:
+        refusal = self._publish_refusal(req)
+        if refusal:
+            self.log.info("add_track refused", cid=req.cid, reason=refusal)
+            self.send(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=rtc.RequestResponse.NOT_ALLOWED, message=refusal, add_track=req
+                    )
+                )
+            )
+            return
+        info = models.TrackInfo(
+            sid=req.sid or ids.new_id(ids.TRACK),
+            type=req.type,
+            name=req.name,
+            muted=req.muted,
+            width=req.width,
+            height=req.height,
+            simulcast=len(req.layers) > 1,
+            disable_dtx=req.disable_dtx,
+            source=req.source,
+            layers=req.layers,
+            stereo=req.stereo,
+            disable_red=req.disable_red,
+            encryption=req.encryption,
+            stream=req.stream,
+        )
+        for codec in req.simulcast_codecs:
+            info.codecs.add(mime_type=codec.codec, cid=codec.cid, layers=codec.layers)
+        self.pending_tracks[req.cid] = info
+        self.send(
+            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=info))
+        )
+
+    def _publish_refusal(self, req: rtc.AddTrackRequest) -> str:
+        if not self.permission.can_publish:
+            return "not allowed to publish: token lacks canPublish"
+        allowed = list(self.permission.can_publish_sources)
+        if allowed and req.source not in allowed:
+            name = models.TrackSource.Name(req.source)
+            return f"not allowed to publish source {name}: not in canPublishSources"
+        if req.cid in self.pending_tracks:
+            return f"track {req.cid} is already being published"
+        return ""
+
+    def _bind_published_media(self, offer_sdp: str) -> None:
+        """Pending tracks whose cid appears as an msid in the offer become published."""
+        changed = False
+        seen: set[str] = set()
+        for section in sdpparse.parse_media_sections(offer_sdp):
+            if section.kind not in ("audio", "video"):
+                continue
+            cid = section.msid_track
+            seen.add(cid)
+            info = self.pending_tracks.pop(cid, None)
+            if info is None:
+                continue
+            info.mid = section.mid
+            if section.codecs:
+                info.mime_type = f"{section.kind}/{section.codecs[0]}"
+            self.tracks[info.sid] = info
+            self.room.on_track_published(self, info)
+            changed = True
+        if changed:
+            self.room.participant_changed(self)
+
+    async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
+        await self.set_track_muted(req.sid, req.muted)
+
+    async def set_track_muted(self, track_sid: str, muted: bool) -> models.TrackInfo | None:
+        info = self.tracks.get(track_sid)
+        if info is None:
+            return None
+        if info.muted != muted:
+            info.muted = muted
+            self.room.participant_changed(self)
+        return info
+
+    async def _on_update_metadata(self, req: rtc.UpdateParticipantMetadata) -> None:
+        if not self.permission.can_update_metadata:
+            self._respond(
+                req.request_id,
+                rtc.RequestResponse.NOT_ALLOWED,
+                "not allowed to update own metadata: token lacks canUpdateOwnMetadata",
+            )
+            return
+        limit = self.room.max_metadata_size
+        if limit and len(req.metadata.encode()) > limit:
+            self._respond(
+                req.request_id,
+                rtc.RequestResponse.LIMIT_EXCEEDED,
+                f"metadata is larger than {limit} bytes",
+            )
+            return
+        self.update_info(
+            metadata=req.metadata if req.metadata else None,
+            name=req.name if req.name else None,
+            attributes=dict(req.attributes) if req.attributes else None,
+        )
+        self._respond(req.request_id, rtc.RequestResponse.OK, "")
+
+    def _respond(self, request_id: int, reason: rtc.RequestResponse.Reason, message: str) -> None:
+        self.send(
+            rtc.SignalResponse(
+                request_response=rtc.RequestResponse(
+                    request_id=request_id, reason=reason, message=message
+                )
+            )
+        )
+
+    def update_info(
+        self,
+        *,
+        metadata: str | None = None,
+        name: str | None = None,
+        attributes: dict[str, str] | None = None,
+        permission: models.ParticipantPermission | None = None,
+    ) -> None:
+        if metadata is not None:
+            self.metadata = metadata
+        if name is not None:
+            self.name = name
+        if attributes is not None:
+            for key, value in attributes.items():
+                if value:
+                    self.attributes[key] = value
+                else:
+                    self.attributes.pop(key, None)  # empty value deletes, as in LiveKit
+        if permission is not None:
+            self.permission = permission
+        self.room.participant_changed(self)
+
+    async def _on_subscription(self, req: rtc.UpdateSubscription) -> None:
+        sids = list(req.track_sids) + [s for pt in req.participant_tracks for s in pt.track_sids]
+        await self.room.set_subscriptions(self, sids, req.subscribe)
+
+    async def _on_track_setting(self, req: rtc.UpdateTrackSettings) -> None:
+        self.room.on_track_setting(self, req)
+
+    _handlers: dict[str, Callable[[Participant, Any], Awaitable[None]]] = {
+        "offer": _on_offer,
+        "answer": _on_answer,
+        "trickle": _on_trickle,
+        "add_track": _on_add_track,
+        "mute": _on_mute,
+        "subscription": _on_subscription,
+        "track_setting": _on_track_setting,
+        "leave": _on_leave,
+        "update_metadata": _on_update_metadata,
+        "ping": _on_ping,
+        "ping_req": _on_ping_req,
+    }
+
+    # -- subscriber negotiation -------------------------------------------------------------
+
+    async def negotiate_subscriber(self) -> None:
+        """Offer on the subscriber connection; one offer in flight at a time."""
+        if self.state is State.DISCONNECTED:
+            return
+        if self._offer_in_flight:
+            self._renegotiate = True
+            return
+        self._offer_in_flight = True
+        offer = await self.subscriber_pc.createOffer()
+        await self.subscriber_pc.setLocalDescription(offer)
+        self._offer_id += 1
+        self.send(
+            rtc.SignalResponse(
+                offer=rtc.SessionDescription(
+                    type="offer", sdp=self.subscriber_pc.localDescription.sdp, id=self._offer_id
+                )
+            )
+        )
+
+    # -- peer connection events -------------------------------------------------------------
+
+    def _wire_peer_connections(self) -> None:
+        @self.publisher_pc.on("datachannel")
+        def _on_datachannel(channel: RTCDataChannel) -> None:
+            self.publisher_channels[channel.label] = channel
+
+            @channel.on("message")
+            def _on_message(message: bytes | str) -> None:
+                if isinstance(message, str):
+                    message = message.encode()
+                self.room.relay_data(self, message, channel.label)
+
+        @self.subscriber_pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if self.subscriber_pc.connectionState == "connected" and self.state is State.JOINED:
+                self.state = State.ACTIVE
+                self.room.participant_changed(self)
+
+    # -- data -------------------------------------------------------------------------------
+
+    def send_data(self, payload: bytes, label: str) -> bool:
+        channel = self.subscriber_channels.get(label)
+        if channel is None or channel.readyState != "open":
+            return False
+        channel.send(payload)
+        return True
+
+    # -- snapshot ---------------------------------------------------------------------------
+
+    def info(self) -> models.ParticipantInfo:
+        state = {
+            State.JOINING: models.ParticipantInfo.JOINING,
+            State.JOINED: models.ParticipantInfo.JOINED,
+            State.ACTIVE: models.ParticipantInfo.ACTIVE,
+            State.DISCONNECTED: models.ParticipantInfo.DISCONNECTED,
+        }[self.state]
+        return models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.name,
+            state=state,
+            tracks=list(self.tracks.values()),
+            metadata=self.metadata,
+            joined_at=int(self.joined_at),
+            joined_at_ms=int(self.joined_at * 1000),
+            version=self.version,
+            permission=self.permission,
+            is_publisher=bool(self.tracks),
+            attributes=self.attributes,
+        )

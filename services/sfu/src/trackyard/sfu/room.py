@@ -1,0 +1,281 @@
+"""A room hosted on this node: its participants, their tracks, data relay and lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from livekit.protocol import models, rtc
+from trackyard.core import ids, messages
+from trackyard.core.bus import Envelope
+from trackyard.sfu.participant import Participant, State
+
+if TYPE_CHECKING:
+    from trackyard.sfu.node import SfuNode
+
+log = structlog.get_logger(__name__)
+
+SERVER_VERSION = "1.9.0"  # the SDKs require semver >= 1.8.0 when a version is given
+PROTOCOL_VERSION = 16
+
+
+class JoinRefusedError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Room:
+    def __init__(
+        self,
+        node: SfuNode,
+        name: str,
+        *,
+        empty_timeout: int,
+        departure_timeout: int,
+        max_participants: int,
+        metadata: str = "",
+        epoch: int = 0,
+    ) -> None:
+        self.node = node
+        self.name = name
+        self.sid = ids.new_id(ids.ROOM)
+        self.created_at = time.time()
+        self.empty_timeout = empty_timeout
+        self.departure_timeout = departure_timeout
+        self.max_participants = max_participants
+        self.max_metadata_size = node.config.room.max_metadata_size
+        self.metadata = metadata
+        self.epoch = epoch
+        self.participants: dict[str, Participant] = {}  # identity -> participant
+        self.closed = False
+        self._ever_joined = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.log = log.bind(room=name, room_sid=self.sid)
+        self._arm_close_timer(self.empty_timeout)
+
+    # -- snapshot ---------------------------------------------------------------------------
+
+    def info(self) -> models.Room:
+        visible = [p for p in self.participants.values() if not p.hidden]
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            empty_timeout=self.empty_timeout,
+            departure_timeout=self.departure_timeout,
+            max_participants=self.max_participants,
+            creation_time=int(self.created_at),
+            creation_time_ms=int(self.created_at * 1000),
+            metadata=self.metadata,
+            num_participants=len(visible),
+            num_publishers=sum(1 for p in visible if p.tracks),
+        )
+
+    def _persist(self) -> None:
+        self.node.spawn(self.node.store.put_room(self.info()))
+
+    # -- join / leave -----------------------------------------------------------------------
+
+    def check_admission(self, start: messages.SessionStart) -> None:
+        if self.closed:
+            raise JoinRefusedError(503, f"room {self.name} is closing")
+        replacing = start.identity in self.participants
+        if (
+            self.max_participants
+            and not replacing
+            and len(self.participants) >= self.max_participants
+        ):
+            raise JoinRefusedError(
+                403, f"room {self.name} is full (max_participants {self.max_participants})"
+            )
+
+    async def join(self, start: messages.SessionStart) -> Participant:
+        self.check_admission(start)
+        old = self.participants.get(start.identity)
+        if old is not None:
+            await self.remove(old, models.DisconnectReason.DUPLICATE_IDENTITY, notify=True)
+        participant = Participant(self, start, self.node.bus, self.node.make_peer_connection)
+        self.participants[participant.identity] = participant
+        self.node.sessions[participant.session_id] = participant
+        self._ever_joined = True
+        self._cancel_close_timer()
+        participant.start()
+        participant.send(rtc.SignalResponse(join=self._join_response(participant)))
+        participant.state = State.JOINED
+        self.participant_changed(participant, bump=False)
+        await participant.negotiate_subscriber()
+        self.node.on_participant_joined(self, participant)
+        self.log.info("participant joined", participant=participant.identity, psid=participant.sid)
+        return participant
+
+    def _join_response(self, participant: Participant) -> rtc.JoinResponse:
+        cfg = self.node.config
+        others = [
+            p.info() for p in self.participants.values() if p is not participant and not p.hidden
+        ]
+        return rtc.JoinResponse(
+            room=self.info(),
+            participant=participant.info(),
+            other_participants=others,
+            server_version=SERVER_VERSION,
+            server_region=cfg.region,
+            subscriber_primary=True,
+            ping_interval=cfg.signal.ping_interval,
+            ping_timeout=cfg.signal.ping_timeout,
+            server_info=models.ServerInfo(
+                edition=models.ServerInfo.Standard,
+                version=SERVER_VERSION,
+                protocol=PROTOCOL_VERSION,
+                region=cfg.region,
+                node_id=self.node.node_id,
+            ),
+        )
+
+    async def remove(
+        self,
+        participant: Participant,
+        reason: models.DisconnectReason,
+        *,
+        notify: bool,
+    ) -> None:
+        """Take a participant out. ``notify``: tell its client why (server-initiated leave)."""
+        if self.participants.get(participant.identity) is not participant:
+            return
+        del self.participants[participant.identity]
+        self.node.sessions.pop(participant.session_id, None)
+        if notify:
+            participant.send_leave(reason)
+        self.on_participant_left(participant)
+        await participant.close(reason=models.DisconnectReason.Name(reason))
+        if not participant.hidden:
+            info = participant.info()
+            info.disconnect_reason = reason
+            self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
+        self.node.spawn(self.node.store.delete_participant(self.name, participant.identity))
+        self._persist()
+        self.node.on_participant_left(self, participant)
+        self.log.info(
+            "participant left",
+            participant=participant.identity,
+            reason=models.DisconnectReason.Name(reason),
+        )
+        if not self.participants:
+            self._arm_close_timer(self.departure_timeout)
+
+    async def close(self, reason: models.DisconnectReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_close_timer()
+        for participant in list(self.participants.values()):
+            await self.remove(participant, reason, notify=True)
+        await self.node.on_room_closed(self)
+        self.log.info("room closed", reason=models.DisconnectReason.Name(reason))
+
+    def _arm_close_timer(self, seconds: int) -> None:
+        self._cancel_close_timer()
+        loop = asyncio.get_running_loop()
+        self._close_timer = loop.call_later(
+            max(seconds, 0),
+            lambda: self.node.spawn(self._close_if_idle()),
+        )
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+
+    async def _close_if_idle(self) -> None:
+        if not self.participants and not self.closed:
+            await self.close(models.DisconnectReason.ROOM_CLOSED)
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def broadcast(self, response: rtc.SignalResponse, exclude: Participant | None = None) -> None:
+        data = response.SerializeToString()
+        for p in self.participants.values():
+            if p is not exclude and p.state is not State.DISCONNECTED:
+                p.send_raw(Envelope(kind=messages.SIGNAL, session=p.session_id, data=data))
+
+    def participant_changed(self, participant: Participant, *, bump: bool = True) -> None:
+        """Send the participant's new snapshot: to everyone, or only to itself when hidden."""
+        if bump:
+            participant.version += 1
+        info = participant.info()
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info]))
+        if participant.hidden:
+            participant.send(update)
+        else:
+            self.broadcast(update)
+        self.node.spawn(self.node.store.put_participant(self.name, info))
+        self._persist()
+
+    def set_metadata(self, metadata: str) -> None:
+        self.metadata = metadata
+        self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+        self._persist()
+
+    # -- data -------------------------------------------------------------------------------
+
+    def relay_data(self, sender: Participant, raw: bytes, label: str) -> None:
+        if not sender.permission.can_publish_data:
+            sender.log.info("data packet dropped: token lacks canPublishData")
+            return
+        try:
+            packet = models.DataPacket.FromString(raw)
+        except Exception:
+            sender.log.warning("undecodable data packet dropped", size=len(raw))
+            return
+        packet.participant_identity = sender.identity
+        packet.participant_sid = sender.sid
+        if packet.HasField("user"):
+            packet.user.participant_identity = sender.identity
+            packet.user.participant_sid = sender.sid
+        self.deliver_data(packet, label, exclude=sender)
+
+    def deliver_data(
+        self, packet: models.DataPacket, label: str, exclude: Participant | None = None
+    ) -> int:
+        """Send to the destinations named in the packet (or everyone); returns how many."""
+        destinations = set(packet.destination_identities)
+        if not destinations and packet.HasField("user"):
+            destinations = set(packet.user.destination_identities)
+        data = packet.SerializeToString()
+        sent = 0
+        for p in self.participants.values():
+            if p is exclude or (destinations and p.identity not in destinations):
+                continue
+            if p.send_data(data, label):
+                sent += 1
+        return sent
+
+    # -- tracks and subscriptions (media plane hooks) ---------------------------------------
+
+    track_published_hooks: list[Callable[[Room, Participant, models.TrackInfo], None]] = []
+
+    def on_track_published(self, participant: Participant, info: models.TrackInfo) -> None:
+        self.log.info("track published", participant=participant.identity, track=info.sid)
+        for hook in self.track_published_hooks:
+            hook(self, participant, info)
+
+    def on_participant_left(self, participant: Participant) -> None:
+        """Media plane clean-up for a leaving participant (its tracks and subscriptions)."""
+
+    async def set_subscriptions(
+        self, participant: Participant, track_sids: list[str], subscribe: bool
+    ) -> None:
+        """Manual subscription changes; the media plane forwards accordingly."""
+
+    def on_track_setting(self, participant: Participant, req: rtc.UpdateTrackSettings) -> None:
+        """Subscriber preferences (quality, size, pause); the media plane applies them."""
+
+    def find_track(self, track_sid: str) -> tuple[Participant, models.TrackInfo] | None:
+        for p in self.participants.values():
+            info = p.tracks.get(track_sid)
+            if info is not None:
+                return p, info
+        return None

@@ -1,0 +1,190 @@
+"""The node's internal room API: the RoomService methods that act on a hosted room.
+
+Called over the bus (see :mod:`trackyard.core.noderpc`); the public Twirp layer on the edge
+checks grants and finds the hosting node, this module does the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError, Message
+from livekit.protocol import models, rtc
+from livekit.protocol import room as room_pb
+from trackyard.core import messages
+from trackyard.core.noderpc import RpcError
+from trackyard.sfu.participant import LOSSY, RELIABLE, Participant
+from trackyard.sfu.room import JoinRefusedError, Room
+
+if TYPE_CHECKING:
+    from trackyard.sfu.node import SfuNode
+
+# Method name -> (request type, handler)
+Handler = Callable[["SfuNode", Any], Awaitable[Message]]
+_METHODS: dict[str, tuple[type[Message], Handler]] = {}
+
+
+def method(name: str, request_type: type[Message]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _METHODS[name] = (request_type, fn)
+        return fn
+
+    return register
+
+
+async def handle(node: SfuNode, name: str, data: bytes) -> bytes:
+    entry = _METHODS.get(name)
+    if entry is None:
+        raise RpcError("unimplemented", f"node has no method {name}")
+    request_type, fn = entry
+    try:
+        request = request_type.FromString(data)
+    except DecodeError as exc:
+        raise RpcError("invalid_argument", f"{name}: undecodable request: {exc}") from None
+    response = await fn(node, request)
+    return response.SerializeToString()
+
+
+def _room(node: SfuNode, name: str) -> Room:
+    room = node.rooms.get(name)
+    if room is None or room.closed:
+        raise RpcError("not_found", f"room {name} not found")
+    return room
+
+
+def _participant(node: SfuNode, room_name: str, identity: str) -> tuple[Room, Participant]:
+    room = _room(node, room_name)
+    participant = room.participants.get(identity)
+    if participant is None:
+        raise RpcError("not_found", f"participant {identity} not found in room {room_name}")
+    return room, participant
+
+
+@method("CreateRoom", room_pb.CreateRoomRequest)
+async def create_room(node: SfuNode, req: room_pb.CreateRoomRequest) -> Message:
+    async with node.room_lock(req.name):
+        room = await node.ensure_room(
+            req.name,
+            create=True,
+            empty_timeout=req.empty_timeout,
+            departure_timeout=req.departure_timeout,
+            max_participants=req.max_participants,
+            metadata=req.metadata,
+        )
+    assert room is not None
+    return room.info()
+
+
+@method("DeleteRoom", room_pb.DeleteRoomRequest)
+async def delete_room(node: SfuNode, req: room_pb.DeleteRoomRequest) -> Message:
+    await _room(node, req.room).close(models.DisconnectReason.ROOM_DELETED)
+    return room_pb.DeleteRoomResponse()
+
+
+@method("ListParticipants", room_pb.ListParticipantsRequest)
+async def list_participants(node: SfuNode, req: room_pb.ListParticipantsRequest) -> Message:
+    room = _room(node, req.room)
+    return room_pb.ListParticipantsResponse(
+        participants=[p.info() for p in room.participants.values()]
+    )
+
+
+@method("GetParticipant", room_pb.RoomParticipantIdentity)
+async def get_participant(node: SfuNode, req: room_pb.RoomParticipantIdentity) -> Message:
+    return _participant(node, req.room, req.identity)[1].info()
+
+
+@method("RemoveParticipant", room_pb.RoomParticipantIdentity)
+async def remove_participant(node: SfuNode, req: room_pb.RoomParticipantIdentity) -> Message:
+    room, participant = _participant(node, req.room, req.identity)
+    await room.remove(participant, models.DisconnectReason.PARTICIPANT_REMOVED, notify=True)
+    return room_pb.RemoveParticipantResponse()
+
+
+@method("MutePublishedTrack", room_pb.MuteRoomTrackRequest)
+async def mute_published_track(node: SfuNode, req: room_pb.MuteRoomTrackRequest) -> Message:
+    _, participant = _participant(node, req.room, req.identity)
+    info = await participant.set_track_muted(req.track_sid, req.muted)
+    if info is None:
+        raise RpcError("not_found", f"track {req.track_sid} not found on {req.identity}")
+    # tell the publisher's SDK, so its local track state follows
+    participant.send(
+        rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=req.track_sid, muted=req.muted))
+    )
+    return room_pb.MuteRoomTrackResponse(track=info)
+
+
+@method("UpdateParticipant", room_pb.UpdateParticipantRequest)
+async def update_participant(node: SfuNode, req: room_pb.UpdateParticipantRequest) -> Message:
+    room, participant = _participant(node, req.room, req.identity)
+    limit = room.max_metadata_size
+    if limit and len(req.metadata.encode()) > limit:
+        raise RpcError("invalid_argument", f"metadata is larger than {limit} bytes")
+    participant.update_info(
+        metadata=req.metadata if req.metadata else None,
+        name=req.name if req.name else None,
+        attributes=dict(req.attributes) if req.attributes else None,
+        permission=req.permission if req.HasField("permission") else None,
+    )
+    return participant.info()
+
+
+@method("UpdateSubscriptions", room_pb.UpdateSubscriptionsRequest)
+async def update_subscriptions(node: SfuNode, req: room_pb.UpdateSubscriptionsRequest) -> Message:
+    room, participant = _participant(node, req.room, req.identity)
+    sids = list(req.track_sids) + [s for pt in req.participant_tracks for s in pt.track_sids]
+    await room.set_subscriptions(participant, sids, req.subscribe)
+    return room_pb.UpdateSubscriptionsResponse()
+
+
+@method("SendData", room_pb.SendDataRequest)
+async def send_data(node: SfuNode, req: room_pb.SendDataRequest) -> Message:
+    room = _room(node, req.room)
+    destinations = list(req.destination_identities)
+    if req.destination_sids:
+        by_sid = {p.sid: p.identity for p in room.participants.values()}
+        destinations += [by_sid[s] for s in req.destination_sids if s in by_sid]
+        if not destinations:
+            return room_pb.SendDataResponse()  # none of the named sids is here
+    packet = models.DataPacket(
+        kind=req.kind,
+        destination_identities=destinations,
+        user=models.UserPacket(
+            payload=req.data,
+            topic=req.topic if req.HasField("topic") else None,
+            destination_identities=destinations,
+            nonce=req.nonce,
+        ),
+    )
+    label = LOSSY if req.kind == models.DataPacket.LOSSY else RELIABLE
+    room.deliver_data(packet, label)
+    return room_pb.SendDataResponse()
+
+
+@method("UpdateRoomMetadata", room_pb.UpdateRoomMetadataRequest)
+async def update_room_metadata(node: SfuNode, req: room_pb.UpdateRoomMetadataRequest) -> Message:
+    room = _room(node, req.room)
+    limit = room.max_metadata_size
+    if limit and len(req.metadata.encode()) > limit:
+        raise RpcError("invalid_argument", f"metadata is larger than {limit} bytes")
+    room.set_metadata(req.metadata)
+    return room.info()
+
+
+@method("ValidateJoin", room_pb.RoomParticipantIdentity)
+async def validate_join(node: SfuNode, req: room_pb.RoomParticipantIdentity) -> Message:
+    """Would a join of ``identity`` be admitted now? Used by ``/rtc/validate``."""
+    room = node.rooms.get(req.room)
+    if room is None:
+        if not node.config.room.auto_create:
+            raise RpcError("not_found", f"room {req.room} does not exist")
+        return room_pb.RoomParticipantIdentity()
+    try:
+        room.check_admission(
+            messages.SessionStart(session_id="", room=req.room, identity=req.identity)
+        )
+    except JoinRefusedError as exc:
+        code = "permission_denied" if exc.status == 403 else "unavailable"
+        raise RpcError(code, exc.reason) from None
+    return room_pb.RoomParticipantIdentity()

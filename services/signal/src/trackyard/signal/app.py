@@ -1,0 +1,52 @@
+"""The signal edge's HTTP app: ``/rtc``, ``/rtc/validate``, Twirp RoomService, health."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from trackyard.signal import rtc, twirp
+from trackyard.signal.edge import Edge
+
+
+async def healthz(_request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    ok, why = await request.app.state.edge.ready()
+    return PlainTextResponse(why, status_code=200 if ok else 503)
+
+
+def create_app(edge: Edge) -> FastAPI:
+    app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        routes=[
+            Route("/rtc/v1", rtc.rtc_v1),
+            WebSocketRoute("/rtc/v1", rtc.rtc_v1_socket),
+            Route("/rtc/validate", rtc.validate),
+            WebSocketRoute("/rtc", rtc.rtc_socket),
+            Route(twirp.PREFIX + "{method}", twirp.handle, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Mount("/metrics", make_asgi_app()),
+        ],
+        # Browser pages call these endpoints from any origin, as with LiveKit.
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"],
+                allow_methods=["*"],
+                allow_headers=["*"],
+                max_age=3600,
+            )
+        ],
+    )
+    app.state.edge = edge
+    return app

@@ -1,0 +1,302 @@
+"""``/rtc``: the client's signal WebSocket, bridged to the hosting SFU node over the bus.
+
+The upgrade is answered only once the node has admitted the participant, so every refusal
+(bad token, room full, no node) is an HTTP status with a plain reason, which the SDKs read
+back from ``/rtc/validate``. After that, each binary frame is one ``SignalRequest``; frames
+are checked here so garbage never reaches the node, and the offender gets a close reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+from livekit.protocol import room as room_pb
+from pydantic import ValidationError
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from trackyard.core import ids, keys, messages
+from trackyard.core.auth import AuthError, Claims, check_join, verify_token
+from trackyard.core.bus import BusClosedError, Envelope, Subscription
+from trackyard.core.noderpc import RpcError
+from trackyard.core.routing import PlacementError
+from trackyard.core.store import Placement
+from trackyard.signal.edge import Edge
+from trackyard.signal.metrics import JOIN_SECONDS, SESSIONS, SIGNAL_MESSAGES
+
+log = structlog.get_logger(__name__)
+
+# WebSocket close codes (RFC 6455)
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAVAILABLE = 1011
+
+_TWIRP_STATUS = {"not_found": 404, "permission_denied": 403, "unavailable": 503}
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _token(conn: HTTPConnection) -> str:
+    header = conn.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return conn.query_params.get("access_token", "")
+
+
+def _flag(conn: HTTPConnection, name: str, default: bool) -> bool:
+    value = conn.query_params.get(name)
+    if value is None:
+        return default
+    return value.lower() in ("1", "true")
+
+
+async def _authorize(edge: Edge, conn: HTTPConnection) -> tuple[Claims, str]:
+    try:
+        claims = verify_token(_token(conn), edge.keys)
+        room = check_join(claims, conn.query_params.get("room"))
+    except AuthError as exc:
+        raise Refusal(exc.status, exc.reason) from None
+    return claims, room
+
+
+async def _locate(edge: Edge, room: str, *, create: bool) -> Placement:
+    try:
+        placement = await edge.router.place(room, create=create)
+    except PlacementError as exc:
+        raise Refusal(exc.status, exc.reason) from None
+    except Exception as exc:
+        log.warning("placement failed", room=room, error=str(exc))
+        raise Refusal(503, f"cannot place room: {exc}") from None
+    if placement is None:
+        raise Refusal(404, f"room {room} does not exist")
+    return placement
+
+
+async def validate(request: Request) -> Response:
+    """``GET /rtc/validate``: why would a connect with these credentials fail?"""
+    edge: Edge = request.app.state.edge
+    try:
+        claims, room = await _authorize(edge, request)
+        placement = await edge.router.place(room, create=False)
+        if placement is None and not edge.config.room.auto_create:
+            raise Refusal(404, f"room {room} does not exist")
+        if placement is not None:
+            try:
+                await edge.rpc.call(
+                    placement.node_id,
+                    "ValidateJoin",
+                    room_pb.RoomParticipantIdentity(
+                        room=room, identity=claims.identity
+                    ).SerializeToString(),
+                    timeout=edge.config.signal.join_timeout,
+                )
+            except RpcError as exc:
+                raise Refusal(_TWIRP_STATUS.get(exc.code, 500), exc.msg) from None
+    except Refusal as exc:
+        return PlainTextResponse(exc.reason, status_code=exc.status)
+    return PlainTextResponse("success")
+
+
+async def rtc_v1(_request: Request) -> Response:
+    # The SDKs try /rtc/v1 first and fall back to /rtc (protocol v0) only on a 404.
+    return PlainTextResponse("not found: this server speaks signal protocol v0 on /rtc", 404)
+
+
+async def rtc_socket(ws: WebSocket) -> None:
+    edge: Edge = ws.app.state.edge
+    started = time.perf_counter()
+    session_id = ids.new_id(ids.SESSION)
+    if _flag(ws, "reconnect", False):
+        await _ask_full_reconnect(ws)
+        return
+    sub: Subscription | None = None
+    node_id = ""
+    try:
+        claims, room = await _authorize(edge, ws)
+        placement = await _locate(edge, room, create=edge.config.room.auto_create)
+        node_id = placement.node_id
+        sub = edge.bus.subscribe(keys.session_channel(session_id))
+        start = messages.SessionStart(
+            session_id=session_id,
+            room=room,
+            identity=claims.identity,
+            name=claims.name,
+            metadata=claims.metadata,
+            attributes=claims.attributes,
+            grants=claims.video,
+            kind=claims.kind,
+            auto_subscribe=_flag(ws, "auto_subscribe", True),
+            adaptive_stream=_flag(ws, "adaptive_stream", False),
+            protocol=int(ws.query_params.get("protocol", "0") or 0),
+            sdk=ws.query_params.get("sdk", ""),
+            sdk_version=ws.query_params.get("version", ""),
+            edge_id=edge.edge_id,
+            placement_epoch=placement.epoch,
+        )
+        await edge.bus.publish(
+            keys.node_channel(node_id),
+            Envelope(kind=messages.JOIN, session=session_id, data=start.model_dump_json().encode()),
+        )
+        first = await sub.get(timeout=edge.config.signal.join_timeout)
+        if first is None:
+            raise Refusal(503, f"room host {node_id} did not answer the join in time")
+        if first.kind == messages.CLOSE:
+            closed = _closed(first)
+            raise Refusal(closed.status or 503, closed.reason or "join refused")
+    except Refusal as exc:
+        log.info("connection refused", status=exc.status, reason=exc.reason, path=ws.url.path)
+        if node_id and sub is not None:
+            await _client_gone(edge, node_id, session_id)
+        if sub is not None:
+            await sub.close()
+            await edge.bus.delete(keys.session_channel(session_id))
+        await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
+        return
+
+    await ws.accept()
+    await ws.send_bytes(first.data)
+    JOIN_SECONDS.observe(time.perf_counter() - started)
+    SESSIONS.inc()
+    slog = log.bind(room=room, participant=claims.identity, session=session_id, node=node_id)
+    slog.info("session started")
+    downstream = asyncio.create_task(_pump_down(ws, sub, slog))
+    try:
+        reason = await _pump_up(edge, ws, node_id, session_id, downstream)
+    finally:
+        SESSIONS.dec()
+        downstream.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await downstream
+        await _client_gone(edge, node_id, session_id)
+        await sub.close()
+        await edge.bus.delete(keys.session_channel(session_id))
+    slog.info("session ended", reason=reason)
+
+
+def _closed(env: Envelope) -> messages.SessionClosed:
+    try:
+        return messages.SessionClosed.model_validate_json(env.data)
+    except ValidationError:
+        return messages.SessionClosed(status=500, reason="undecodable close from node")
+
+
+async def _client_gone(edge: Edge, node_id: str, session_id: str) -> None:
+    with contextlib.suppress(Exception):
+        await edge.bus.publish(
+            keys.node_channel(node_id), Envelope(kind=messages.CLIENT_GONE, session=session_id)
+        )
+
+
+async def _ask_full_reconnect(ws: WebSocket) -> None:
+    """We do not resume sessions: tell the SDK to rejoin from scratch."""
+    await ws.accept()
+    leave = rtc.SignalResponse(
+        leave=rtc.LeaveRequest(
+            can_reconnect=True,
+            reason=models.DisconnectReason.STATE_MISMATCH,
+            action=rtc.LeaveRequest.RECONNECT,
+        )
+    )
+    await ws.send_bytes(leave.SerializeToString())
+    await ws.close(CLOSE_NORMAL, "session cannot be resumed; rejoin")
+
+
+async def _pump_down(ws: WebSocket, sub: Subscription, slog: structlog.BoundLogger) -> None:
+    """Node -> client, in order."""
+    try:
+        async for env in sub:
+            if env.kind == messages.SIGNAL:
+                await ws.send_bytes(env.data)
+            elif env.kind == messages.CLOSE:
+                reason = _closed(env).reason or "session ended by server"
+                await ws.close(CLOSE_NORMAL, reason[:120])
+                return
+    except (BusClosedError, WebSocketDisconnect, RuntimeError):
+        return
+
+
+async def _pump_up(
+    edge: Edge, ws: WebSocket, node_id: str, session_id: str, downstream: asyncio.Task[None]
+) -> str:
+    """Client -> node, in order. Returns why the session ended."""
+    cfg = edge.config.signal
+    channel = keys.node_channel(node_id)
+    receive = asyncio.ensure_future(ws.receive())
+    try:
+        while True:
+            done, _ = await asyncio.wait(
+                {receive, downstream},
+                timeout=cfg.ping_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                await _close(ws, CLOSE_NORMAL, "ping timeout: no message from client")
+                return "ping timeout"
+            if downstream in done:
+                return "closed by server"
+            msg = receive.result()
+            if msg["type"] == "websocket.disconnect":
+                return "client disconnected"
+            if msg.get("bytes") is None:
+                await _close(
+                    ws,
+                    CLOSE_UNSUPPORTED,
+                    "text frames are not supported: send binary SignalRequest",
+                )
+                return "text frame"
+            data: bytes = msg["bytes"]
+            if len(data) > cfg.max_message_size:
+                await _close(
+                    ws,
+                    CLOSE_TOO_BIG,
+                    f"message of {len(data)} bytes exceeds {cfg.max_message_size}",
+                )
+                return "message too big"
+            problem = _check_request(data)
+            if problem:
+                await _close(ws, CLOSE_INVALID, problem)
+                return problem
+            SIGNAL_MESSAGES.inc()
+            await edge.bus.publish(
+                channel, Envelope(kind=messages.SIGNAL, session=session_id, data=data)
+            )
+            receive = asyncio.ensure_future(ws.receive())
+    except (WebSocketDisconnect, RuntimeError):
+        return "client disconnected"
+    finally:
+        receive.cancel()
+
+
+def _check_request(data: bytes) -> str:
+    try:
+        request = rtc.SignalRequest.FromString(data)
+    except DecodeError:
+        return "malformed message: not a protobuf SignalRequest"
+    if request.WhichOneof("message") is None:
+        return "malformed message: SignalRequest carries no known request"
+    return ""
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    log.info("closing client socket", code=code, reason=reason)
+    if ws.application_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await ws.close(code, reason[:120])
+
+
+async def rtc_v1_socket(ws: WebSocket) -> None:
+    await ws.send_denial_response(
+        PlainTextResponse("not found: this server speaks signal protocol v0 on /rtc", 404)
+    )

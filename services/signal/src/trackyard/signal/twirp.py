@@ -1,0 +1,174 @@
+"""The public RoomService API, Twirp over HTTP: ``POST /twirp/livekit.RoomService/<Method>``.
+
+Bodies are protobuf or JSON (answered in kind). Grants are checked here; the work happens on
+the node hosting the room (over the bus), except ListRooms, which reads the shared store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from livekit.protocol import models
+from livekit.protocol import room as room_pb
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from trackyard.core.auth import AuthError, Claims, VideoGrants, verify_token
+from trackyard.core.noderpc import RpcError
+from trackyard.core.routing import PlacementError
+from trackyard.signal.edge import Edge
+from trackyard.signal.metrics import TWIRP_REQUESTS
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "/twirp/livekit.RoomService/"
+PROTOBUF = "application/protobuf"
+JSON = "application/json"
+
+TWIRP_STATUS = {
+    "canceled": 408,
+    "invalid_argument": 400,
+    "malformed": 400,
+    "deadline_exceeded": 408,
+    "not_found": 404,
+    "bad_route": 404,
+    "already_exists": 409,
+    "permission_denied": 403,
+    "unauthenticated": 401,
+    "resource_exhausted": 429,
+    "failed_precondition": 412,
+    "aborted": 409,
+    "out_of_range": 400,
+    "unimplemented": 501,
+    "internal": 500,
+    "unavailable": 503,
+    "dataloss": 500,
+}
+
+
+class TwirpError(Exception):
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+Grant = Callable[[VideoGrants, Message], str]  # returns a refusal, or "" when allowed
+
+
+def _create(grants: VideoGrants, _req: Message) -> str:
+    return "" if grants.room_create else "token lacks the roomCreate grant"
+
+
+def _list(grants: VideoGrants, _req: Message) -> str:
+    return "" if grants.room_list else "token lacks the roomList grant"
+
+
+def _admin(grants: VideoGrants, req: Message) -> str:
+    room = getattr(req, "room", "")
+    if not grants.room_admin:
+        return "token lacks the roomAdmin grant"
+    if not grants.room or grants.room != room:
+        return f"token's roomAdmin grant is not for room {room!r}"
+    return ""
+
+
+@dataclass(frozen=True)
+class _Method:
+    request: type[Message]
+    response: type[Message]
+    grant: Grant
+
+
+METHODS: dict[str, _Method] = {
+    "CreateRoom": _Method(room_pb.CreateRoomRequest, models.Room, _create),
+    "ListRooms": _Method(room_pb.ListRoomsRequest, room_pb.ListRoomsResponse, _list),
+    "DeleteRoom": _Method(room_pb.DeleteRoomRequest, room_pb.DeleteRoomResponse, _create),
+    "ListParticipants": _Method(
+        room_pb.ListParticipantsRequest, room_pb.ListParticipantsResponse, _admin
+    ),
+    "GetParticipant": _Method(room_pb.RoomParticipantIdentity, models.ParticipantInfo, _admin),
+    "RemoveParticipant": _Method(
+        room_pb.RoomParticipantIdentity, room_pb.RemoveParticipantResponse, _admin
+    ),
+    "MutePublishedTrack": _Method(
+        room_pb.MuteRoomTrackRequest, room_pb.MuteRoomTrackResponse, _admin
+    ),
+    "UpdateParticipant": _Method(room_pb.UpdateParticipantRequest, models.ParticipantInfo, _admin),
+    "UpdateSubscriptions": _Method(
+        room_pb.UpdateSubscriptionsRequest, room_pb.UpdateSubscriptionsResponse, _admin
+    ),
+    "SendData": _Method(room_pb.SendDataRequest, room_pb.SendDataResponse, _admin),
+    "UpdateRoomMetadata": _Method(room_pb.UpdateRoomMetadataRequest, models.Room, _admin),
+}
+
+
+async def handle(request: Request) -> Response:
+    name = request.path_params["method"]
+    content_type = request.headers.get("content-type", PROTOBUF).split(";")[0].strip().lower()
+    as_json = content_type == JSON
+    try:
+        method = METHODS.get(name)
+        if method is None:
+            raise TwirpError("bad_route", f"no RoomService method {name!r}")
+        claims = _claims(request)
+        req = _decode(method.request, await request.body(), as_json)
+        refusal = method.grant(claims.video, req)
+        if refusal:
+            raise TwirpError("permission_denied", f"{name}: {refusal}")
+        resp = await _call(request.app.state.edge, name, method, req)
+    except TwirpError as exc:
+        TWIRP_REQUESTS.labels(name, exc.code).inc()
+        log.info("room service error", method=name, code=exc.code, msg=exc.msg)
+        return JSONResponse({"code": exc.code, "msg": exc.msg}, TWIRP_STATUS.get(exc.code, 500))
+    TWIRP_REQUESTS.labels(name, "ok").inc()
+    if as_json:
+        body = json_format.MessageToJson(resp, preserving_proto_field_name=True)
+        return Response(body, media_type=JSON)
+    return Response(resp.SerializeToString(), media_type=PROTOBUF)
+
+
+def _claims(request: Request) -> Claims:
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise TwirpError("unauthenticated", "no access token: pass 'Authorization: Bearer <jwt>'")
+    try:
+        return verify_token(header[7:].strip(), request.app.state.edge.keys)
+    except AuthError as exc:
+        raise TwirpError("unauthenticated", exc.reason) from None
+
+
+def _decode(kind: type[Message], body: bytes, as_json: bool) -> Message:
+    try:
+        if as_json:
+            return json_format.Parse(body or b"{}", kind(), ignore_unknown_fields=True)
+        return kind.FromString(body)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+        fmt = "JSON" if as_json else "protobuf"
+        raise TwirpError(
+            "malformed", f"body is not a {fmt} {kind.DESCRIPTOR.name}: {exc}"
+        ) from None
+
+
+async def _call(edge: Edge, name: str, method: _Method, req: Message) -> Message:
+    if name == "ListRooms":
+        assert isinstance(req, room_pb.ListRoomsRequest)
+        rooms = await edge.store.list_rooms(list(req.names) or None)
+        return room_pb.ListRoomsResponse(rooms=rooms)
+    room = req.name if isinstance(req, room_pb.CreateRoomRequest) else getattr(req, "room", "")
+    if not room:
+        raise TwirpError("invalid_argument", f"{name}: room name is required")
+    try:
+        placement = await edge.router.place(room, create=name == "CreateRoom")
+    except PlacementError as exc:
+        raise TwirpError("unavailable", exc.reason) from None
+    if placement is None:
+        raise TwirpError("not_found", f"room {room} not found")
+    try:
+        data = await edge.rpc.call(placement.node_id, name, req.SerializeToString())
+    except RpcError as exc:
+        raise TwirpError(exc.code, exc.msg) from None
+    return method.response.FromString(data)

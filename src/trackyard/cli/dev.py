@@ -1,0 +1,72 @@
+"""``trackyard dev``: edge, router and one SFU node in one process (embedded store and bus)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+import structlog
+from trackyard.core.config import Config
+from trackyard.sfu.node import SfuNode
+from trackyard.signal.app import create_app
+from trackyard.signal.edge import Edge
+
+from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
+
+log = structlog.get_logger(__name__)
+
+
+async def run_all_in_one(config: Config) -> int:
+    """Serve until drained (first signal) or forced (second signal). Returns the exit code."""
+    store, bus = make_store_and_bus(config)
+    node = SfuNode(config, store, bus)
+    placer = make_placer(config, store)
+    edge = Edge(config=config, store=store, bus=bus, router=placer)
+    host = config.bind_addresses[0] if config.bind_addresses else "127.0.0.1"
+    server = http_server(
+        create_app(edge), host, config.port, ws_max_size=2 * config.signal.max_message_size
+    )
+    forced = asyncio.Event()
+
+    def drain() -> None:
+        edge.draining = True
+        node.spawn(node.drain())
+
+    watcher = SignalWatcher(on_drain=drain, on_force=forced.set)
+    watcher.install()
+    await node.start()
+    serving = asyncio.create_task(server.serve())
+    log.info(
+        "trackyard serving",
+        url=f"ws://{host}:{config.port}",
+        node=node.node_id,
+        keys=list(config.keys),
+        pid=os.getpid(),
+    )
+    waits = [asyncio.create_task(node.drained.wait()), asyncio.create_task(forced.wait()), serving]
+    if config.node.drain_deadline:
+
+        async def deadline() -> None:
+            await node.drained.wait() if False else None
+
+        waits.append(asyncio.create_task(_deadline_after_drain(node, config.node.drain_deadline)))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    code = 0 if not forced.is_set() else 1
+    server.should_exit = True
+    await node.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(serving, 5)
+    await edge.rpc.close()
+    await bus.close()
+    await store.close()
+    for task in waits:
+        task.cancel()
+    log.info("trackyard stopped", code=code)
+    return code
+
+
+async def _deadline_after_drain(node: SfuNode, seconds: float) -> None:
+    await node.draining.wait()
+    await asyncio.sleep(seconds)
+    log.warning("drain deadline reached; closing remaining rooms", seconds=seconds)
