@@ -1,0 +1,81 @@
+"""Helpers around the real LiveKit SDK clients used by the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from livekit import api, rtc
+
+from tests.support.trackyard import API_KEY, API_SECRET
+
+TIMEOUT = 10.0
+
+
+def token(identity: str, room: str, **grants: Any) -> str:
+    grants.setdefault("can_update_own_metadata", True)
+    return (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_name(grants.pop("name", identity))
+        .with_grants(api.VideoGrants(room_join=True, room=room, **grants))
+        .to_jwt()
+    )
+
+
+def admin_token(room: str = "") -> str:
+    return (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_grants(
+            api.VideoGrants(room_admin=True, room_create=True, room_list=True, room=room)
+        )
+        .to_jwt()
+    )
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    url: str, identity: str, room: str, *, options: rtc.RoomOptions | None = None, **grants: Any
+) -> AsyncIterator[rtc.Room]:
+    client = rtc.Room()
+    await asyncio.wait_for(
+        client.connect(url, token(identity, room, **grants), options=options or rtc.RoomOptions()),
+        TIMEOUT,
+    )
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), TIMEOUT)
+
+
+class EventWaiter:
+    """Collects one SDK event's calls; ``wait(pred)`` returns the first matching call."""
+
+    def __init__(self, room: rtc.Room, event: str) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self._cond = asyncio.Condition()
+        room.on(event, self._on)
+
+    def _on(self, *args: Any) -> None:
+        self.calls.append(args)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def wait(
+        self, pred: Callable[..., bool] = lambda *a: True, timeout: float = TIMEOUT
+    ) -> tuple[Any, ...]:
+        async def find() -> tuple[Any, ...]:
+            async with self._cond:
+                while True:
+                    for call in self.calls:
+                        if pred(*call):
+                            return call
+                    await self._cond.wait()
+
+        return await asyncio.wait_for(find(), timeout)
