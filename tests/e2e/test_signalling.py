@@ -28,16 +28,23 @@ async def test_two_participants_see_each_other(server: TrackyardProcess, room_na
             assert alice.local_participant.sid.startswith("PA_")
 
 
-async def test_data_reliable_lossy_and_destinations(server: TrackyardProcess, room_name: str) -> None:
+async def test_data_reliable_lossy_and_destinations(
+    server: TrackyardProcess, room_name: str
+) -> None:
     url = server.ws_url
     async with (
         connected(url, "a", room_name) as a,
         connected(url, "b", room_name) as b,
         connected(url, "c", room_name) as c,
     ):
-        got = {name: EventWaiter(room, "data_received") for name, room in (("a", a), ("b", b), ("c", c))}
+        got = {
+            name: EventWaiter(room, "data_received")
+            for name, room in (("a", a), ("b", b), ("c", c))
+        }
         await a.local_participant.publish_data(b"to-all", reliable=True, topic="t1")
-        await a.local_participant.publish_data(b"only-b", reliable=True, destination_identities=["b"])
+        await a.local_participant.publish_data(
+            b"only-b", reliable=True, destination_identities=["b"]
+        )
         await a.local_participant.publish_data(b"marker", reliable=True)
         for name in ("b", "c"):
             (pkt,) = await got[name].wait(lambda p: p.data == b"marker")
@@ -60,9 +67,10 @@ async def test_data_reliable_lossy_and_destinations(server: TrackyardProcess, ro
 
 
 async def test_rpc_and_text_round_trip(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "caller", room_name) as caller, connected(
-        server.ws_url, "callee", room_name
-    ) as callee:
+    async with (
+        connected(server.ws_url, "caller", room_name) as caller,
+        connected(server.ws_url, "callee", room_name) as callee,
+    ):
 
         @callee.local_participant.register_rpc_method("reverse")
         async def reverse(data: rtc.RpcInvocationData) -> str:
@@ -92,27 +100,31 @@ async def test_rpc_and_text_round_trip(server: TrackyardProcess, room_name: str)
 
 
 async def test_metadata_name_attributes_events(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "watcher", room_name) as watcher, connected(
-        server.ws_url, "actor", room_name
-    ) as actor:
+    async with (
+        connected(server.ws_url, "watcher", room_name) as watcher,
+        connected(server.ws_url, "actor", room_name) as actor,
+    ):
         meta = EventWaiter(watcher, "participant_metadata_changed")
         names = EventWaiter(watcher, "participant_name_changed")
         attrs = EventWaiter(watcher, "participant_attributes_changed")
         await asyncio.wait_for(actor.local_participant.set_metadata("m1"), 10)
-        participant, _old, new = await meta.wait(lambda p, o, n: n == "m1")
+        participant, _old, _new = await meta.wait(lambda p, o, n: n == "m1")
         assert participant.identity == "actor"
         await asyncio.wait_for(actor.local_participant.set_name("Actor Prime"), 10)
         await names.wait(lambda p, o, n: n == "Actor Prime")
         await asyncio.wait_for(actor.local_participant.set_attributes({"role": "lead"}), 10)
-        changed, participant = await attrs.wait(lambda ch, p: ch.get("role") == "lead")
+        _changed, participant = await attrs.wait(lambda ch, p: ch.get("role") == "lead")
         assert participant.attributes == {"role": "lead"}
         assert actor.local_participant.metadata == "m1"
 
 
-async def test_update_metadata_refused_without_grant(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "watcher", room_name) as watcher, connected(
-        server.ws_url, "mute", room_name, can_update_own_metadata=False
-    ) as muted:
+async def test_update_metadata_refused_without_grant(
+    server: TrackyardProcess, room_name: str
+) -> None:
+    async with (
+        connected(server.ws_url, "watcher", room_name) as watcher,
+        connected(server.ws_url, "mute", room_name, can_update_own_metadata=False) as muted,
+    ):
         meta = EventWaiter(watcher, "participant_metadata_changed")
         seen_by_muted = EventWaiter(muted, "participant_metadata_changed")
         # The server answers request_response{NOT_ALLOWED}; SDK 1.2.1 does not raise on it,
@@ -126,32 +138,36 @@ async def test_update_metadata_refused_without_grant(server: TrackyardProcess, r
         assert muted.local_participant.metadata != "nope"
 
 
-async def test_leave_raises_participant_disconnected(server: TrackyardProcess, room_name: str) -> None:
+async def test_leave_raises_participant_disconnected(
+    server: TrackyardProcess, room_name: str
+) -> None:
     async with connected(server.ws_url, "stayer", room_name) as stayer:
         gone = EventWaiter(stayer, "participant_disconnected")
         async with connected(server.ws_url, "leaver", room_name):
             assert "leaver" in stayer.remote_participants or await EventWaiter(
                 stayer, "participant_connected"
             ).wait(lambda p: p.identity == "leaver")
-        (participant,) = await gone.wait(lambda p: p.identity == "leaver")
+        await gone.wait(lambda p: p.identity == "leaver")
         assert "leaver" not in stayer.remote_participants
 
 
 async def test_duplicate_identity_replaces_old(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "observer", room_name) as observer:
-        async with connected(server.ws_url, "twin", room_name) as first:
-            first_sid = first.local_participant.sid
-            disconnected = EventWaiter(first, "disconnected")
-            async with connected(server.ws_url, "twin", room_name) as second:
-                (reason,) = await disconnected.wait()
-                assert reason == rtc.DisconnectReason.DUPLICATE_IDENTITY
-                assert second.local_participant.sid != first_sid
-                connected_ev = EventWaiter(observer, "participant_connected")
-                if observer.remote_participants.get("twin") is None or (
-                    observer.remote_participants["twin"].sid == first_sid
-                ):
-                    await connected_ev.wait(lambda p: p.identity == "twin" and p.sid != first_sid)
-                assert observer.remote_participants["twin"].sid == second.local_participant.sid
+    async with (
+        connected(server.ws_url, "observer", room_name) as observer,
+        connected(server.ws_url, "twin", room_name) as first,
+    ):
+        first_sid = first.local_participant.sid
+        disconnected = EventWaiter(first, "disconnected")
+        async with connected(server.ws_url, "twin", room_name) as second:
+            (reason,) = await disconnected.wait()
+            assert reason == rtc.DisconnectReason.DUPLICATE_IDENTITY
+            assert second.local_participant.sid != first_sid
+            connected_ev = EventWaiter(observer, "participant_connected")
+            if observer.remote_participants.get("twin") is None or (
+                observer.remote_participants["twin"].sid == first_sid
+            ):
+                await connected_ev.wait(lambda p: p.identity == "twin" and p.sid != first_sid)
+            assert observer.remote_participants["twin"].sid == second.local_participant.sid
 
 
 async def test_bad_token_fails_connect_at_once(server: TrackyardProcess, room_name: str) -> None:
@@ -179,7 +195,9 @@ async def test_token_for_other_room_is_refused(server: TrackyardProcess, room_na
     assert "roomjoin" in str(err.value).lower() or "403" in str(err.value)
 
 
-async def test_hidden_participant_is_not_announced(server: TrackyardProcess, room_name: str) -> None:
+async def test_hidden_participant_is_not_announced(
+    server: TrackyardProcess, room_name: str
+) -> None:
     async with connected(server.ws_url, "visible", room_name) as visible:
         data = EventWaiter(visible, "data_received")
         async with connected(server.ws_url, "ghost", room_name, hidden=True) as ghost:
@@ -190,9 +208,11 @@ async def test_hidden_participant_is_not_announced(server: TrackyardProcess, roo
 
 
 async def test_publish_data_refused_without_grant(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "listener", room_name) as listener, connected(
-        server.ws_url, "silent", room_name, can_publish_data=False
-    ) as silent, connected(server.ws_url, "talker", room_name) as talker:
+    async with (
+        connected(server.ws_url, "listener", room_name) as listener,
+        connected(server.ws_url, "silent", room_name, can_publish_data=False) as silent,
+        connected(server.ws_url, "talker", room_name) as talker,
+    ):
         data = EventWaiter(listener, "data_received")
         await silent.local_participant.publish_data(b"forbidden")
         await talker.local_participant.publish_data(b"allowed")
@@ -206,9 +226,10 @@ def _audio_track() -> tuple[rtc.AudioSource, rtc.LocalAudioTrack]:
 
 
 async def test_add_track_is_published_to_others(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "viewer", room_name) as viewer, connected(
-        server.ws_url, "speaker", room_name
-    ) as speaker:
+    async with (
+        connected(server.ws_url, "viewer", room_name) as viewer,
+        connected(server.ws_url, "speaker", room_name) as speaker,
+    ):
         published = EventWaiter(viewer, "track_published")
         source, track = _audio_track()
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)

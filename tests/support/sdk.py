@@ -28,9 +28,7 @@ def token(identity: str, room: str, **grants: Any) -> str:
 def admin_token(room: str = "") -> str:
     return (
         api.AccessToken(API_KEY, API_SECRET)
-        .with_grants(
-            api.VideoGrants(room_admin=True, room_create=True, room_list=True, room=room)
-        )
+        .with_grants(api.VideoGrants(room_admin=True, room_create=True, room_list=True, room=room))
         .to_jwt()
     )
 

@@ -57,7 +57,9 @@ class TrackyardProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"trackyard exited early ({self.proc.returncode}):\n{self.logs()}")
+                raise RuntimeError(
+                    f"trackyard exited early ({self.proc.returncode}):\n{self.logs()}"
+                )
             try:
                 if httpx.get(self.http_url + "/readyz", timeout=1.0).status_code == 200:
                     return self

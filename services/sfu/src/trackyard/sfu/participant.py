@@ -348,6 +348,10 @@ class Participant:
     async def set_track_muted(self, track_sid: str, muted: bool) -> models.TrackInfo | None:
         info = self.tracks.get(track_sid)
         if info is None:
+            pending = [i for i in self.pending_tracks.values() if i.sid == track_sid]
+            if pending:
+                pending[0].muted = muted  # published muted once its media arrives
+                return pending[0]
             return None
         if info.muted != muted:
             info.muted = muted
