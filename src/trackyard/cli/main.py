@@ -41,7 +41,12 @@ def _load(
     except ConfigError as exc:
         typer.echo(f"trackyard: {exc}", err=True)
         raise typer.Exit(2) from None
-    setup_logging(cfg.logging.level, json=cfg.logging.json_format and not cfg.development)
+    # dev mode logs for people (console) unless the config asks for JSON explicitly
+    explicit_json = "json_format" in cfg.logging.model_fields_set
+    setup_logging(
+        cfg.logging.level,
+        json=cfg.logging.json_format if explicit_json else not cfg.development,
+    )
     return cfg
 
 

@@ -167,10 +167,11 @@ async def rtc_socket(ws: WebSocket) -> None:
 
     await ws.accept()
     await ws.send_bytes(first.data)
-    JOIN_SECONDS.observe(time.perf_counter() - started)
+    join_seconds = time.perf_counter() - started
+    JOIN_SECONDS.observe(join_seconds)
     SESSIONS.inc()
     slog = log.bind(room=room, participant=claims.identity, session=session_id, node=node_id)
-    slog.info("session started")
+    slog.info("session started", join_ms=round(join_seconds * 1000, 3))
     downstream = asyncio.create_task(_pump_down(ws, sub, slog))
     try:
         reason = await _pump_up(edge, ws, node_id, session_id, downstream)
