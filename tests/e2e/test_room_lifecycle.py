@@ -35,7 +35,8 @@ async def _room_names(lkapi: api.LiveKitAPI) -> list[str]:
 async def _until_gone(lkapi: api.LiveKitAPI, name: str, timeout: float = 10) -> None:
     async def poll() -> None:
         while name in await _room_names(lkapi):
-            await asyncio.sleep(0.1)  # the server has no room-closed event for API clients
+            # the API has no room-closed event to await, so poll (bounded by wait_for)
+            await asyncio.sleep(0.1)  # noqa: ASYNC110
 
     await asyncio.wait_for(poll(), timeout)
 
