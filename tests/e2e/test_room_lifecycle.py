@@ -34,9 +34,9 @@ async def _room_names(lkapi: api.LiveKitAPI) -> list[str]:
 
 async def _until_gone(lkapi: api.LiveKitAPI, name: str, timeout: float = 10) -> None:
     async def poll() -> None:
-        while name in await _room_names(lkapi):
-            # the API has no room-closed event to await, so poll (bounded by wait_for)
-            await asyncio.sleep(0.1)  # noqa: ASYNC110
+        # the API has no room-closed event to await, so poll (bounded by wait_for)
+        while name in await _room_names(lkapi):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     await asyncio.wait_for(poll(), timeout)
 
