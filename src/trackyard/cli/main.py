@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +32,7 @@ def _load(
     dev: bool = False,
     port: int | None = None,
     bind: list[str] | None = None,
+    region: str | None = None,
 ) -> Config:
     try:
         cfg = Config.load(config, dev=dev)
@@ -38,6 +40,8 @@ def _load(
             cfg.port = port
         if bind:
             cfg.bind_addresses = bind
+        if region is not None:
+            cfg.region = region
     except ConfigError as exc:
         typer.echo(f"trackyard: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -61,6 +65,62 @@ def dev(
 
     cfg = _load(config, dev=True, port=port, bind=bind)
     sys.exit(asyncio.run(run_all_in_one(cfg)))
+
+
+PortOpt = Annotated[int | None, typer.Option(help="port to listen on")]
+RegionOpt = Annotated[str | None, typer.Option(help="this process's region (overrides config)")]
+
+
+@app.command()
+def signal(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = None) -> None:
+    """The signal edge: client WebSockets and RoomService, bridged to SFU nodes via Redis."""
+    from trackyard.cli.services import run_signal
+
+    cfg = _load(config, port=port, region=region)
+    sys.exit(asyncio.run(run_signal(cfg)))
+
+
+@app.command()
+def router(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = None) -> None:
+    """The router: runs the node selector and places rooms atomically."""
+    from trackyard.cli.services import run_router
+
+    cfg = _load(config, region=region)
+    if port is not None:
+        cfg.router.port = port
+    sys.exit(asyncio.run(run_router(cfg)))
+
+
+@app.command()
+def sfu(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = None) -> None:
+    """An SFU node: hosts rooms; drains on SIGTERM/SIGINT/SIGQUIT (second signal forces exit)."""
+    from trackyard.cli.services import run_sfu
+
+    cfg = _load(config, region=region)
+    if port is not None:
+        cfg.node.api_port = port
+    sys.exit(asyncio.run(run_sfu(cfg)))
+
+
+@app.command()
+def nodes(config: ConfigOpt = None) -> None:
+    """List the cluster's SFU nodes with state and load (reads the store)."""
+    from trackyard.cli.runtime import list_nodes
+
+    cfg = _load(config, dev=config is None)
+    records = asyncio.run(list_nodes(cfg))
+    typer.echo(
+        f"{'NODE':<16} {'REGION':<10} {'STATE':<14} {'ADDRESS':<22} {'CPU':>5} {'SYSLOAD':>7} "
+        f"{'ROOMS':>5} {'CLIENTS':>7} {'TRACKS':>6} {'AGE':>5}"
+    )
+    now = time.time()
+    for r in records:
+        s = r.stats
+        typer.echo(
+            f"{r.id:<16} {r.region or '-':<10} {r.state.value:<14} {r.address or '-':<22} "
+            f"{s.cpu_load:>5.2f} {s.sysload:>7.2f} {s.rooms:>5} {s.clients:>7} "
+            f"{s.tracks_in + s.tracks_out:>6} {now - s.updated_at:>4.1f}s"
+        )
 
 
 @token_app.command("create")

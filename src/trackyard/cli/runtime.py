@@ -14,9 +14,9 @@ import structlog
 import uvicorn
 from trackyard.core.bus import Bus, MemoryBus
 from trackyard.core.config import Config
+from trackyard.core.node import NodeRecord
 from trackyard.core.store import MemoryStore, Store
 from trackyard.router.placement import Placer
-from trackyard.router.selector import build_selector
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +34,17 @@ def make_store_and_bus(config: Config) -> tuple[Store, Bus]:
     return RedisStore(client), RedisBus(client)
 
 
+async def list_nodes(config: Config) -> list[NodeRecord]:
+    store, bus = make_store_and_bus(config)
+    try:
+        return await store.list_nodes()
+    finally:
+        await bus.close()
+        await store.close()
+
+
 def make_placer(config: Config, store: Store) -> Placer:
-    selector = build_selector(config.node_selector, config.limit, config.region)
-    return Placer(store, selector.select)
+    return Placer(store, config.node_selector, config.limit, config.region)
 
 
 class _DenialLogFilter(logging.Filter):
@@ -76,8 +84,8 @@ def http_server(app: Any, host: str, port: int, *, ws_max_size: int = 16 << 20) 
 class SignalWatcher:
     """First drain signal calls ``on_drain``; a second one forces exit."""
 
-    on_drain: Callable[[], None]
-    on_force: Callable[[], None]
+    on_drain: Callable[[], object]
+    on_force: Callable[[], object]
     count: int = 0
     _installed: list[int] = field(default_factory=list)
 

@@ -17,6 +17,9 @@ class PlacementError(Exception):
 
 
 class Router(Protocol):
-    async def place(self, room: str, *, create: bool) -> Placement | None:
-        """Where ``room`` lives, placing it when ``create`` (None when absent and not created)."""
+    async def place(self, room: str, *, create: bool, region: str = "") -> Placement | None:
+        """Where ``room`` lives, placing it when ``create`` (None when absent and not created).
+
+        ``region``: the caller's region, for region-aware selection ("" = the router's own).
+        """
         ...

@@ -17,6 +17,7 @@ from trackyard.core.bus import Bus, Envelope, Subscription
 from trackyard.core.config import Config
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
 from trackyard.core.noderpc import RpcError, reply
+from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.store import Store
 from trackyard.sfu import roomapi
 from trackyard.sfu.participant import Participant
@@ -46,6 +47,10 @@ class SfuNode:
         self.started_at = time.time()
         self.draining = asyncio.Event()  # set on the first drain signal
         self.drained = asyncio.Event()  # set when draining and the last participant left
+        self.collector = StatsCollector()
+        # media plane totals; the stats loop turns them into rates
+        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
+        self.last_stats = NodeStats()
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sub: Subscription | None = None
@@ -80,7 +85,11 @@ class SfuNode:
         self.log.info("sfu node stopped")
 
     async def drain(self) -> None:
-        """Take no new rooms; keep the active ones; ``drained`` fires when the last one empties."""
+        """Take no new rooms; keep the active ones; ``drained`` fires when the last one empties.
+
+        With ``node.drain_deadline`` set, participants still here at the deadline are sent to
+        reconnect (their rooms are released, so they are placed anew on another node).
+        """
         if self.state is NodeState.SHUTTING_DOWN:
             return
         self.state = NodeState.SHUTTING_DOWN
@@ -88,6 +97,16 @@ class SfuNode:
         self.log.info("draining", rooms=len(self.rooms), participants=len(self.sessions))
         await self.report()
         self._check_drained()
+        if self.config.node.drain_deadline and not self.drained.is_set():
+            self.spawn(self._drain_deadline(self.config.node.drain_deadline))
+
+    async def _drain_deadline(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.drained.wait(), seconds)
+        except TimeoutError:
+            self.log.warning("drain deadline reached; moving participants", seconds=seconds)
+            for room in list(self.rooms.values()):
+                await room.evict_all("node is shutting down")
 
     def _check_drained(self) -> None:
         if self.state is NodeState.SHUTTING_DOWN and not self.sessions:
@@ -111,25 +130,30 @@ class SfuNode:
 
     # -- stats ------------------------------------------------------------------------------
 
-    def record(self) -> NodeRecord:
+    def record(self, *, fresh: bool = True) -> NodeRecord:
+        """This node's record; ``fresh=False`` reuses the last figures (rates keep their window)."""
         return NodeRecord(
             id=self.node_id,
             address=self.address,
             region=self.config.region,
             state=self.state,
             started_at=self.started_at,
-            stats=self.stats(),
+            stats=self.stats() if fresh else self.last_stats,
         )
 
     def stats(self) -> NodeStats:
+        """Fresh figures (rates cover the time since the previous call)."""
         tracks_in = sum(len(p.tracks) for p in self.sessions.values())
-        return NodeStats(
-            cpus=1,
+        tracks_out = sum(p.subscribed_count() for p in self.sessions.values())
+        counters = TrafficCounters(self.bytes_in, self.bytes_out, self.packets_in, self.packets_out)
+        self.last_stats = self.collector.collect(
+            counters,
             rooms=len(self.rooms),
             clients=len(self.sessions),
             tracks_in=tracks_in,
-            updated_at=time.time(),
+            tracks_out=tracks_out,
         )
+        return self.last_stats
 
     async def report(self) -> None:
         interval = self.config.node.stats_update_interval
@@ -142,6 +166,33 @@ class SfuNode:
         while True:
             await asyncio.sleep(self.config.node.stats_update_interval)
             await self.report()
+            await self.check_placements()
+
+    async def check_placements(self) -> None:
+        """Re-assert our rooms in the store; close any room another node took over (fencing).
+
+        A store that lost its data (Redis restarted empty) gets our placements back, so a
+        newcomer to an active room still lands here rather than on a duplicate room.
+        """
+        for room in list(self.rooms.values()):
+            try:
+                current = await self.store.get_placement(room.name)
+                if current is None:
+                    current = await self.store.claim_room(room.name, self.node_id)
+                    if current.node_id == self.node_id:
+                        room.epoch = current.epoch
+                        await self.store.put_room(room.info())
+                        room.log.info("placement re-asserted", epoch=current.epoch)
+            except Exception as exc:
+                self.log.debug("cannot check placement", room=room.name, error=str(exc))
+                return
+            if current.node_id != self.node_id and current.epoch > room.epoch:
+                room.log.warning(
+                    "room was placed on another node; closing our copy",
+                    other=current.node_id,
+                    epoch=current.epoch,
+                )
+                await room.evict_all("room moved to another node")
 
     # -- rooms ------------------------------------------------------------------------------
 

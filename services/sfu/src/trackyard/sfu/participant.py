@@ -482,6 +482,10 @@ class Participant:
         channel.send(payload)
         return True
 
+    def subscribed_count(self) -> int:
+        """Tracks this participant receives (the media plane keeps the real figure)."""
+        return 0
+
     # -- snapshot ---------------------------------------------------------------------------
 
     def info(self) -> models.ParticipantInfo:

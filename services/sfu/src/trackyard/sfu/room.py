@@ -76,7 +76,8 @@ class Room:
         )
 
     def _persist(self) -> None:
-        self.node.spawn(self.node.store.put_room(self.info()))
+        if not self.closed:  # a closed room was deleted from the store; keep it deleted
+            self.node.spawn(self.node.store.put_room(self.info()))
 
     # -- join / leave -----------------------------------------------------------------------
 
@@ -176,6 +177,18 @@ class Room:
         await self.node.on_room_closed(self)
         self.log.info("room closed", reason=models.DisconnectReason.Name(reason))
 
+    async def evict_all(self, reason: str) -> None:
+        """Give the room up: release it, and send everyone to reconnect (they land elsewhere)."""
+        self.closed = True
+        self._cancel_close_timer()
+        await self.node.on_room_closed(self)
+        for participant in list(self.participants.values()):
+            participant.send_leave(
+                models.DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.RECONNECT
+            )
+            await self.remove(participant, models.DisconnectReason.STATE_MISMATCH, notify=False)
+        self.log.info("room evicted", reason=reason)
+
     def _arm_close_timer(self, seconds: int) -> None:
         self._cancel_close_timer()
         loop = asyncio.get_running_loop()
@@ -211,7 +224,8 @@ class Room:
             participant.send(update)
         else:
             self.broadcast(update)
-        self.node.spawn(self.node.store.put_participant(self.name, info))
+        if not self.closed:
+            self.node.spawn(self.node.store.put_participant(self.name, info))
         self._persist()
 
     def set_metadata(self, metadata: str) -> None:

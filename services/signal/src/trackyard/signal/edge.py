@@ -11,6 +11,7 @@ from trackyard.core.config import Config
 from trackyard.core.noderpc import NodeRpcClient
 from trackyard.core.routing import Router
 from trackyard.core.store import Store
+from trackyard.signal.nodewatch import NodeWatch
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Edge:
     def __post_init__(self) -> None:
         self.keys = KeyProvider(self.config.keys)
         self.rpc = NodeRpcClient(self.bus, self.edge_id)
+        self.nodewatch = NodeWatch(self.store)
 
     async def ready(self) -> tuple[bool, str]:
         """Can this edge serve now? (``/readyz``)"""

@@ -173,9 +173,17 @@ async def rtc_socket(ws: WebSocket) -> None:
     slog = log.bind(room=room, participant=claims.identity, session=session_id, node=node_id)
     slog.info("session started", join_ms=round(join_seconds * 1000, 3))
     downstream = asyncio.create_task(_pump_down(ws, sub, slog))
+
+    async def evict(reason: str) -> None:
+        slog.warning("evicting session", reason=reason)
+        await _send_reconnect(ws, reason)
+        downstream.cancel()
+
+    edge.nodewatch.add(node_id, session_id, evict)
     try:
         reason = await _pump_up(edge, ws, node_id, session_id, downstream)
     finally:
+        edge.nodewatch.discard(node_id, session_id)
         SESSIONS.dec()
         downstream.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -203,6 +211,11 @@ async def _client_gone(edge: Edge, node_id: str, session_id: str) -> None:
 async def _ask_full_reconnect(ws: WebSocket) -> None:
     """We do not resume sessions: tell the SDK to rejoin from scratch."""
     await ws.accept()
+    await _send_reconnect(ws, "session cannot be resumed; rejoin")
+
+
+async def _send_reconnect(ws: WebSocket, reason: str) -> None:
+    """``leave{STATE_MISMATCH, RECONNECT}`` makes the SDK rejoin from scratch."""
     leave = rtc.SignalResponse(
         leave=rtc.LeaveRequest(
             can_reconnect=True,
@@ -210,8 +223,9 @@ async def _ask_full_reconnect(ws: WebSocket) -> None:
             action=rtc.LeaveRequest.RECONNECT,
         )
     )
-    await ws.send_bytes(leave.SerializeToString())
-    await ws.close(CLOSE_NORMAL, "session cannot be resumed; rejoin")
+    with contextlib.suppress(Exception):
+        await ws.send_bytes(leave.SerializeToString())
+    await _close(ws, CLOSE_NORMAL, reason)
 
 
 async def _pump_down(ws: WebSocket, sub: Subscription, slog: structlog.BoundLogger) -> None:

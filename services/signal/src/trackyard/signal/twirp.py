@@ -17,6 +17,7 @@ from livekit.protocol import room as room_pb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from trackyard.core.auth import AuthError, Claims, VideoGrants, verify_token
+from trackyard.core.errors import StoreUnavailableError
 from trackyard.core.noderpc import RpcError
 from trackyard.core.routing import PlacementError
 from trackyard.signal.edge import Edge
@@ -156,7 +157,10 @@ def _decode(kind: type[Message], body: bytes, as_json: bool) -> Message:
 async def _call(edge: Edge, name: str, method: _Method, req: Message) -> Message:
     if name == "ListRooms":
         assert isinstance(req, room_pb.ListRoomsRequest)
-        rooms = await edge.store.list_rooms(list(req.names) or None)
+        try:
+            rooms = await edge.store.list_rooms(list(req.names) or None)
+        except StoreUnavailableError as exc:
+            raise TwirpError("unavailable", str(exc)) from None
         return room_pb.ListRoomsResponse(rooms=rooms)
     room = req.name if isinstance(req, room_pb.CreateRoomRequest) else getattr(req, "room", "")
     if not room:
@@ -165,6 +169,8 @@ async def _call(edge: Edge, name: str, method: _Method, req: Message) -> Message
         placement = await edge.router.place(room, create=name == "CreateRoom")
     except PlacementError as exc:
         raise TwirpError("unavailable", exc.reason) from None
+    except StoreUnavailableError as exc:
+        raise TwirpError("unavailable", str(exc)) from None
     if placement is None:
         raise TwirpError("not_found", f"room {room} not found")
     try:

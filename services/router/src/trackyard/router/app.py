@@ -1,0 +1,65 @@
+"""The router's internal HTTP API: ``POST /place`` plus health and metrics."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import Counter, make_asgi_app
+from pydantic import BaseModel
+from trackyard.core.errors import StoreUnavailableError
+from trackyard.core.routing import PlacementError
+from trackyard.core.store import Store
+from trackyard.router.placement import Placer
+
+log = structlog.get_logger(__name__)
+
+PLACEMENTS = Counter("trackyard_router_placements_total", "Placement requests", ["outcome"])
+
+
+class PlaceRequest(BaseModel):
+    room: str
+    create: bool = True
+    region: str = ""
+
+
+class PlaceResponse(BaseModel):
+    room: str
+    node_id: str
+    epoch: int
+
+
+def create_app(placer: Placer, store: Store) -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, title="trackyard router")
+    app.state.draining = False
+
+    @app.post("/place", response_model=None)
+    async def place(req: PlaceRequest) -> PlaceResponse | JSONResponse:
+        try:
+            placement = await placer.place(req.room, create=req.create, region=req.region)
+        except PlacementError as exc:
+            PLACEMENTS.labels("refused").inc()
+            return JSONResponse({"reason": exc.reason}, status_code=exc.status)
+        except StoreUnavailableError as exc:
+            PLACEMENTS.labels("store_down").inc()
+            return JSONResponse({"reason": f"store unavailable: {exc}"}, status_code=503)
+        if placement is None:
+            PLACEMENTS.labels("absent").inc()
+            return JSONResponse({"reason": f"room {req.room} does not exist"}, status_code=404)
+        PLACEMENTS.labels("ok").inc()
+        return PlaceResponse(room=placement.room, node_id=placement.node_id, epoch=placement.epoch)
+
+    @app.get("/healthz")
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz")
+    async def readyz() -> PlainTextResponse:
+        if app.state.draining:
+            return PlainTextResponse("draining", status_code=503)
+        if not await store.ping():
+            return PlainTextResponse("store unreachable", status_code=503)
+        return PlainTextResponse("ok")
+
+    app.mount("/metrics", make_asgi_app())
+    return app

@@ -1,0 +1,136 @@
+"""``trackyard signal|router|sfu``: each service as its own process, from one config file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from trackyard.core.config import Config
+from trackyard.router.app import create_app as router_app
+from trackyard.router.client import HttpRouter
+from trackyard.sfu.app import create_app as sfu_app
+from trackyard.sfu.node import SfuNode
+from trackyard.signal.app import create_app as signal_app
+from trackyard.signal.edge import Edge
+
+from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
+
+log = structlog.get_logger(__name__)
+
+
+def _host(config: Config) -> str:
+    return config.bind_addresses[0] if config.bind_addresses else "127.0.0.1"
+
+
+async def run_sfu(config: Config) -> int:
+    """Serve rooms until drained (first signal) or forced (second). Exit 0 when drained."""
+    store, bus = make_store_and_bus(config)
+    host = _host(config)
+    node = SfuNode(config, store, bus, address=f"{host}:{config.node.api_port}")
+    server = http_server(sfu_app(node), host, config.node.api_port)
+    forced = asyncio.Event()
+    watcher = SignalWatcher(on_drain=lambda: node.spawn(node.drain()), on_force=forced.set)
+    watcher.install()
+    await node.start()
+    serving = asyncio.create_task(server.serve())
+    log.info(
+        "sfu serving",
+        node=node.node_id,
+        api=f"http://{host}:{config.node.api_port}",
+        region=config.region,
+        pid=os.getpid(),
+    )
+    done_waits = [asyncio.create_task(node.drained.wait()), asyncio.create_task(forced.wait())]
+    await asyncio.wait([*done_waits, serving], return_when=asyncio.FIRST_COMPLETED)
+    code = 1 if forced.is_set() else 0
+    server.should_exit = True
+    await node.stop()
+    await _finish(serving, done_waits)
+    await bus.close()
+    await store.close()
+    log.info("sfu stopped", node=node.node_id, code=code)
+    return code
+
+
+async def run_router(config: Config) -> int:
+    store, bus = make_store_and_bus(config)
+    placer = make_placer(config, store)  # refuses bad node_selector config here
+    app = router_app(placer, store)
+    server = http_server(app, config.router.bind_address, config.router.port)
+    stop = asyncio.Event()
+
+    def drain() -> None:
+        app.state.draining = True
+        stop.set()
+
+    SignalWatcher(on_drain=drain, on_force=stop.set).install()
+    serving = asyncio.create_task(server.serve())
+    log.info(
+        "router serving",
+        url=f"http://{config.router.bind_address}:{config.router.port}",
+        region=config.region,
+        pid=os.getpid(),
+    )
+    waits = [asyncio.create_task(stop.wait())]
+    await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await _finish(serving, waits)
+    await bus.close()
+    await store.close()
+    return 0
+
+
+async def run_signal(config: Config) -> int:
+    """Serve client sockets; on a signal stop taking new ones and exit when the last closes."""
+    store, bus = make_store_and_bus(config)
+    router = HttpRouter(
+        config.router.urls or [f"http://{config.router.bind_address}:{config.router.port}"],
+        region=config.region,
+    )
+    edge = Edge(config=config, store=store, bus=bus, router=router)
+    host = _host(config)
+    server = http_server(
+        signal_app(edge), host, config.port, ws_max_size=2 * config.signal.max_message_size
+    )
+    forced = asyncio.Event()
+    idle = asyncio.Event()
+
+    async def drain() -> None:
+        edge.draining = True
+        await edge.nodewatch.idle.wait()
+        idle.set()
+
+    tasks: set[asyncio.Task[None]] = set()
+    SignalWatcher(
+        on_drain=lambda: tasks.add(asyncio.create_task(drain())), on_force=forced.set
+    ).install()
+    edge.nodewatch.start()
+    serving = asyncio.create_task(server.serve())
+    log.info(
+        "signal edge serving",
+        url=f"ws://{host}:{config.port}",
+        edge=edge.edge_id,
+        region=config.region,
+        pid=os.getpid(),
+    )
+    waits = [asyncio.create_task(idle.wait()), asyncio.create_task(forced.wait())]
+    await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await edge.nodewatch.stop()
+    await _finish(serving, waits)
+    await edge.rpc.close()
+    await router.close()
+    await bus.close()
+    await store.close()
+    return 1 if forced.is_set() else 0
+
+
+async def _finish(serving: asyncio.Task[None], waits: Sequence[asyncio.Task[Any]]) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(serving, 5)
+    for task in waits:
+        task.cancel()
