@@ -1,0 +1,354 @@
+"""The cluster bus on Redis streams, with the semantics of :class:`MemoryBus`.
+
+One stream per channel. Publishing appends with ``XADD ... MAXLEN ~ maxlen`` (a slow or absent
+reader loses the oldest messages, memory stays bounded) through a small Lua script that also
+gives a stream a TTL when it is created and now and then afterwards, so channels of sessions
+that ended without a ``delete`` disappear by themselves. A subscription reads its stream from
+the start (channels are unique per consumer incarnation) with one ``XREAD BLOCK`` loop, which
+wakes as soon as a message lands, and keeps its position across Redis outages.
+
+Envelope fields map to stream fields: ``kind``, ``session``, ``data``, ``reply_to`` (empty
+ones omitted) and one ``h:<name>`` field per header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from trackyard.core.bus import BusClosedError, Envelope, Subscription
+from trackyard.core.errors import BusUnavailableError
+
+log = structlog.get_logger(__name__)
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# KEYS: stream. ARGV: maxlen, ttl seconds, force TTL refresh ("1"/"0"), field, value, ...
+# EXISTS before XADD tells whether this publish creates the stream: a new stream always gets
+# its TTL, even if another process deleted the channel a moment ago.
+_PUBLISH = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+if created or ARGV[3] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return id
+"""
+
+_F_KIND = b"kind"
+_F_SESSION = b"session"
+_F_DATA = b"data"
+_F_REPLY_TO = b"reply_to"
+_HEADER_PREFIX = b"h:"
+
+_CLOSED: Any = object()  # queue marker: the subscription was closed
+
+
+def encode_envelope(envelope: Envelope) -> list[bytes | str]:
+    """Flat field/value list for XADD (empty optional fields left out)."""
+    fields: list[bytes | str] = [_F_KIND, envelope.kind]
+    if envelope.session:
+        fields += [_F_SESSION, envelope.session]
+    if envelope.data:
+        fields += [_F_DATA, envelope.data]
+    if envelope.reply_to:
+        fields += [_F_REPLY_TO, envelope.reply_to]
+    for name, value in envelope.headers.items():
+        fields += [_HEADER_PREFIX + name.encode(), value]
+    return fields
+
+
+def decode_envelope(fields: dict[bytes, bytes]) -> Envelope:
+    """Inverse of :func:`encode_envelope`; raises KeyError when ``kind`` is missing."""
+    headers = {
+        k[len(_HEADER_PREFIX) :].decode(): v.decode()
+        for k, v in fields.items()
+        if k.startswith(_HEADER_PREFIX)
+    }
+    return Envelope(
+        kind=fields[_F_KIND].decode(),
+        session=fields.get(_F_SESSION, b"").decode(),
+        data=fields.get(_F_DATA, b""),
+        reply_to=fields.get(_F_REPLY_TO, b"").decode(),
+        headers=headers,
+    )
+
+
+class RedisSubscription:
+    """A read position on one stream, filled by a background ``XREAD BLOCK`` loop.
+
+    The loop starts at once when created inside a running event loop (else on the first
+    :meth:`get`). It buffers at most ``buffer`` messages locally and drops the oldest beyond
+    that, like :class:`MemoryBus`, so a slow consumer sees the newest messages in order and
+    memory stays bounded. When Redis is unreachable it retries with jittered exponential
+    backoff (one warning per outage) and resumes from the last id it read.
+    """
+
+    def __init__(
+        self,
+        bus: RedisBus,
+        channel: str,
+        *,
+        block_ms: int,
+        count: int,
+        buffer: int,
+        backoff_start: float = 0.05,
+        backoff_cap: float = 2.0,
+    ) -> None:
+        self._bus = bus
+        self.channel = channel
+        self._block_ms = block_ms
+        self._count = count
+        self._buffer = buffer
+        self._backoff_start = backoff_start
+        self._backoff_cap = backoff_cap
+        self._queue: asyncio.Queue[Envelope] = asyncio.Queue()
+        self._last_id: bytes = b"0-0"
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self.read_errors = 0  # failed XREADs so far (diagnostics, tests)
+        self.dropped = 0  # messages dropped because the consumer fell behind
+        with contextlib.suppress(RuntimeError):  # no running loop: start on first get()
+            self._start()
+
+    @property
+    def last_id(self) -> str:
+        """Stream id of the last message taken from Redis."""
+        return self._last_id.decode()
+
+    def _start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"bus-read:{self.channel}"
+            )
+
+    async def _run(self) -> None:
+        client = self._bus.client
+        backoff = self._backoff_start
+        outage_since: float | None = None
+        # The flag, not only cancellation, ends the loop (see _stop).
+        while not self._closed:
+            try:
+                resp = await client.xread(
+                    {self.channel: self._last_id}, count=self._count, block=self._block_ms
+                )
+            except Exception as exc:  # never die: back off and retry until closed
+                if self._closed:  # e.g. the bus closed the client under us
+                    return
+                self.read_errors += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    level = log.warning if isinstance(exc, _UNAVAILABLE) else log.error
+                    level(
+                        "bus subscription cannot read from Redis; retrying",
+                        channel=self.channel,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self._backoff_cap)
+                continue
+            if outage_since is not None:
+                log.info(
+                    "bus subscription reading again",
+                    channel=self.channel,
+                    outage_seconds=round(time.monotonic() - outage_since, 3),
+                )
+                outage_since = None
+                backoff = self._backoff_start
+            if not resp:
+                continue
+            for _stream, entries in _streams(resp):
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    try:
+                        envelope = decode_envelope(fields)
+                    except (KeyError, UnicodeDecodeError, AttributeError):
+                        log.warning("bus dropped a malformed message", channel=self.channel)
+                        continue
+                    if self._closed:  # never push behind the close marker
+                        return
+                    if self._queue.qsize() >= self._buffer:
+                        self._queue.get_nowait()  # bounded: drop the oldest
+                        self.dropped += 1
+                    self._queue.put_nowait(envelope)
+
+    async def get(self, timeout: float | None = None) -> Envelope | None:
+        """Next message, or None when ``timeout`` passes; BusClosedError once closed."""
+        if self._closed:
+            raise BusClosedError(self.channel)
+        self._start()
+        try:
+            item = self._queue.get_nowait()  # fast path: no timer, no extra task
+        except asyncio.QueueEmpty:
+            try:
+                if timeout is None:
+                    item = await self._queue.get()
+                else:
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                return None
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)  # wake any other waiter too
+            raise BusClosedError(self.channel)
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[Envelope]:
+        while True:
+            try:
+                item = await self.get()
+            except BusClosedError:
+                return
+            if item is not None:
+                yield item
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._bus._forget(self)
+        self._queue.put_nowait(_CLOSED)
+        task, self._task = self._task, None
+        if task is not None:
+            await _stop(task, self._block_ms / 1000 + 1.0)
+
+
+async def _stop(task: asyncio.Task[None], deadline: float) -> None:
+    """Cancel the read loop and wait (bounded) until it has ended.
+
+    Cancelling mid-XREAD is safe: redis-py drops that connection rather than return it to
+    the pool with a reply pending. On Python 3.11 a cancel that lands while redis-py sits in
+    ``asyncio.wait_for`` (sending a command) can be swallowed (CPython gh-86296), so cancel
+    again until the task ends; the loop's closed flag ends it at the next XREAD regardless.
+    """
+    end = time.monotonic() + deadline
+    while not task.done() and time.monotonic() < end:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.02)
+
+
+def _streams(resp: Any) -> list[tuple[Any, list[tuple[bytes, dict[bytes, bytes]]]]]:
+    """XREAD's reply as (stream, entries) pairs, for RESP2 (list) and RESP3 (dict) shapes."""
+    if isinstance(resp, dict):
+        return list(resp.items())
+    return [(item[0], item[1]) for item in resp]
+
+
+class RedisBus:
+    """:class:`~trackyard.core.bus.Bus` on Redis streams.
+
+    ``client`` must return bytes and have a ``socket_timeout`` longer than ``block_ms`` (as
+    :func:`~trackyard.core.redisconn.connect_redis` makes it). Each open subscription holds
+    one pooled connection while it waits and buffers up to ``buffer`` (default ``maxlen``)
+    messages its consumer has not taken yet. :meth:`close` closes the client only when
+    ``owns_client`` is true.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        maxlen: int = 10_000,
+        channel_ttl: int = 3600,
+        block_ms: int = 500,
+        read_count: int = 256,
+        buffer: int | None = None,
+        op_timeout: float = 5.0,
+        owns_client: bool = False,
+    ) -> None:
+        self.client = client
+        self._maxlen = maxlen
+        self._ttl = channel_ttl
+        self._block_ms = block_ms
+        self._read_count = read_count
+        self._buffer = max(1, buffer if buffer is not None else maxlen)
+        self._op_timeout = op_timeout
+        self._owns_client = owns_client
+        self._publish = client.register_script(_PUBLISH)
+        self._subs: dict[str, list[RedisSubscription]] = {}
+        # channel -> monotonic time this process last refreshed its TTL. Bounded: forgetting
+        # a channel only costs one extra EXPIRE later.
+        self._refreshed: OrderedDict[str, float] = OrderedDict()
+        self._refreshed_cap = 4096
+
+    def _needs_refresh(self, channel: str) -> bool:
+        # Refresh when this process first writes a channel, then every quarter TTL, so any
+        # message outlives its last write by at least three quarters of the TTL.
+        now = time.monotonic()
+        last = self._refreshed.get(channel)
+        if last is not None and now - last < self._ttl / 4:
+            return False
+        self._refreshed[channel] = now
+        self._refreshed.move_to_end(channel)
+        while len(self._refreshed) > self._refreshed_cap:
+            self._refreshed.popitem(last=False)
+        return True
+
+    async def publish(self, channel: str, envelope: Envelope) -> None:
+        """Append to ``channel``; BusUnavailableError when Redis cannot take it in time."""
+        refresh = self._needs_refresh(channel)
+        args: list[bytes | str | int] = [self._maxlen, self._ttl, "1" if refresh else "0"]
+        args += encode_envelope(envelope)
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self._publish(keys=[channel], args=args)
+        except _UNAVAILABLE as exc:
+            self._refreshed.pop(channel, None)  # the TTL may not have been set
+            raise BusUnavailableError(
+                f"Redis bus unavailable publishing to {channel}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def subscribe(self, channel: str) -> Subscription:
+        sub = RedisSubscription(
+            self,
+            channel,
+            block_ms=self._block_ms,
+            count=self._read_count,
+            buffer=self._buffer,
+        )
+        self._subs.setdefault(channel, []).append(sub)
+        return sub
+
+    def _forget(self, sub: RedisSubscription) -> None:
+        subs = self._subs.get(sub.channel)
+        if subs and sub in subs:
+            subs.remove(sub)
+            if not subs:
+                del self._subs[sub.channel]
+
+    async def delete(self, channel: str) -> None:
+        """DEL the stream and close this process's subscriptions to it (as MemoryBus does)."""
+        for sub in list(self._subs.get(channel, ())):
+            await sub.close()
+        self._refreshed.pop(channel, None)
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self.client.delete(channel)
+        except _UNAVAILABLE as exc:
+            raise BusUnavailableError(
+                f"Redis bus unavailable deleting {channel}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def ping(self) -> bool:
+        """True when Redis answers within a second; never raises."""
+        try:
+            async with asyncio.timeout(1.0):
+                return bool(await self.client.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                await sub.close()
+        if self._owns_client:
+            await self.client.aclose()
