@@ -25,11 +25,19 @@ class TrackyardProcess:
     """``trackyard <command>`` with a YAML config, logs kept in a file for failure reports."""
 
     def __init__(
-        self, config: dict[str, Any] | None = None, *, command: str = "dev", port: int | None = None
+        self,
+        config: dict[str, Any] | None = None,
+        *,
+        command: str = "dev",
+        port: int | None = None,
+        ready_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.config = {"port": self.port, "bind_addresses": ["127.0.0.1"], **(config or {})}
         self.command = command
+        self.ready_port = ready_port or self.port  # whose /readyz says it serves
+        self.extra_env = env or {}
         self._dir = tempfile.TemporaryDirectory(prefix="trackyard-test-")
         self.config_path = Path(self._dir.name) / "config.yaml"
         self.log_path = Path(self._dir.name) / "trackyard.log"
@@ -45,7 +53,7 @@ class TrackyardProcess:
 
     def start(self, timeout: float = 20.0) -> TrackyardProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         env.pop("LIVEKIT_CONFIG", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -61,7 +69,8 @@ class TrackyardProcess:
                     f"trackyard exited early ({self.proc.returncode}):\n{self.logs()}"
                 )
             try:
-                if httpx.get(self.http_url + "/readyz", timeout=1.0).status_code == 200:
+                url = f"http://127.0.0.1:{self.ready_port}/readyz"
+                if httpx.get(url, timeout=1.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

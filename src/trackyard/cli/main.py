@@ -8,7 +8,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 from trackyard.core.auth import VideoGrants, create_token
@@ -54,6 +55,17 @@ def _load(
     return cfg
 
 
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a service; configuration refused at start-up is a one-line error, exit status 2."""
+    from trackyard.router.selector import SelectorError
+
+    try:
+        return asyncio.run(main)
+    except (ConfigError, SelectorError) as exc:
+        typer.echo(f"trackyard: invalid config: {exc}", err=True)
+        return 2
+
+
 @app.command()
 def dev(
     config: ConfigOpt = None,
@@ -64,7 +76,7 @@ def dev(
     from trackyard.cli.dev import run_all_in_one
 
     cfg = _load(config, dev=True, port=port, bind=bind)
-    sys.exit(asyncio.run(run_all_in_one(cfg)))
+    sys.exit(_run(run_all_in_one(cfg)))
 
 
 PortOpt = Annotated[int | None, typer.Option(help="port to listen on")]
@@ -77,7 +89,7 @@ def signal(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = N
     from trackyard.cli.services import run_signal
 
     cfg = _load(config, port=port, region=region)
-    sys.exit(asyncio.run(run_signal(cfg)))
+    sys.exit(_run(run_signal(cfg)))
 
 
 @app.command()
@@ -88,7 +100,7 @@ def router(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = N
     cfg = _load(config, region=region)
     if port is not None:
         cfg.router.port = port
-    sys.exit(asyncio.run(run_router(cfg)))
+    sys.exit(_run(run_router(cfg)))
 
 
 @app.command()
@@ -99,7 +111,7 @@ def sfu(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = None
     cfg = _load(config, region=region)
     if port is not None:
         cfg.node.api_port = port
-    sys.exit(asyncio.run(run_sfu(cfg)))
+    sys.exit(_run(run_sfu(cfg)))
 
 
 @app.command()
