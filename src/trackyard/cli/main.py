@@ -7,8 +7,8 @@ import datetime as dt
 import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
