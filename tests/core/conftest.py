@@ -76,7 +76,7 @@ class BusFactory:
         if self._client is None:
             bus = self._shared_memory if maxlen is None else MemoryBus(maxlen=maxlen)
         else:
-            bus = RedisBus(self._client, **({} if maxlen is None else {"maxlen": maxlen}))
+            bus = RedisBus(self._client, maxlen=10_000 if maxlen is None else maxlen)
         if bus not in self.made:
             self.made.append(bus)
         return bus

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from livekit.protocol import models
@@ -23,8 +24,8 @@ def participant(identity: str, **kw: object) -> models.ParticipantInfo:
     return models.ParticipantInfo(identity=identity, sid=f"PA_{identity}", **kw)  # type: ignore[arg-type]
 
 
-def node(node_id: str, **kw: object) -> NodeRecord:
-    return NodeRecord(id=node_id, address=f"{node_id}:7881", **kw)  # type: ignore[arg-type]
+def node(node_id: str, **kw: Any) -> NodeRecord:
+    return NodeRecord(id=node_id, address=f"{node_id}:7881", **kw)
 
 
 async def wait_until_gone(store: Store, node_id: str, timeout: float = 3.0) -> float:

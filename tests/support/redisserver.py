@@ -39,7 +39,8 @@ def _answers_ping(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            # NOAUTH: up, but password-protected (also ready).
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -63,7 +64,23 @@ class RedisServer:
         """Start (or restart, same port) and wait until it answers PING."""
         if self.running():
             return self
-        args = [
+        self.proc = subprocess.Popen(
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited early ({self.proc.returncode}):\n{self.logs()}"
+                )
+            if _answers_ping(self.port):
+                return self
+            time.sleep(0.02)  # a process start-up has no event to await
+        self.stop()
+        raise TimeoutError(f"redis-server did not answer PING within {timeout}s:\n{self.logs()}")
+
+    def _command(self) -> list[str]:
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -79,18 +96,6 @@ class RedisServer:
             str(self.log_path),
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited early ({self.proc.returncode}):\n{self.logs()}"
-                )
-            if _answers_ping(self.port):
-                return self
-            time.sleep(0.02)  # a process start-up has no event to await
-        self.stop()
-        raise TimeoutError(f"redis-server did not answer PING within {timeout}s:\n{self.logs()}")
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -121,6 +126,44 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisSentinel(RedisServer):
+    """A Sentinel watching one master, for connection tests (``redis-server --sentinel``)."""
+
+    def __init__(
+        self,
+        master: RedisServer,
+        master_name: str = "mymaster",
+        *,
+        master_password: str = "",
+        requirepass: str = "",
+    ) -> None:
+        super().__init__()
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self._dir.name}",
+            f"sentinel monitor {master_name} 127.0.0.1 {master.port} 1",
+            f"sentinel down-after-milliseconds {master_name} 1000",
+        ]
+        if master_password:
+            lines.append(f"sentinel auth-pass {master_name} {master_password}")
+        if requirepass:
+            lines.append(f"requirepass {requirepass}")
+        # Sentinel rewrites its config file, so it must be a writable file of its own.
+        self.config_path = Path(self._dir.name) / "sentinel.conf"
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.extra_args = ["--sentinel"]
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            str(self.config_path),
+            "--logfile",
+            str(self.log_path),
+            *self.extra_args,
+        ]
 
 
 def redis_server_fixture(
