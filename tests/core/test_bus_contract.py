@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from redis.asyncio import Redis
@@ -13,7 +14,8 @@ from trackyard.core import keys
 from trackyard.core.bus import Bus, BusClosedError, Envelope
 from trackyard.core.redisbus import RedisBus, RedisSubscription, decode_envelope, encode_envelope
 
-from tests.core.conftest import BusFactory
+if TYPE_CHECKING:  # conftest is loaded by pytest itself; importing it again would duplicate it
+    from tests.core.conftest import BusFactory
 
 CH = keys.session_channel("SE_test")
 

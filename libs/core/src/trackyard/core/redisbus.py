@@ -118,6 +118,7 @@ class RedisSubscription:
         self._task: asyncio.Task[None] | None = None
         self.read_errors = 0  # failed XREADs so far (diagnostics, tests)
         self.dropped = 0  # messages dropped because the consumer fell behind
+        self._failing = False  # counted in the bus's outage tally
         with contextlib.suppress(RuntimeError):  # no running loop: start on first get()
             self._start()
 
@@ -148,21 +149,14 @@ class RedisSubscription:
                 self.read_errors += 1
                 if outage_since is None:
                     outage_since = time.monotonic()
-                    level = log.warning if isinstance(exc, _UNAVAILABLE) else log.error
-                    level(
-                        "bus subscription cannot read from Redis; retrying",
-                        channel=self.channel,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
+                    self._failing = True
+                    self._bus._read_failed(self, exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self._backoff_cap)
                 continue
             if outage_since is not None:
-                log.info(
-                    "bus subscription reading again",
-                    channel=self.channel,
-                    outage_seconds=round(time.monotonic() - outage_since, 3),
-                )
+                self._failing = False
+                self._bus._read_recovered(self, time.monotonic() - outage_since)
                 outage_since = None
                 backoff = self._backoff_start
             if not resp:
@@ -216,6 +210,9 @@ class RedisSubscription:
             return
         self._closed = True
         self._bus._forget(self)
+        if self._failing:
+            self._failing = False
+            self._bus._read_recovered(self, None)
         self._queue.put_nowait(_CLOSED)
         task, self._task = self._task, None
         if task is not None:
@@ -275,6 +272,7 @@ class RedisBus:
         self._owns_client = owns_client
         self._publish = client.register_script(_PUBLISH)
         self._subs: dict[str, list[RedisSubscription]] = {}
+        self._failing = 0  # subscriptions currently unable to read
         # channel -> monotonic time this process last refreshed its TTL. Bounded: forgetting
         # a channel only costs one extra EXPIRE later.
         self._refreshed: OrderedDict[str, float] = OrderedDict()
@@ -317,6 +315,23 @@ class RedisBus:
         )
         self._subs.setdefault(channel, []).append(sub)
         return sub
+
+    def _read_failed(self, sub: RedisSubscription, exc: Exception) -> None:
+        # One warning per outage for the whole bus, not one per subscription: an edge may
+        # hold thousands of session subscriptions that all fail at once.
+        self._failing += 1
+        error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, _UNAVAILABLE):
+            log.error("bus subscription read failed; retrying", channel=sub.channel, error=error)
+        elif self._failing == 1:
+            log.warning("bus cannot read from Redis; retrying", channel=sub.channel, error=error)
+        else:
+            log.debug("bus subscription cannot read; retrying", channel=sub.channel, error=error)
+
+    def _read_recovered(self, sub: RedisSubscription, outage: float | None) -> None:
+        self._failing -= 1
+        if self._failing == 0 and outage is not None:
+            log.info("bus reading from Redis again", channel=sub.channel, outage_s=round(outage, 3))
 
     def _forget(self, sub: RedisSubscription) -> None:
         subs = self._subs.get(sub.channel)
