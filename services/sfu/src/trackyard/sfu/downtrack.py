@@ -1,0 +1,459 @@
+"""DownTrack: one subscriber's copy of one UpTrack, sent on a send-only transceiver.
+
+For every packet of its UpTrack the DownTrack decides whether to forward it (the layer it
+currently forwards, or the start of a keyframe on the layer it wants to switch to), rewrites
+SSRC, payload type, sequence number, timestamp (``RtpMunger``) and, for VP8, the picture id
+fields (``Vp8Munger``), adds its own header extensions (MID, abs-send-time, audio level with the
+subscriber's negotiated ids) and sends it through aiortc's SRTP/ICE. The subscriber sees one
+continuous stream across layer switches and pauses. It keeps a short history of sent packets
+and answers NACKs with RTX (or a plain resend when RTX was not negotiated), forwards PLI/FIR to
+the UpTrack (throttled there), and sends sender reports derived from the publisher's, so the
+subscriber can keep audio and video in sync.
+
+Integration (subscriber peer connection, the server offers)::
+
+    transceiver = sub_pc.addTransceiver(up.kind, direction="sendonly")
+    dt = DownTrack(
+        up, transceiver,
+        stream_id=f"{publisher_sid}|{track_sid}", track_id=track_sid,   # a=msid
+        counters=node_counters,                                         # optional
+    )
+    dt.set_layer_preference(quality=QUALITY_HIGH)      # UpdateTrackSettings: quality,
+    dt.set_layer_preference(width=640, height=360)     # or a view size,
+    dt.set_layer_preference(disabled=True)             # or paused
+    offer = await sub_pc.createOffer(); await sub_pc.setLocalDescription(offer); ...
+    ...
+    dt.close()                                          # unsubscribe; then stop the transceiver
+
+Create the DownTrack *before* the offer that adds the transceiver is negotiated: it hooks the
+transceiver's sender, which aiortc starts once the answer is applied; forwarding begins then,
+with a keyframe request. The DownTrack restricts the transceiver's codecs to the UpTrack's codec
+(when known) so the subscriber negotiates what the publisher sends.
+Counters: ``packets_sent``, ``bytes_sent`` (payload), ``retransmits``, ``nacks_received``,
+``plis_received``, ``rtt``, ``fraction_lost`` and ``remb_bitrate`` (the subscriber's feedback),
+plus the shared ``TrafficCounters`` if given.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from aiortc import RTCRtpSender
+from trackyard.sfu import rtphooks
+from trackyard.sfu.rtphooks import (
+    AnyRtcpPacket,
+    CodecInfo,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    SendParameters,
+)
+from trackyard.sfu.rtpmunger import RtpMunger, ts_after_pause, ts_diff, ts_on_reference
+from trackyard.sfu.rtppacket import (
+    ExtensionWriter,
+    ntp_to_compact,
+    rtcp_bye,
+    rtcp_sdes,
+    rtcp_sr,
+    rtp_header,
+    rtx_packet,
+)
+from trackyard.sfu.rtpstats import TrafficCounters
+from trackyard.sfu.vp8 import Vp8Descriptor, Vp8Munger
+
+if TYPE_CHECKING:
+    from aiortc import RTCRtpTransceiver
+    from trackyard.sfu.uptrack import UpTrack
+
+__all__ = ["DownTrack"]
+
+log = logging.getLogger(__name__)
+
+_RTCP_PSFB_PLI = 1
+_RTCP_PSFB_FIR = 4
+_RTCP_PSFB_APP = 15
+_RTCP_RTPFB_NACK = 1
+
+
+def _history_size(requested: int) -> int:
+    size = 1
+    while size < requested:
+        size <<= 1
+    return min(size, 32768)
+
+
+class DownTrack:
+    """One subscriber's copy of an UpTrack; see the module docstring for how to wire it."""
+
+    def __init__(
+        self,
+        uptrack: UpTrack,
+        transceiver: RTCRtpTransceiver,
+        *,
+        stream_id: str | None = None,
+        track_id: str | None = None,
+        history_size: int | None = None,
+        counters: TrafficCounters | None = None,
+        rtcp_interval: float = 1.0,
+    ) -> None:
+        self.uptrack = uptrack
+        self.kind = uptrack.kind
+        self.transceiver = transceiver
+        self.counters = counters
+        self._sender: RTCRtpSender = transceiver.sender
+        self._video = uptrack.kind == "video"
+        if history_size is None:
+            history_size = 1024 if self._video else 128
+        self._mask = _history_size(history_size) - 1
+        n = self._mask + 1
+        self._hist: list[bytes | None] = [None] * n
+        self._hist_hlen = [0] * n
+        self._hist_rtx = [0.0] * n
+        # negotiated when aiortc starts the sender
+        self._ready = False
+        self._ssrc, self._rtx_ssrc = rtphooks.sender_ssrcs(self._sender)
+        self._out_codecs: list[CodecInfo] = []
+        self._pt_map: dict[int, int] = {}
+        self._rtx_pt = -1
+        self._rtx_seq = random.randrange(0x8000)
+        self._ext = ExtensionWriter({}, None)
+        self._cname = ""
+        # forwarding state
+        self._munger = RtpMunger(first_out_seq=random.randrange(0x8000))
+        self._vp8 = Vp8Munger()
+        self._src_ssrc: int | None = None  # the stream being forwarded (None: waiting)
+        self._last_src_ssrc: int | None = None  # the stream forwarded last
+        self._last_sent = 0.0
+        self._current = -1
+        self._target = 0
+        self.desired_layer = 0
+        self._quality: int | None = None
+        self._width = 0
+        self._height = 0
+        self._disabled = False
+        self._closed = False
+        self._errors = 0
+        # statistics
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.retransmits = 0
+        self.nacks_received = 0
+        self.plis_received = 0
+        self.switches = 0
+        self.rtt: float | None = None
+        self.fraction_lost = 0
+        self.packets_lost = 0
+        self.jitter = 0
+        self.remb_bitrate: int | None = None
+        self._sr_sent: dict[int, float] = {}
+        self._rtx_min_interval = 0.03
+
+        if stream_id is not None or track_id is not None:
+            rtphooks.set_sender_msid(
+                self._sender,
+                stream_id if stream_id is not None else uptrack.track_sid,
+                track_id if track_id is not None else uptrack.track_sid,
+            )
+        self._prefer_codec()
+        rtphooks.hook_sender(self._sender, self, rtcp_interval=rtcp_interval)
+        self._retarget()
+        uptrack._add_downtrack(self)
+
+    # --- public surface -----------------------------------------------------------------
+
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
+
+    @property
+    def current_layer(self) -> int:
+        """Index (in ``uptrack.layers``) of the layer being forwarded, -1 if none."""
+        return self._current if self._src_ssrc is not None else -1
+
+    @property
+    def target_layer(self) -> int:
+        return self._target
+
+    @property
+    def paused(self) -> bool:
+        return self._disabled or self._closed
+
+    @property
+    def ready(self) -> bool:
+        """The sender has been negotiated and started."""
+        return self._ready
+
+    def set_layer_preference(
+        self,
+        quality: int | None = None,
+        width: int = 0,
+        height: int = 0,
+        disabled: bool = False,
+    ) -> None:
+        """What the subscriber wants: a quality (``QUALITY_LOW``/``MEDIUM``/``HIGH``; None:
+        the best), or a view size (the smallest layer covering it), or nothing (``disabled``:
+        paused, nothing is sent until re-enabled, then it resumes at a keyframe)."""
+        self._quality = quality
+        self._width = width
+        self._height = height
+        self._disabled = disabled
+        self._retarget()
+        self.uptrack._update_wanted()
+
+    def close(self) -> None:
+        """Stop forwarding and detach from the UpTrack (the transceiver is the caller's)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._src_ssrc = None
+        self.desired_layer = -1
+        self.uptrack._remove_downtrack(self)
+
+    # --- layer choice -------------------------------------------------------------------
+
+    def _retarget(self) -> None:
+        if self._closed:
+            return
+        up = self.uptrack
+        if self._disabled:
+            self.desired_layer = -1
+            self._src_ssrc = None  # resume needs a keyframe
+            return
+        desired = up.select_layer(self._quality, self._width, self._height)
+        self.desired_layer = desired
+        target = up.usable_layer(desired)
+        if target != self._target or self._src_ssrc is None:
+            self._target = target
+            if self._ready and (target != self._current or self._src_ssrc is None):
+                up.request_keyframe(target)
+
+    def _uptrack_closed(self) -> None:
+        self._closed = True
+        self._src_ssrc = None
+
+    def _failed(self) -> None:
+        self._errors += 1
+        if self._errors in (1, 100, 10000):
+            log.exception("DownTrack %s: forwarding error #%d", self._ssrc, self._errors)
+
+    # --- codecs -------------------------------------------------------------------------
+
+    def _prefer_codec(self) -> None:
+        codec = self.uptrack.current_codec()
+        if codec is None:
+            return
+        caps = RTCRtpSender.getCapabilities(self.kind)
+        if caps is None:
+            return
+        wanted = [c for c in caps.codecs if c.mimeType.lower() == codec.mime]
+        if not wanted:
+            return
+        rtx = [c for c in caps.codecs if c.mimeType.lower().endswith("/rtx")]
+        try:
+            self.transceiver.setCodecPreferences(wanted + rtx)
+        except Exception:  # preferences are an optimisation only
+            log.debug("DownTrack: could not set codec preferences", exc_info=True)
+
+    def _map_pt(self, payload_type: int) -> int:
+        codec = self.uptrack.codec_for(payload_type)
+        out = -1
+        if codec is not None:
+            for c in self._out_codecs:
+                if c.mime == codec.mime and c.clock_rate == codec.clock_rate:
+                    out = c.payload_type
+                    self._rtx_pt = c.rtx_payload_type
+                    break
+        if out < 0:
+            log.warning(
+                "DownTrack %s: the subscriber did not negotiate %s; not forwarding",
+                self._ssrc,
+                codec.mime if codec else f"payload type {payload_type}",
+            )
+        self._pt_map[payload_type] = out
+        return out
+
+    # --- SenderHandler (rtphooks) -------------------------------------------------------
+
+    def sender_started(self, params: SendParameters) -> None:
+        self._ssrc = params.ssrc
+        self._rtx_ssrc = params.rtx_ssrc
+        self._out_codecs = params.codecs
+        self._ext = ExtensionWriter(params.header_extensions, params.mid)
+        self._cname = params.cname or ""
+        self._pt_map.clear()
+        self._ready = True
+        if not self._closed and not self._disabled:
+            self.uptrack.request_keyframe(self._target)
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRtpfbPacket):
+            if packet.fmt == _RTCP_RTPFB_NACK:
+                self.nacks_received += 1
+                if self.counters is not None:
+                    self.counters.nacks_received += 1
+                await self._retransmit(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (_RTCP_PSFB_PLI, _RTCP_PSFB_FIR):
+                self.plis_received += 1
+                if self._current >= 0:
+                    self.uptrack.request_keyframe(self._current)
+            elif packet.fmt == _RTCP_PSFB_APP:
+                remb = _parse_remb(packet.fci)
+                if remb is not None:
+                    self.remb_bitrate = remb
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != self._ssrc:
+                    continue
+                self.fraction_lost = report.fraction_lost
+                self.packets_lost = report.packets_lost
+                self.jitter = report.jitter
+                sent = self._sr_sent.get(report.lsr)
+                if sent is not None and report.dlsr:
+                    rtt = time.monotonic() - sent - report.dlsr / 65536
+                    if rtt >= 0:
+                        self.rtt = rtt if self.rtt is None else 0.85 * self.rtt + 0.15 * rtt
+                        self._rtx_min_interval = min(0.2, max(0.01, self.rtt))
+
+    def rtcp_report(self) -> bytes | None:
+        if not self._ready or not self.packets_sent or self._last_src_ssrc is None:
+            return None
+        sr = self.uptrack.sender_report(self._last_src_ssrc)
+        if sr is None:
+            return None
+        sr_ntp, sr_rtp, sr_time = sr
+        now = time.monotonic()
+        elapsed = now - sr_time
+        ntp = (sr_ntp + int(elapsed * 4294967296.0)) & 0xFFFFFFFFFFFFFFFF
+        clock = self.uptrack.clock_rate
+        rtp_ts = (sr_rtp + round(elapsed * clock) - self._munger.ts_offset) & 0xFFFFFFFF
+        sent = self._sr_sent
+        sent[ntp_to_compact(ntp)] = now
+        if len(sent) > 8:
+            del sent[next(iter(sent))]
+        data = rtcp_sr(self._ssrc, ntp, rtp_ts, self.packets_sent, self.bytes_sent)
+        if self._cname:
+            data += rtcp_sdes(self._ssrc, self._cname)
+        return data
+
+    def rtcp_bye(self) -> bytes | None:
+        return rtcp_bye([self._ssrc]) if self._ready else None
+
+    # --- packet path (called by the UpTrack) --------------------------------------------
+
+    def _begin_segment(self, layer: int, packet: RtpPacket, desc: Vp8Descriptor | None) -> None:
+        munger = self._munger
+        in_ts = packet.timestamp
+        ssrc = packet.ssrc
+        if not munger.started:
+            out_ts = in_ts
+        else:
+            up = self.uptrack
+            clock = up.clock_rate
+            last_ts = munger.last_out_ts
+            out_ts = ts_after_pause(last_ts, up.now - self._last_sent, clock)
+            previous = self._last_src_ssrc
+            if ssrc == previous:
+                # resuming the same stream: its own timeline is the right one
+                out_ts = (in_ts - munger.ts_offset) & 0xFFFFFFFF
+            elif previous is not None:
+                new_sr = up.sender_report(ssrc)
+                ref_sr = up.sender_report(previous)
+                if new_sr is not None and ref_sr is not None:
+                    on_ref = ts_on_reference(in_ts, new_sr[:2], ref_sr[:2], clock)
+                    aligned = (on_ref - munger.ts_offset) & 0xFFFFFFFF
+                    if abs(ts_diff(aligned, out_ts)) < clock:  # trust SRs unless way off
+                        out_ts = aligned
+            if ts_diff(out_ts, last_ts) <= 0:
+                out_ts = (last_ts + 1) & 0xFFFFFFFF
+        munger.start_segment(packet.sequence_number, in_ts, out_ts)
+        if desc is not None:
+            self._vp8.switch(desc)
+        if self._src_ssrc is not None or self._last_src_ssrc is not None:
+            self.switches += 1
+        self._src_ssrc = ssrc
+        self._last_src_ssrc = ssrc
+        self._current = layer
+
+    def _skip(self, layer: int, packet: RtpPacket) -> None:
+        if packet.ssrc == self._src_ssrc:
+            self._munger.skip(packet.sequence_number)
+
+    async def _forward(
+        self, layer: int, packet: RtpPacket, keyframe: bool, desc: Vp8Descriptor | None
+    ) -> None:
+        if packet.ssrc != self._src_ssrc:
+            if not self._ready or self._disabled or self._closed or layer != self._target:
+                return
+            if not keyframe:
+                self.uptrack.request_keyframe(layer)
+                return
+            self._begin_segment(layer, packet, desc)
+        mapped = self._munger.map(packet.sequence_number, packet.timestamp)
+        if mapped is None:
+            return
+        pt = self._pt_map.get(packet.payload_type)
+        if pt is None:
+            pt = self._map_pt(packet.payload_type)
+        if pt < 0:
+            return
+        payload = packet.payload
+        if desc is not None:
+            payload = self._vp8.rewrite(payload, desc)
+        up = self.uptrack
+        if self._video:
+            ext = self._ext.video(up.abs_time)
+        else:
+            ext = self._ext.audio(packet.extensions.audio_level)
+        seq = mapped[0]
+        header = rtp_header(pt, packet.marker, seq, mapped[1], self._ssrc, ext)
+        data = header + payload
+        i = seq & self._mask
+        self._hist[i] = data
+        self._hist_hlen[i] = len(header)
+        self._hist_rtx[i] = 0.0
+        self._last_sent = up.now
+        size = len(payload)
+        self.packets_sent += 1
+        self.bytes_sent += size
+        counters = self.counters
+        if counters is not None:
+            counters.packets_out += 1
+            counters.bytes_out += size
+        await rtphooks.send_rtp(self._sender.transport, data)
+
+    async def _retransmit(self, lost: list[int]) -> None:
+        now = time.monotonic()
+        transport = self._sender.transport
+        for seq in lost:
+            i = seq & self._mask
+            data = self._hist[i]
+            if data is None or ((data[2] << 8) | data[3]) != seq:
+                continue
+            if now - self._hist_rtx[i] < self._rtx_min_interval:
+                continue
+            self._hist_rtx[i] = now
+            if self._rtx_pt >= 0:
+                out = rtx_packet(
+                    data, self._hist_hlen[i], self._rtx_pt, self._rtx_seq, self._rtx_ssrc
+                )
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            else:
+                out = data
+            self.retransmits += 1
+            if self.counters is not None:
+                self.counters.retransmits += 1
+            await rtphooks.send_rtp(transport, out)
+
+
+def _parse_remb(fci: bytes) -> int | None:
+    if len(fci) < 8 or fci[:4] != b"REMB":
+        return None
+    exp = fci[5] >> 2
+    mantissa = ((fci[5] & 0x03) << 16) | (fci[6] << 8) | fci[7]
+    return mantissa << exp

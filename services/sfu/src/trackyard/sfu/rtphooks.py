@@ -1,0 +1,736 @@
+"""The one place that touches aiortc (and aioice) internals. Written against aiortc 1.16.0.
+
+aiortc is a WebRTC *endpoint*: it decodes what it receives and encodes what it sends. An SFU
+forwards RTP packets instead, so this module bends a few internals, each on single objects
+(per-instance attributes), never by patching aiortc's classes for everybody:
+
+Receiving (publisher peer connection)
+  ``hook_receiver(receiver, handler)`` replaces the receiver's packet handlers: decrypted,
+  parsed RTP and RTCP go to ``handler`` *instead of* aiortc's NACK generator, jitter buffer
+  and decoder, so nothing is decoded and no frame queues up. The DTLS transport's RTP router
+  is replaced by ``MidRouter``, which routes by the MID header extension when the SSRC is
+  unknown (aiortc's router drops packets of bundled m-lines that share a payload type and
+  carry no ``a=ssrc``, which is what simulcast publishers send) and learns SSRC -> receiver.
+
+Sending (subscriber peer connection)
+  ``hook_sender(sender, handler)`` turns an ``RTCRtpSender`` of a send-only transceiver into
+  a raw packet sender: its encoder loop is replaced by an idle task, its RTCP loop by one that
+  sends the handler's sender reports, and RTCP feedback for its SSRC (NACK, PLI, FIR, REMB,
+  receiver reports) goes to ``handler.handle_rtcp``. ``handler.sender_started`` receives the
+  negotiated parameters (payload types, RTX, header extension ids, MID) when aiortc starts
+  the sender. Packets are sent with ``send_rtp`` / ``send_rtcp`` (SRTP + ICE of aiortc).
+
+ICE sockets
+  ``hook_peer_connection(pc, policy)`` installs the MID router on every DTLS transport the
+  connection creates and lets ``policy`` bind the UDP sockets aioice gathers host candidates
+  on (port range, advertised address). See ``trackyard.sfu.portrange``.
+
+Simulcast
+  aiortc's SDP has no ``a=rid`` / ``a=simulcast``: ``install_simulcast_extensions`` lets it
+  negotiate the RtpStreamId header extensions, and ``simulcast_answer`` adds the receive side
+  of the offer's simulcast to an answer before it is sent to the client.
+
+``check_aiortc_internals()`` verifies that everything used here still exists; run it at
+start-up (the SFU node does) and in the test suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import re
+import socket
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import CodeType
+from typing import Any, Protocol
+
+import aioice.candidate
+import aioice.ice
+import aioice.turn
+import aiortc
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs import HEADER_EXTENSIONS
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+from aiortc.rtp import (
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+)
+from trackyard.sfu.rtppacket import EXT_REPAIRED_RID, EXT_RID
+
+__all__ = [
+    "EXPECTED_AIORTC_VERSION",
+    "AiortcInternalsError",
+    "AnyRtcpPacket",
+    "CodecInfo",
+    "IceSocketPolicy",
+    "MidRouter",
+    "ReceiverHandler",
+    "RtcpByePacket",
+    "RtcpPsfbPacket",
+    "RtcpRrPacket",
+    "RtcpRtpfbPacket",
+    "RtcpSrPacket",
+    "RtpPacket",
+    "SendParameters",
+    "SenderHandler",
+    "check_aiortc_internals",
+    "hook_peer_connection",
+    "hook_receiver",
+    "hook_sender",
+    "install_mid_router",
+    "install_simulcast_extensions",
+    "receiver_codecs",
+    "receiver_rtcp_ssrc",
+    "receiver_rtx_ssrcs",
+    "send_rtcp",
+    "send_rtp",
+    "sender_ssrcs",
+    "set_sender_msid",
+    "simulcast_answer",
+    "spawn",
+    "unhook_receiver",
+]
+
+EXPECTED_AIORTC_VERSION = "1.16.0"
+
+log = logging.getLogger(__name__)
+
+
+# --- the internals we rely on ----------------------------------------------------------------
+
+
+class AiortcInternalsError(RuntimeError):
+    """aiortc/aioice no longer has an attribute or method this module hooks."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Need:
+    owner: Any  # a class/module/mapping, or (class, "function name") for kind "uses"
+    name: str
+    kind: str  # "attr": class/module attribute; "uses": the function's code (incl. nested
+    # comprehensions) refers to the name: an assignment or call site we rely on; "key": key
+    label: str
+
+
+def _needs() -> list[_Need]:
+    ice_conn = aioice.ice.Connection
+    return [
+        # receiving
+        _Need(RTCRtpReceiver, "_handle_rtp_packet", "attr", "RTCRtpReceiver._handle_rtp_packet"),
+        _Need(RTCRtpReceiver, "_handle_rtcp_packet", "attr", "RTCRtpReceiver._handle_rtcp_packet"),
+        _Need(RTCRtpReceiver, "setTransport", "attr", "RTCRtpReceiver.setTransport"),
+        _Need(RTCRtpReceiver, "transport", "attr", "RTCRtpReceiver.transport"),
+        _Need(
+            (RTCRtpReceiver, "__init__"),
+            "_RTCRtpReceiver__codecs",
+            "uses",
+            "RTCRtpReceiver.__codecs",
+        ),
+        _Need(
+            (RTCRtpReceiver, "__init__"),
+            "_RTCRtpReceiver__rtx_ssrc",
+            "uses",
+            "RTCRtpReceiver.__rtx_ssrc",
+        ),
+        _Need(
+            (RTCRtpReceiver, "__init__"),
+            "_RTCRtpReceiver__rtcp_ssrc",
+            "uses",
+            "RTCRtpReceiver.__rtcp_ssrc",
+        ),
+        # routing
+        _Need(
+            (RTCDtlsTransport, "__init__"), "_rtp_router", "uses", "RTCDtlsTransport._rtp_router"
+        ),
+        _Need(RTCDtlsTransport, "_handle_rtp_data", "attr", "RTCDtlsTransport._handle_rtp_data"),
+        _Need(
+            (RTCDtlsTransport, "_handle_rtp_data"),
+            "route_rtp",
+            "uses",
+            "RTCDtlsTransport._handle_rtp_data -> RtpRouter.route_rtp",
+        ),
+        _Need(
+            (RTCDtlsTransport, "_handle_rtp_data"),
+            "_handle_rtp_packet",
+            "uses",
+            "RTCDtlsTransport._handle_rtp_data -> receiver._handle_rtp_packet",
+        ),
+        _Need(
+            (RTCDtlsTransport, "_handle_rtcp_data"),
+            "_handle_rtcp_packet",
+            "uses",
+            "RTCDtlsTransport._handle_rtcp_data -> recipient._handle_rtcp_packet",
+        ),
+        _Need(RTCDtlsTransport, "_send_rtp", "attr", "RTCDtlsTransport._send_rtp"),
+        _Need(RtpRouter, "route_rtp", "attr", "RtpRouter.route_rtp"),
+        _Need(RtpRouter, "route_rtcp", "attr", "RtpRouter.route_rtcp"),
+        _Need((RtpRouter, "__init__"), "receivers", "uses", "RtpRouter.receivers"),
+        _Need((RtpRouter, "__init__"), "senders", "uses", "RtpRouter.senders"),
+        _Need((RtpRouter, "__init__"), "mid_table", "uses", "RtpRouter.mid_table"),
+        _Need((RtpRouter, "__init__"), "ssrc_table", "uses", "RtpRouter.ssrc_table"),
+        _Need(
+            (RtpRouter, "__init__"), "payload_type_table", "uses", "RtpRouter.payload_type_table"
+        ),
+        # sending
+        _Need(RTCRtpSender, "send", "attr", "RTCRtpSender.send"),
+        _Need(RTCRtpSender, "_run_rtp", "attr", "RTCRtpSender._run_rtp"),
+        _Need(RTCRtpSender, "_run_rtcp", "attr", "RTCRtpSender._run_rtcp"),
+        _Need(RTCRtpSender, "_handle_rtcp_packet", "attr", "RTCRtpSender._handle_rtcp_packet"),
+        _Need((RTCRtpSender, "send"), "_run_rtp", "uses", "RTCRtpSender.send -> self._run_rtp"),
+        _Need((RTCRtpSender, "send"), "_run_rtcp", "uses", "RTCRtpSender.send -> self._run_rtcp"),
+        _Need((RTCRtpSender, "__init__"), "_ssrc", "uses", "RTCRtpSender._ssrc"),
+        _Need((RTCRtpSender, "__init__"), "_rtx_ssrc", "uses", "RTCRtpSender._rtx_ssrc"),
+        _Need((RTCRtpSender, "__init__"), "_stream_id", "uses", "RTCRtpSender._stream_id"),
+        _Need(RTCRtpSender, "replaceTrack", "attr", "RTCRtpSender.replaceTrack"),
+        _Need((RTCRtpSender, "replaceTrack"), "_track_id", "uses", "RTCRtpSender._track_id"),
+        _Need(
+            (RTCRtpSender, "stop"),
+            "_RTCRtpSender__rtp_started",
+            "uses",
+            "RTCRtpSender.__rtp_started",
+        ),
+        _Need(
+            (RTCRtpSender, "stop"), "_RTCRtpSender__rtp_exited", "uses", "RTCRtpSender.__rtp_exited"
+        ),
+        _Need(
+            (RTCRtpSender, "stop"),
+            "_RTCRtpSender__rtcp_started",
+            "uses",
+            "RTCRtpSender.__rtcp_started",
+        ),
+        _Need(
+            (RTCRtpSender, "stop"),
+            "_RTCRtpSender__rtcp_exited",
+            "uses",
+            "RTCRtpSender.__rtcp_exited",
+        ),
+        _Need(
+            (RTCRtpSender, "__init__"), "_RTCRtpSender__started", "uses", "RTCRtpSender.__started"
+        ),
+        # peer connection / ICE
+        _Need(
+            RTCPeerConnection,
+            "_RTCPeerConnection__createDtlsTransport",
+            "attr",
+            "RTCPeerConnection.__createDtlsTransport",
+        ),
+        _Need(
+            (aiortc.rtcicetransport.RTCIceGatherer, "__init__"),
+            "_connection",
+            "uses",
+            "RTCIceGatherer._connection",
+        ),
+        _Need(
+            ice_conn,
+            "get_component_candidates",
+            "attr",
+            "aioice.Connection.get_component_candidates",
+        ),
+        _Need(
+            (ice_conn, "gather_candidates"),
+            "get_component_candidates",
+            "uses",
+            "aioice.Connection.gather_candidates -> self.get_component_candidates",
+        ),
+        _Need((ice_conn, "__init__"), "_protocols", "uses", "aioice.Connection._protocols"),
+        _Need((ice_conn, "__init__"), "stun_server", "uses", "aioice.Connection.stun_server"),
+        _Need(aioice.ice, "StunProtocol", "attr", "aioice.ice.StunProtocol"),
+        _Need(aioice.candidate, "Candidate", "attr", "aioice.candidate.Candidate"),
+        _Need(
+            aioice.candidate,
+            "candidate_foundation",
+            "attr",
+            "aioice.candidate.candidate_foundation",
+        ),
+        _Need(
+            aioice.candidate, "candidate_priority", "attr", "aioice.candidate.candidate_priority"
+        ),
+        _Need(
+            aioice.ice,
+            "server_reflexive_candidate",
+            "attr",
+            "aioice.ice.server_reflexive_candidate",
+        ),
+        _Need(aioice.turn, "UDP_SOCKET_BUFFER_SIZE", "attr", "aioice.turn.UDP_SOCKET_BUFFER_SIZE"),
+        # simulcast negotiation
+        _Need(HEADER_EXTENSIONS, "video", "key", "aiortc.codecs.HEADER_EXTENSIONS['video']"),
+    ]
+
+
+def _present(need: _Need) -> bool:
+    if need.kind == "attr":
+        return hasattr(need.owner, need.name)
+    if need.kind == "key":
+        return need.name in need.owner
+    cls, function = need.owner
+    code = getattr(getattr(cls, function, None), "__code__", None)
+    return code is not None and _code_uses(code, need.name)
+
+
+def _code_uses(code: CodeType, name: str) -> bool:
+    if name in code.co_names:
+        return True
+    return any(isinstance(c, CodeType) and _code_uses(c, name) for c in code.co_consts)
+
+
+def check_aiortc_internals() -> None:
+    """Raise ``AiortcInternalsError`` naming every hooked aiortc/aioice internal that is
+    missing; warn if aiortc is not the version the hooks were written for."""
+    missing = [n.label for n in _needs() if not _present(n)]
+    if missing:
+        raise AiortcInternalsError(
+            f"aiortc {aiortc.__version__} lacks internals that trackyard.sfu.rtphooks hooks "
+            f"(written for aiortc {EXPECTED_AIORTC_VERSION}): " + ", ".join(missing)
+        )
+    if aiortc.__version__ != EXPECTED_AIORTC_VERSION:
+        warnings.warn(
+            f"aiortc {aiortc.__version__} installed; trackyard.sfu.rtphooks was written and "
+            f"tested for {EXPECTED_AIORTC_VERSION} (all hooked internals are present)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+# --- routing ------------------------------------------------------------------------------
+
+
+class MidRouter(RtpRouter):
+    """aiortc's router, plus MID-based routing of unknown SSRCs.
+
+    Known SSRC -> its receiver (one dict lookup, the hot path). Unknown SSRC with a MID header
+    extension -> the receiver of that MID, and the SSRC is learned. Otherwise aiortc's own
+    rule (a payload type served by a single receiver).
+    """
+
+    def __init__(self, previous: RtpRouter | None = None) -> None:
+        super().__init__()
+        if previous is not None:
+            self.receivers.update(previous.receivers)
+            self.senders.update(previous.senders)
+            self.mid_table.update(previous.mid_table)
+            self.ssrc_table.update(previous.ssrc_table)
+            for pt, receivers in previous.payload_type_table.items():
+                self.payload_type_table[pt] = set(receivers)
+
+    def route_rtp(self, packet: RtpPacket) -> Any:
+        receiver = self.ssrc_table.get(packet.ssrc)
+        if receiver is not None:
+            return receiver
+        mid = packet.extensions.mid
+        if mid is not None:
+            receiver = self.mid_table.get(mid)
+            if receiver is not None:
+                self.ssrc_table[packet.ssrc] = receiver
+            return receiver
+        return super().route_rtp(packet)
+
+
+def install_mid_router(transport: RTCDtlsTransport) -> MidRouter:
+    """Replace the DTLS transport's RTP router by a ``MidRouter`` (idempotent)."""
+    router = transport._rtp_router
+    if isinstance(router, MidRouter):
+        return router
+    new = MidRouter(router)
+    transport._rtp_router = new
+    return new
+
+
+# --- receivers ----------------------------------------------------------------------------
+
+
+class ReceiverHandler(Protocol):
+    async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None: ...
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    """A negotiated codec: payload type, ``mime`` in lower case (``video/vp8``), clock rate,
+    and the RTX payload type that protects it (``-1``: none). For an RTX codec, ``apt`` is
+    the payload type it protects."""
+
+    payload_type: int
+    mime: str
+    clock_rate: int
+    channels: int = 0
+    rtx_payload_type: int = -1
+    apt: int = -1
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.mime.endswith("/rtx")
+
+
+def _codec_infos(codecs: list[Any]) -> list[CodecInfo]:
+    rtx_for: dict[int, int] = {}
+    for c in codecs:
+        if c.mimeType.lower().endswith("/rtx"):
+            apt = c.parameters.get("apt")
+            if isinstance(apt, int):
+                rtx_for[apt] = c.payloadType
+    out = []
+    for c in codecs:
+        mime = c.mimeType.lower()
+        apt = c.parameters.get("apt") if mime.endswith("/rtx") else None
+        out.append(
+            CodecInfo(
+                payload_type=c.payloadType,
+                mime=mime,
+                clock_rate=c.clockRate,
+                channels=c.channels or 0,
+                rtx_payload_type=rtx_for.get(c.payloadType, -1),
+                apt=apt if isinstance(apt, int) else -1,
+            )
+        )
+    return out
+
+
+def hook_receiver(receiver: RTCRtpReceiver, handler: ReceiverHandler) -> None:
+    """Send the receiver's decrypted RTP/RTCP to ``handler`` instead of aiortc's decoder."""
+    d = receiver.__dict__
+    d["_handle_rtp_packet"] = handler.handle_rtp
+    d["_handle_rtcp_packet"] = handler.handle_rtcp
+    install_mid_router(receiver.transport)
+    if "setTransport" not in d:
+        original = receiver.setTransport
+
+        def set_transport(transport: RTCDtlsTransport) -> None:
+            original(transport)
+            install_mid_router(transport)
+
+        d["setTransport"] = set_transport
+
+
+def unhook_receiver(receiver: RTCRtpReceiver) -> None:
+    """Give the receiver back its own handlers (packets are then decoded again)."""
+    for name in ("_handle_rtp_packet", "_handle_rtcp_packet", "setTransport"):
+        receiver.__dict__.pop(name, None)
+
+
+def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, CodecInfo]:
+    """Payload type -> codec negotiated for the receiver (empty before aiortc starts it)."""
+    codecs: dict[int, Any] = receiver.__dict__.get("_RTCRtpReceiver__codecs", {})
+    return {c.payload_type: c for c in _codec_infos(list(codecs.values()))}
+
+
+def receiver_rtx_ssrcs(receiver: RTCRtpReceiver) -> dict[int, int]:
+    """RTX SSRC -> media SSRC, as signalled with ``a=ssrc-group:FID`` (often empty)."""
+    return dict(receiver.__dict__.get("_RTCRtpReceiver__rtx_ssrc", {}))
+
+
+def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC aiortc uses as the sender of this receiver's RTCP feedback."""
+    value = receiver.__dict__.get("_RTCRtpReceiver__rtcp_ssrc")
+    return value if isinstance(value, int) else None
+
+
+# --- senders ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SendParameters:
+    """What was negotiated for a sender, as handed to ``SenderHandler.sender_started``."""
+
+    mid: str | None
+    cname: str | None
+    ssrc: int
+    rtx_ssrc: int
+    codecs: list[CodecInfo]  # media codecs (no RTX entries), preferred first
+    header_extensions: dict[str, int] = field(default_factory=dict)  # uri -> id
+
+
+class SenderHandler(Protocol):
+    def sender_started(self, params: SendParameters) -> None: ...
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None: ...
+
+    def rtcp_report(self) -> bytes | None: ...
+
+    def rtcp_bye(self) -> bytes | None: ...
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) that aiortc signals for this sender in its SDP."""
+    return int(sender._ssrc), int(sender._rtx_ssrc)
+
+
+def set_sender_msid(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:
+    """Set the ``a=msid:<stream_id> <track_id>`` aiortc writes for this sender."""
+    sender._stream_id = stream_id
+    sender._track_id = track_id
+
+
+def hook_sender(sender: RTCRtpSender, handler: SenderHandler, rtcp_interval: float = 1.0) -> None:
+    """Make a sender forward pre-built packets: see the module docstring. Must be called
+    before aiortc starts the sender (before the offer/answer that activates it completes)."""
+    d = sender.__dict__
+    if d.get("_RTCRtpSender__started"):
+        raise RuntimeError("hook_sender: the sender has already been started by aiortc")
+    if "send" in d:
+        raise RuntimeError("hook_sender: the sender is already hooked")
+    original_send = sender.send
+
+    async def idle_rtp(codec: Any) -> None:
+        started: asyncio.Event = d["_RTCRtpSender__rtp_started"]
+        exited: asyncio.Event = d["_RTCRtpSender__rtp_exited"]
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            exited.set()
+
+    async def run_rtcp() -> None:
+        started: asyncio.Event = d["_RTCRtpSender__rtcp_started"]
+        exited: asyncio.Event = d["_RTCRtpSender__rtcp_exited"]
+        started.set()
+        try:
+            while True:
+                await asyncio.sleep(rtcp_interval * (0.5 + random.random()))
+                data = handler.rtcp_report()
+                if data:
+                    await send_rtcp(sender.transport, data)
+        except asyncio.CancelledError:
+            pass
+        try:
+            data = handler.rtcp_bye()
+            if data:
+                await send_rtcp(sender.transport, data)
+        finally:
+            exited.set()
+
+    async def send(parameters: Any) -> None:
+        first = not d.get("_RTCRtpSender__started")
+        await original_send(parameters)
+        if first:
+            handler.sender_started(
+                SendParameters(
+                    mid=parameters.muxId,
+                    cname=parameters.rtcp.cname,
+                    ssrc=int(sender._ssrc),
+                    rtx_ssrc=int(sender._rtx_ssrc),
+                    codecs=[c for c in _codec_infos(list(parameters.codecs)) if not c.is_rtx],
+                    header_extensions={e.uri: e.id for e in parameters.headerExtensions},
+                )
+            )
+
+    d["_run_rtp"] = idle_rtp
+    d["_run_rtcp"] = run_rtcp
+    d["_handle_rtcp_packet"] = handler.handle_rtcp
+    d["send"] = send
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> bool:
+    """Encrypt and send one RTP packet; False if the transport is not connected."""
+    try:
+        await transport._send_rtp(data)
+    except ConnectionError:
+        return False
+    return True
+
+
+async def send_rtcp(transport: RTCDtlsTransport, data: bytes) -> bool:
+    """Encrypt and send one (compound) RTCP packet; False if not connected."""
+    try:
+        await transport._send_rtp(data)
+    except ConnectionError:
+        return False
+    return True
+
+
+# --- ICE sockets --------------------------------------------------------------------------
+
+
+class IceSocketPolicy(Protocol):
+    def host_addresses(self, default: list[str]) -> list[tuple[str, str]]:
+        """(address to bind, address to advertise) pairs, given aioice's default host
+        addresses."""
+        ...
+
+    def bind_udp(self, address: str) -> socket.socket:
+        """A UDP socket bound on ``address`` (raise ``OSError`` if impossible)."""
+        ...
+
+
+async def _gather_with_policy(
+    connection: aioice.ice.Connection,
+    policy: IceSocketPolicy,
+    component: int,
+    addresses: list[str],
+    timeout: int = 5,
+) -> list[aioice.candidate.Candidate]:
+    """aioice's ``get_component_candidates`` with sockets from ``policy`` (no TURN)."""
+    loop = asyncio.get_running_loop()
+    candidates: list[aioice.candidate.Candidate] = []
+    protocols: list[aioice.ice.StunProtocol] = []
+    for bind_address, advertised in policy.host_addresses(addresses):
+        try:
+            sock = policy.bind_udp(bind_address)
+        except OSError:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), sock=sock
+            )
+        except OSError:
+            sock.close()
+            continue
+        port = sock.getsockname()[1]
+        protocol.local_candidate = aioice.candidate.Candidate(
+            foundation=aioice.candidate.candidate_foundation("host", "udp", advertised),
+            component=component,
+            transport="udp",
+            priority=aioice.candidate.candidate_priority(component, "host"),
+            host=advertised,
+            port=port,
+            type="host",
+        )
+        candidates.append(protocol.local_candidate)
+        protocols.append(protocol)
+    connection._protocols += protocols
+
+    stun_server = connection.stun_server
+    if stun_server:
+        tasks = [
+            asyncio.ensure_future(aioice.ice.server_reflexive_candidate(p, stun_server))
+            for p in protocols
+            if ":" not in p.local_candidate.host
+        ]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in done:
+                if task.exception() is None:
+                    candidates.append(task.result()[0])
+            for task in pending:
+                task.cancel()
+    return candidates
+
+
+def hook_peer_connection(pc: RTCPeerConnection, policy: IceSocketPolicy | None) -> None:
+    """For every DTLS transport ``pc`` creates from now on: install the MID router, and (with
+    a policy) bind its ICE host candidates' sockets through the policy."""
+    d = pc.__dict__
+    if "_RTCPeerConnection__createDtlsTransport" in d:
+        raise RuntimeError("hook_peer_connection: already hooked")
+    original: Callable[[], RTCDtlsTransport] = pc._RTCPeerConnection__createDtlsTransport  # type: ignore[attr-defined]
+
+    def create_dtls_transport() -> RTCDtlsTransport:
+        dtls = original()
+        install_mid_router(dtls)
+        if policy is not None:
+            connection = dtls.transport.iceGatherer._connection
+            connection.__dict__["get_component_candidates"] = functools.partial(
+                _gather_with_policy, connection, policy
+            )
+        return dtls
+
+    d["_RTCPeerConnection__createDtlsTransport"] = create_dtls_transport
+
+
+# --- simulcast negotiation ----------------------------------------------------------------
+
+# ids used when *we* offer (answers echo the offerer's ids); unique across audio and video
+_SIMULCAST_EXTENSIONS = ((EXT_RID, 10), (EXT_REPAIRED_RID, 11))
+
+
+def install_simulcast_extensions() -> None:
+    """Let aiortc negotiate the RtpStreamId / RepairedRtpStreamId header extensions for video
+    (process-wide, idempotent): simulcast publishers tag each layer's packets with its rid."""
+    video: list[RTCRtpHeaderExtensionParameters] = HEADER_EXTENSIONS["video"]
+    for uri, ext_id in _SIMULCAST_EXTENSIONS:
+        if not any(e.uri == uri for e in video):
+            video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+_SIMULCAST_RE = re.compile(r"^a=simulcast:(.*)$")
+
+
+def _sections(sdp: str) -> list[list[str]]:
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    return sections
+
+
+def _mid_of(section: list[str]) -> str | None:
+    for line in section:
+        if line.startswith("a=mid:"):
+            return line[6:].strip()
+    return None
+
+
+def simulcast_answer(answer_sdp: str, offer_sdp: str) -> str:
+    """Add ``a=rid:<rid> recv`` and ``a=simulcast:recv ...`` to each answer section whose
+    offer section sends simulcast (aiortc drops these lines, and a client whose simulcast is
+    not accepted sends one layer only)."""
+    offered: dict[str, tuple[list[str], str]] = {}
+    for section in _sections(offer_sdp)[1:]:
+        mid = _mid_of(section)
+        rids: list[str] = []
+        send_list = ""
+        for line in section:
+            if line.startswith("a=rid:"):
+                parts = line[6:].split()
+                if len(parts) >= 2 and parts[1] == "send":
+                    rids.append(parts[0])
+            match = _SIMULCAST_RE.match(line.strip())
+            if match:
+                tokens = match.group(1).split()
+                for i in range(0, len(tokens) - 1, 2):
+                    if tokens[i] == "send":
+                        send_list = tokens[i + 1]
+        if mid is not None and rids and send_list:
+            offered[mid] = (rids, send_list)
+    if not offered:
+        return answer_sdp
+    crlf = "\r\n" in answer_sdp
+    out: list[str] = []
+    for section in _sections(answer_sdp):
+        mid = _mid_of(section)
+        has_simulcast = any(line.startswith("a=simulcast:") for line in section)
+        for line in section:
+            out.append(line)
+            if mid in offered and not has_simulcast and line.startswith("a=mid:"):
+                rids, send_list = offered[mid]
+                out.extend(f"a=rid:{rid} recv" for rid in rids)
+                out.append(f"a=simulcast:recv {send_list}")
+    return ("\r\n" if crlf else "\n").join(out)
+
+
+# keep references to fire-and-forget tasks (asyncio holds only weak references)
+_background: set[asyncio.Future[Any]] = set()
+
+
+def spawn(aw: Awaitable[Any]) -> None:
+    """Run ``aw`` in the background, keeping a reference until it is done."""
+    task = asyncio.ensure_future(aw)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(_ignore_result)
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, ConnectionError):
+        log.warning("background RTP task failed: %r", exc)

@@ -1,0 +1,629 @@
+"""UpTrack: one published track (audio or video) received on a publisher peer connection.
+
+The UpTrack takes the decrypted RTP of one receiver (1 to 3 simulcast layers, or a single
+stream), keeps per-layer state (SSRC, reception statistics, missing packets, keyframes, the
+publisher's latest sender report, activity) and fans every packet out to its DownTracks. It
+never decodes. Toward the publisher it sends receiver reports, REMB, NACKs for lost packets
+(the publisher answers with RTX, which is unwrapped here) and PLIs on request (throttled per
+layer).
+
+Integration (publisher peer connection, the server answers the client's offers)::
+
+    pc = portrange.make_peer_connection(port_range, node_ip, stun_servers)
+    await pc.setRemoteDescription(offer)
+    for section in sdp.parse_media_sections(offer.sdp):        # new audio/video sections
+        transceiver = <the transceiver whose mid == section.mid>
+        up = UpTrack(
+            section.kind,
+            track_sid="TR_...",
+            layers=[LayerSpec("q", QUALITY_LOW, 320, 180), ...],  # from AddTrackRequest.layers;
+            counters=node_counters,                                 # optional
+            on_wanted_quality=lambda q: ...,                        # SubscribedQualityUpdate
+        )
+        up.attach(transceiver.receiver, mid=section.mid, rids=section.rids)
+    await pc.setLocalDescription(await pc.createAnswer())
+    answer_sdp = rtphooks.simulcast_answer(pc.localDescription.sdp, offer.sdp)  # send this
+    ...
+    await up.close()                                          # unpublish / participant left
+
+``attach`` must run before packets flow (right after ``setRemoteDescription``, before yielding
+to the event loop is best; packets that arrive earlier are decoded by aiortc and lost for
+forwarding). ``on_wanted_quality(q)`` reports the highest quality any subscriber wants
+(``QUALITY_LOW``/``MEDIUM``/``HIGH``, ``None``: nobody wants this video), whenever it
+changes: send the publisher a ``subscribed_quality_update`` enabling the layers up to it.
+Counters: ``packets``/``bytes`` (payload) per layer, ``packets_in``/``bytes_in`` per track,
+and the shared ``TrafficCounters`` if given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trackyard.sfu import rtphooks
+from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
+from trackyard.sfu.rtphooks import (
+    AnyRtcpPacket,
+    CodecInfo,
+    RtcpByePacket,
+    RtcpSrPacket,
+    RtpPacket,
+)
+from trackyard.sfu.rtppacket import (
+    ReportBlock,
+    abs_send_time,
+    ntp_to_compact,
+    rtcp_nack,
+    rtcp_pli,
+    rtcp_remb,
+    rtcp_rr,
+)
+from trackyard.sfu.rtpstats import NackTracker, ReceiveStats, TrafficCounters
+from trackyard.sfu.vp8 import Vp8Descriptor, parse_vp8
+
+if TYPE_CHECKING:
+    from aiortc import RTCRtpReceiver
+    from trackyard.sfu.downtrack import DownTrack
+
+__all__ = [
+    "QUALITY_HIGH",
+    "QUALITY_LOW",
+    "QUALITY_MEDIUM",
+    "QUALITY_OFF",
+    "Layer",
+    "LayerSpec",
+    "UpTrack",
+]
+
+log = logging.getLogger(__name__)
+
+# livekit.protocol.models.VideoQuality values
+QUALITY_LOW = 0
+QUALITY_MEDIUM = 1
+QUALITY_HIGH = 2
+QUALITY_OFF = 3
+
+_RID_QUALITY = {"q": QUALITY_LOW, "h": QUALITY_MEDIUM, "f": QUALITY_HIGH}
+_NACK_RETRY_INTERVAL = 0.05  # seconds between NACKs for the same packet
+_NTP_ONE_SECOND = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSpec:
+    """A simulcast layer as announced by the publisher (AddTrackRequest.layers)."""
+
+    rid: str
+    quality: int
+    width: int = 0
+    height: int = 0
+
+
+class Layer:
+    """One received stream of the track: a simulcast layer or the only stream."""
+
+    __slots__ = (
+        "active",
+        "bytes",
+        "height",
+        "index",
+        "keyframes",
+        "last_keyframe",
+        "last_packet",
+        "lsr",
+        "lsr_time",
+        "nack_checked",
+        "nacks",
+        "packets",
+        "pli_last",
+        "quality",
+        "rid",
+        "sr",
+        "sr_time",
+        "ssrc",
+        "stats",
+        "width",
+    )
+
+    def __init__(self, index: int, rid: str, quality: int, width: int, height: int) -> None:
+        self.index = index
+        self.rid = rid
+        self.quality = quality
+        self.width = width
+        self.height = height
+        self.ssrc: int | None = None
+        self.stats: ReceiveStats | None = None
+        self.nacks = NackTracker()
+        self.nack_checked = 0.0
+        self.active = False
+        self.last_packet = 0.0
+        self.last_keyframe = 0.0
+        self.keyframes = 0
+        self.pli_last = -1e9
+        self.sr: tuple[int, int] | None = None  # (ntp, rtp) of the publisher's last SR
+        self.sr_time = 0.0  # monotonic arrival time of that SR
+        self.lsr = 0
+        self.lsr_time = 0.0
+        self.packets = 0
+        self.bytes = 0
+
+
+class UpTrack:
+    """One published track; see the module docstring for how to wire it."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        track_sid: str = "",
+        layers: Sequence[LayerSpec] = (),
+        counters: TrafficCounters | None = None,
+        on_wanted_quality: Callable[[int | None], None] | None = None,
+        pli_interval: float = 0.5,
+        layer_timeout: float = 1.0,
+        rtcp_interval: float = 1.0,
+        remb_bitrate: int = 3_000_000,
+        nack: bool = True,
+    ) -> None:
+        if kind not in ("audio", "video"):
+            raise ValueError(f"UpTrack kind must be audio or video, not {kind!r}")
+        self.kind = kind
+        self.track_sid = track_sid
+        self.counters = counters
+        self.on_wanted_quality = on_wanted_quality
+        self.pli_interval = pli_interval
+        self.layer_timeout = layer_timeout
+        self.rtcp_interval = rtcp_interval
+        self.remb_bitrate = remb_bitrate if kind == "video" else 0
+        self.nack = nack and kind == "video"
+        self.layers: list[Layer] = []
+        self._specs = list(layers)
+        self.codec: CodecInfo | None = None
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.mid: str | None = None
+        self._receiver: RTCRtpReceiver | None = None
+        self._rtcp_ssrc = random.getrandbits(32)
+        self._pt: dict[int, CodecInfo] = {}
+        self._by_ssrc: dict[int, Layer] = {}
+        self._by_rtx_ssrc: dict[int, Layer] = {}
+        self._by_rid: dict[str, Layer] = {}
+        self._downtracks: tuple[DownTrack, ...] = ()
+        self._is_vp8 = False
+        self._is_h264 = False
+        self._wanted: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.now = 0.0  # monotonic time of the packet being forwarded
+        self.abs_time = 0  # abs-send-time of the packet being forwarded
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def attach(
+        self, receiver: RTCRtpReceiver, mid: str | None = None, rids: Sequence[str] = ()
+    ) -> None:
+        """Take over ``receiver``'s packets. ``rids``: the simulcast rids of the m-line (from
+        the offer's ``a=rid:<rid> send``), empty for a single stream."""
+        if self._receiver is not None:
+            raise RuntimeError("UpTrack.attach: already attached")
+        self._receiver = receiver
+        self.mid = mid
+        self._make_layers(list(rids))
+        rtphooks.hook_receiver(receiver, self)
+        rtcp_ssrc = rtphooks.receiver_rtcp_ssrc(receiver)
+        if rtcp_ssrc is not None:
+            self._rtcp_ssrc = rtcp_ssrc
+        self._task = asyncio.ensure_future(self._run())
+
+    def _make_layers(self, rids: list[str]) -> None:
+        specs = {s.rid: s for s in self._specs}
+        if not rids or self.kind == "audio":
+            spec = self._specs[0] if len(self._specs) == 1 else None
+            quality = spec.quality if spec is not None else QUALITY_HIGH
+            width = spec.width if spec is not None else 0
+            height = spec.height if spec is not None else 0
+            self.layers = [Layer(0, "", quality, width, height)]
+            return
+        entries = []
+        for order, rid in enumerate(rids):
+            spec = specs.get(rid)
+            if spec is not None:
+                quality = spec.quality
+            else:
+                quality = _RID_QUALITY.get(rid, min(order, QUALITY_HIGH))
+            entries.append(
+                (quality, order, rid, spec.width if spec else 0, spec.height if spec else 0)
+            )
+        entries.sort()
+        self.layers = [
+            Layer(i, rid, quality, width, height)
+            for i, (quality, _, rid, width, height) in enumerate(entries)
+        ]
+        self._by_rid = {layer.rid: layer for layer in self.layers}
+
+    async def close(self) -> None:
+        """Stop: detach the DownTracks (they send nothing more) and the receiver hooks."""
+        if self._closed:
+            return
+        self._closed = True
+        for dt in self._downtracks:
+            dt._uptrack_closed()
+        self._downtracks = ()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._receiver is not None:
+            rtphooks.unhook_receiver(self._receiver)
+            # keep aiortc from decoding anything that still arrives
+            self._receiver.__dict__["_handle_rtp_packet"] = _drop_rtp
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def downtracks(self) -> tuple[DownTrack, ...]:
+        return self._downtracks
+
+    @property
+    def clock_rate(self) -> int:
+        if self.codec is not None:
+            return self.codec.clock_rate
+        return 90000 if self.kind == "video" else 48000
+
+    def current_codec(self) -> CodecInfo | None:
+        """The codec being received, else the first negotiated one (publishers send their
+        preferred codec)."""
+        if self.codec is not None or self._receiver is None:
+            return self.codec
+        for info in rtphooks.receiver_codecs(self._receiver).values():
+            if not info.is_rtx:
+                return info
+        return None
+
+    def codec_for(self, payload_type: int) -> CodecInfo | None:
+        info = self._pt.get(payload_type)
+        if info is None:
+            info = self._learn_pt(payload_type)
+        return info
+
+    def _add_downtrack(self, dt: DownTrack) -> None:
+        if self._closed:
+            dt._uptrack_closed()
+            return
+        self._downtracks = (*self._downtracks, dt)
+        self._update_wanted()
+
+    def _remove_downtrack(self, dt: DownTrack) -> None:
+        self._downtracks = tuple(d for d in self._downtracks if d is not dt)
+        self._update_wanted()
+
+    # --- layer selection ----------------------------------------------------------------
+
+    def select_layer(self, quality: int | None, width: int = 0, height: int = 0) -> int:
+        """The layer a subscriber asking for ``quality`` (or a ``width`` x ``height`` view)
+        should get, regardless of what is being received right now."""
+        layers = self.layers
+        if len(layers) <= 1:
+            return 0
+        if (width > 0 or height > 0) and all(layer.width and layer.height for layer in layers):
+            for layer in layers:
+                if layer.width >= width and layer.height >= height:
+                    return layer.index
+            return layers[-1].index
+        wanted = QUALITY_HIGH if quality is None else quality
+        best = 0
+        for layer in layers:
+            if layer.quality <= wanted:
+                best = layer.index
+        return best
+
+    def usable_layer(self, desired: int) -> int:
+        """``desired`` if it is being received, else the best received layer below it, else
+        the lowest received above it; ``desired`` itself when nothing is received yet."""
+        layers = self.layers
+        if not layers:
+            return desired
+        desired = min(desired, len(layers) - 1)
+        for i in range(desired, -1, -1):
+            if layers[i].active:
+                return i
+        for i in range(desired + 1, len(layers)):
+            if layers[i].active:
+                return i
+        return desired
+
+    def _update_wanted(self) -> None:
+        if self.kind != "video":
+            return
+        best = -1
+        for dt in self._downtracks:
+            if dt.desired_layer > best:
+                best = dt.desired_layer
+        quality = self.layers[best].quality if 0 <= best < len(self.layers) else None
+        if quality != self._wanted:
+            self._wanted = quality
+            if self.on_wanted_quality is not None:
+                try:
+                    self.on_wanted_quality(quality)
+                except Exception:
+                    log.exception("on_wanted_quality callback failed")
+
+    @property
+    def wanted_quality(self) -> int | None:
+        return self._wanted
+
+    def _layers_changed(self) -> None:
+        for dt in self._downtracks:
+            dt._retarget()
+
+    # --- keyframes and sender reports ---------------------------------------------------
+
+    def request_keyframe(self, layer_index: int) -> None:
+        """Ask the publisher for a keyframe on a layer (PLI), at most once per
+        ``pli_interval`` per layer."""
+        if self.kind != "video" or not 0 <= layer_index < len(self.layers):
+            return
+        layer = self.layers[layer_index]
+        if layer.ssrc is None or self._receiver is None:
+            return
+        now = time.monotonic()
+        if now - layer.pli_last < self.pli_interval:
+            return
+        layer.pli_last = now
+        if self.counters is not None:
+            self.counters.plis_sent += 1
+        rtphooks.spawn(
+            rtphooks.send_rtcp(self._receiver.transport, rtcp_pli(self._rtcp_ssrc, layer.ssrc))
+        )
+
+    def sender_report(self, ssrc: int) -> tuple[int, int, float] | None:
+        """The publisher's latest SR for a media SSRC: (ntp, rtp, monotonic arrival)."""
+        layer = self._by_ssrc.get(ssrc)
+        if layer is None or layer.sr is None or layer.ssrc != ssrc:
+            return None
+        return layer.sr[0], layer.sr[1], layer.sr_time
+
+    # --- packet path (called by aiortc's DTLS transport through rtphooks) ----------------
+
+    def _learn_pt(self, payload_type: int) -> CodecInfo | None:
+        if self._receiver is None:
+            return None
+        codecs = rtphooks.receiver_codecs(self._receiver)
+        info = codecs.get(payload_type)
+        if info is None:
+            return None
+        self._pt[payload_type] = info
+        if not info.is_rtx and self.codec is None:
+            self.codec = info
+            self._is_vp8 = info.mime == "video/vp8"
+            self._is_h264 = info.mime == "video/h264"
+            for layer in self.layers:
+                if layer.stats is not None:
+                    layer.stats.clock_rate = info.clock_rate
+        return info
+
+    def _learn_ssrc(self, packet: RtpPacket) -> Layer | None:
+        layers = self.layers
+        rid = packet.extensions.rtp_stream_id
+        layer: Layer | None
+        if rid:
+            layer = self._by_rid.get(rid)
+            if layer is None and len(layers) == 1:
+                layer = layers[0]
+        elif len(layers) == 1:
+            layer = layers[0]
+        else:
+            return None  # simulcast packet without rid from an unknown SSRC: wait for one
+        if layer is None:
+            return None
+        old = layer.ssrc
+        if old is not None:
+            self._by_ssrc.pop(old, None)
+        layer.ssrc = packet.ssrc
+        layer.stats = ReceiveStats(self.clock_rate)
+        layer.nacks = NackTracker()
+        layer.sr = None
+        self._by_ssrc[packet.ssrc] = layer
+        return layer
+
+    def _learn_rtx_ssrc(self, packet: RtpPacket) -> Layer | None:
+        layer: Layer | None = None
+        assert self._receiver is not None
+        media_ssrc = rtphooks.receiver_rtx_ssrcs(self._receiver).get(packet.ssrc)
+        if media_ssrc is not None:
+            layer = self._by_ssrc.get(media_ssrc)
+        if layer is None:
+            rid = packet.extensions.repaired_rtp_stream_id
+            if rid:
+                layer = self._by_rid.get(rid)
+            elif len(self.layers) == 1:
+                layer = self.layers[0]
+        if layer is not None:
+            self._by_rtx_ssrc[packet.ssrc] = layer
+        return layer
+
+    async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        info = self._pt.get(packet.payload_type)
+        if info is None:
+            info = self._learn_pt(packet.payload_type)
+            if info is None:
+                return
+        retransmitted = False
+        if info.is_rtx:
+            payload = packet.payload
+            if len(payload) < 2:
+                return  # padding / probing on the RTX stream
+            layer = self._by_rtx_ssrc.get(packet.ssrc) or self._learn_rtx_ssrc(packet)
+            if layer is None or layer.ssrc is None:
+                return
+            # unwrap in place: aiortc is done with this object
+            packet.sequence_number = (payload[0] << 8) | payload[1]
+            packet.payload = payload[2:]
+            packet.payload_type = info.apt
+            packet.ssrc = layer.ssrc
+            retransmitted = True
+        else:
+            layer = self._by_ssrc.get(packet.ssrc) or self._learn_ssrc(packet)
+            if layer is None:
+                return
+        now = time.monotonic()
+        self.now = now
+        payload = packet.payload
+        size = len(payload)
+        stats = layer.stats
+        assert stats is not None
+        prev_hi = stats.hi_ext
+        started = stats.started
+        ext = stats.update(packet.sequence_number, packet.timestamp, now, retransmitted)
+        layer.packets += 1
+        layer.bytes += size
+        self.packets_in += 1
+        self.bytes_in += size
+        counters = self.counters
+        if counters is not None:
+            counters.packets_in += 1
+            counters.bytes_in += size
+        if not layer.active:
+            layer.active = True
+            layer.last_packet = now
+            self._layers_changed()
+        layer.last_packet = now
+
+        if self.nack and started:
+            nacks = layer.nacks
+            lost = nacks.on_packet(ext, prev_hi, now)
+            if lost:
+                await self._send_nack(layer, lost)
+            elif nacks._missing and now - layer.nack_checked >= _NACK_RETRY_INTERVAL:
+                layer.nack_checked = now
+                again = nacks.due(now, _NACK_RETRY_INTERVAL * 2)
+                if again:
+                    await self._send_nack(layer, again)
+
+        downtracks = self._downtracks
+        if not size:  # padding only: let the DownTracks close the sequence gap
+            for dt in downtracks:
+                dt._skip(layer.index, packet)
+            return
+
+        keyframe = True
+        desc: Vp8Descriptor | None = None
+        if self.kind == "video":
+            self.abs_time = abs_send_time()
+            if self._is_vp8:
+                desc = parse_vp8(payload)
+                if desc is None:
+                    return
+                keyframe = desc.keyframe
+                if keyframe and desc.width and desc.width != layer.width:
+                    layer.width = desc.width
+                    layer.height = desc.height
+            elif self._is_h264:
+                keyframe = h264_begins_keyframe(payload)
+            else:
+                keyframe = False
+            if keyframe:
+                layer.last_keyframe = now
+                layer.keyframes += 1
+
+        index = layer.index
+        for dt in downtracks:
+            try:
+                await dt._forward(index, packet, keyframe, desc)
+            except Exception:
+                dt._failed()
+
+    async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            layer = self._by_ssrc.get(packet.ssrc)
+            if layer is None:
+                return
+            now = time.monotonic()
+            info = packet.sender_info
+            layer.sr = (info.ntp_timestamp, info.rtp_timestamp)
+            layer.sr_time = now
+            layer.lsr = ntp_to_compact(info.ntp_timestamp)
+            layer.lsr_time = now
+        elif isinstance(packet, RtcpByePacket):
+            changed = False
+            for ssrc in packet.sources:
+                layer = self._by_ssrc.get(ssrc)
+                if layer is not None and layer.active:
+                    layer.active = False
+                    changed = True
+            if changed:
+                self._layers_changed()
+
+    async def _send_nack(self, layer: Layer, lost: list[int]) -> None:
+        if layer.ssrc is None or self._receiver is None:
+            return
+        await rtphooks.send_rtcp(
+            self._receiver.transport, rtcp_nack(self._rtcp_ssrc, layer.ssrc, lost)
+        )
+
+    # --- periodic: receiver reports, REMB, layer activity -------------------------------
+
+    def _report(self) -> bytes | None:
+        now = time.monotonic()
+        blocks: list[ReportBlock] = []
+        ssrcs: list[int] = []
+        for layer in self.layers:
+            stats = layer.stats
+            if layer.ssrc is None or stats is None or not stats.started:
+                continue
+            dlsr = 0
+            if layer.lsr:
+                dlsr = int((now - layer.lsr_time) * 65536)
+            blocks.append(
+                ReportBlock(
+                    ssrc=layer.ssrc,
+                    fraction_lost=stats.fraction_lost(),
+                    packets_lost=stats.lost,
+                    highest_seq=stats.hi_ext,
+                    jitter=stats.jitter,
+                    lsr=layer.lsr,
+                    dlsr=dlsr,
+                )
+            )
+            if layer.active:
+                ssrcs.append(layer.ssrc)
+        if not blocks:
+            return None
+        data = rtcp_rr(self._rtcp_ssrc, blocks)
+        if self.remb_bitrate > 0 and ssrcs:
+            data += rtcp_remb(self._rtcp_ssrc, self.remb_bitrate, ssrcs)
+        return data
+
+    def _check_activity(self) -> None:
+        now = time.monotonic()
+        changed = False
+        for layer in self.layers:
+            if layer.active and now - layer.last_packet > self.layer_timeout:
+                layer.active = False
+                changed = True
+        if changed:
+            self._layers_changed()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.rtcp_interval * (0.5 + random.random()))
+            try:
+                self._check_activity()
+                data = self._report()
+                if data is not None and self._receiver is not None:
+                    await rtphooks.send_rtcp(self._receiver.transport, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("UpTrack %s: RTCP loop error", self.track_sid)
+
+
+async def _drop_rtp(packet: Any, arrival_time_ms: int) -> None:
+    return None
