@@ -31,7 +31,7 @@ def make_store_and_bus(config: Config) -> tuple[Store, Bus]:
     from trackyard.core.redisstore import RedisStore
 
     client = connect_redis(config.redis)
-    return RedisStore(client), RedisBus(client)
+    return RedisStore(client, owns_client=True), RedisBus(client)  # the store closes the client
 
 
 async def list_nodes(config: Config) -> list[NodeRecord]:
