@@ -171,3 +171,21 @@ async def test_bad_input_leaves_others_unaffected(server: TrackyardProcess) -> N
         assert set(b.remote_participants) == {"calm-a"}
         assert set(a.remote_participants) == {"calm-b"}
     assert server.alive()
+
+
+async def test_message_sent_before_join_is_answered_after_it(server: TrackyardProcess) -> None:
+    """A client that talks before reading anything still gets join first, then its answer."""
+    ws = await websockets.connect(
+        f"{server.ws_url}/rtc?access_token={token('eager', 'rough')}", open_timeout=10
+    )
+    await ws.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=42)).SerializeToString())
+    first = rtc.SignalResponse.FromString(await asyncio.wait_for(ws.recv(), 10))
+    assert first.WhichOneof("message") == "join"
+    for _ in range(20):
+        msg = rtc.SignalResponse.FromString(await asyncio.wait_for(ws.recv(), 10))
+        if msg.WhichOneof("message") == "pong_resp":
+            assert msg.pong_resp.last_ping_timestamp == 42
+            break
+    else:
+        pytest.fail("no pong_resp for the early ping_req")
+    await ws.close()

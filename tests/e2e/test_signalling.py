@@ -260,3 +260,14 @@ async def test_max_participants_refuses_with_reason(room_name: str) -> None:
             with pytest.raises(rtc.ConnectError) as err:
                 await asyncio.wait_for(second.connect(srv.ws_url, token("second", room_name)), 20)
             assert "full" in str(err.value).lower() or "403" in str(err.value)
+
+
+async def test_publish_sources_enforced(server: TrackyardProcess, room_name: str) -> None:
+    async with connected(
+        server.ws_url, "camonly", room_name, can_publish_sources=["camera"]
+    ) as room:
+        _, track = _audio_track()
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        with pytest.raises(Exception):  # noqa: B017 - the SDK raises its own error types
+            await asyncio.wait_for(room.local_participant.publish_track(track, opts), 15)
+        assert not room.local_participant.track_publications
