@@ -199,6 +199,8 @@ class UpTrack:
         self._wanted: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._started_at: float | None = None  # first packet
+        self._starting = True  # within layer_timeout of the first packet
         self.now = 0.0  # monotonic time of the packet being forwarded
         self.abs_time = 0  # abs-send-time of the packet being forwarded
 
@@ -326,13 +328,22 @@ class UpTrack:
 
     def usable_layer(self, desired: int) -> int:
         """``desired`` if it is being received, else the best received layer below it, else
-        the lowest received above it; ``desired`` itself when nothing is received yet."""
+        the lowest received above it; ``desired`` itself when nothing is received yet.
+
+        During the first ``layer_timeout`` after the track's first packet, layers not seen
+        yet count as received: simulcast layers start a few packets apart, and falling back to
+        the first one to arrive would cost a keyframe per layer at every subscription."""
         layers = self.layers
         if not layers:
             return desired
         desired = min(desired, len(layers) - 1)
+        started = self._started_at
+        if started is None:
+            return desired
+        pending = self._starting and time.monotonic() - started < self.layer_timeout
         for i in range(desired, -1, -1):
-            if layers[i].active:
+            layer = layers[i]
+            if layer.active or (pending and layer.ssrc is None):
                 return i
         for i in range(desired + 1, len(layers)):
             if layers[i].active:
@@ -493,6 +504,8 @@ class UpTrack:
         if not layer.active:
             layer.active = True
             layer.last_packet = now
+            if self._started_at is None:
+                self._started_at = now
             self._layers_changed()
         layer.last_packet = now
 
@@ -604,6 +617,13 @@ class UpTrack:
     def _check_activity(self) -> None:
         now = time.monotonic()
         changed = False
+        if (
+            self._starting
+            and self._started_at is not None
+            and now - self._started_at >= self.layer_timeout
+        ):
+            self._starting = False
+            changed = True  # layers still missing now count as missing
         for layer in self.layers:
             if layer.active and now - layer.last_packet > self.layer_timeout:
                 layer.active = False
