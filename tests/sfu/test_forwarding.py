@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import av
@@ -27,12 +28,14 @@ from aiortc import (
     MediaStreamTrack,
     RTCPeerConnection,
     RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
     VideoStreamTrack,
 )
 from aiortc.mediastreams import MediaStreamError
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.portrange import make_peer_connection
-from trackyard.sfu.rtphooks import receiver_codecs
+from trackyard.sfu.rtphooks import MidRouter, receiver_codecs
 from trackyard.sfu.rtpstats import TrafficCounters
 from trackyard.sfu.uptrack import UpTrack
 
@@ -77,9 +80,9 @@ def read_pattern(frame: av.VideoFrame) -> int | None:
 
 
 class PatternTrack(VideoStreamTrack):
-    def __init__(self) -> None:
+    def __init__(self, first: int = 0) -> None:
         super().__init__()
-        self.count = 0
+        self.count = first
 
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
@@ -97,13 +100,13 @@ class ToneTrack(AudioStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self._n = 0
-        self._start: float | None = None
+        self._t0: float | None = None
 
     async def recv(self) -> av.AudioFrame:
-        if self._start is None:
-            self._start = time.time()
+        if self._t0 is None:
+            self._t0 = time.time()
         else:
-            wait = self._start + self._n / self.RATE - time.time()
+            wait = self._t0 + self._n / self.RATE - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
         t = (np.arange(self.SAMPLES) + self._n) / self.RATE
@@ -160,6 +163,9 @@ class Subscriber:
 
     def decoded(self) -> list[int]:
         return [n for n in self.frames if n is not None]
+
+    def consume(self, track: MediaStreamTrack) -> None:
+        self.tasks.append(asyncio.ensure_future(_consume(track, self)))
 
 
 async def _consume(track: MediaStreamTrack, sub: Subscriber) -> None:
@@ -264,10 +270,7 @@ async def build(
             )
         sub = Subscriber(new_pc())
 
-        def on_track(track: MediaStreamTrack, sub: Subscriber = sub) -> None:
-            sub.tasks.append(asyncio.ensure_future(_consume(track, sub)))
-
-        sub.pc.on("track", on_track)
+        sub.pc.on("track", sub.consume)
 
         def hook_sub(sub: Subscriber = sub, index: int = i) -> None:
             for t in sub.pc.getTransceivers():
@@ -341,14 +344,22 @@ def candidate_ports(pc: RTCPeerConnection) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(r"a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ", sdp)]
 
 
+def _frames_at_least(sub: Subscriber, count: int) -> bool:
+    return len(sub.decoded()) >= count
+
+
+def _audio_at_least(sub: Subscriber, seconds: float) -> bool:
+    return sub.audio_samples >= 48000 * seconds
+
+
 # --- tests ------------------------------------------------------------------------------
 
 
 async def test_video_pattern_and_audio_tone_reach_both_subscribers() -> None:
     async with topology() as topo:
         for sub in topo.subscribers:
-            await wait_for(lambda sub=sub: len(sub.decoded()) >= 60, what="60 decoded frames")
-            await wait_for(lambda sub=sub: sub.audio_samples >= 48000 * 1.5, what="1.5 s audio")
+            await wait_for(partial(_frames_at_least, sub, 60), what="60 decoded frames")
+            await wait_for(partial(_audio_at_least, sub, 1.5), what="1.5 s audio")
 
         for sub, dts in zip(topo.subscribers, topo.downtracks, strict=True):
             numbers = sub.decoded()
@@ -513,3 +524,98 @@ async def test_downtrack_close_stops_forwarding() -> None:
 
 
 pytestmark = pytest.mark.timeout(120)
+
+
+async def test_bundled_video_lines_without_ssrc_are_routed_by_mid() -> None:
+    """Two video m-lines with the same payload type and no ``a=ssrc`` (what a simulcast
+    publisher offers): aiortc's own router would drop every packet; the MID router learns
+    each SSRC from the MID header extension, and each UpTrack gets its own track."""
+    publisher = new_pc()
+    publisher.addTrack(PatternTrack(0))
+    publisher.addTrack(PatternTrack(2048))
+    sfu_pub = new_pc()
+    sfu_sub = new_pc()
+    sub = Subscriber(new_pc())
+    pcs = [publisher, sfu_pub, sfu_sub, sub.pc]
+    ups: list[UpTrack] = []
+    try:
+        await publisher.setLocalDescription(await publisher.createOffer())
+        offer = publisher.localDescription
+        stripped = "\r\n".join(
+            line for line in offer.sdp.split("\r\n") if not line.startswith("a=ssrc")
+        )
+        assert "a=ssrc" in offer.sdp and "a=ssrc" not in stripped
+        await sfu_pub.setRemoteDescription(RTCSessionDescription(stripped, "offer"))
+        for t in sfu_pub.getTransceivers():
+            up = UpTrack("video", track_sid=f"TR_{t.mid}")
+            up.attach(t.receiver, mid=t.mid)
+            ups.append(up)
+        await sfu_pub.setLocalDescription(await sfu_pub.createAnswer())
+        await publisher.setRemoteDescription(sfu_pub.localDescription)
+
+        for up in ups:
+            DownTrack(up, sfu_sub.addTransceiver("video", direction="sendonly"))
+        sub.pc.on(
+            "track", lambda track: sub.tasks.append(asyncio.ensure_future(_consume(track, sub)))
+        )
+        await negotiate(sfu_sub, sub.pc)
+
+        def both() -> bool:
+            numbers = sub.decoded()
+            return sum(n < 2048 for n in numbers) >= 20 and sum(n >= 2048 for n in numbers) >= 20
+
+        await wait_for(both, what="20 frames of each track")
+        assert all(up.packets_in > 0 for up in ups)
+        router = ups[0]._receiver.transport._rtp_router  # type: ignore[union-attr]
+        assert isinstance(router, MidRouter)
+        assert {router.ssrc_table[up.layers[0].ssrc] for up in ups} == {  # type: ignore[index]
+            up._receiver for up in ups
+        }
+    finally:
+        for task in sub.tasks:
+            task.cancel()
+        for up in ups:
+            await up.close()
+        for pc in pcs:
+            await asyncio.wait_for(pc.close(), 10)
+
+
+async def test_h264_is_forwarded() -> None:
+    """The subscriber negotiates the codec the publisher sends (the DownTrack sets the
+    transceiver's codec preferences); H.264 keyframes are found for the subscriber's start."""
+    publisher = new_pc()
+    transceiver = publisher.addTransceiver(PatternTrack(), direction="sendonly")
+    caps = RTCRtpSender.getCapabilities("video")
+    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType == "video/H264"])
+    sfu_pub = new_pc()
+    sfu_sub = new_pc()
+    sub = Subscriber(new_pc())
+    pcs = [publisher, sfu_pub, sfu_sub, sub.pc]
+    ups: list[UpTrack] = []
+
+    def attach() -> None:
+        for t in sfu_pub.getTransceivers():
+            up = UpTrack("video", track_sid="TR_h264")
+            up.attach(t.receiver, mid=t.mid)
+            ups.append(up)
+
+    try:
+        await negotiate(publisher, sfu_pub, after_offer=attach)
+        await wait_for(lambda: ups[0].codec is not None, what="first packet")
+        assert ups[0].codec is not None and ups[0].codec.mime == "video/h264"
+        dt = DownTrack(ups[0], sfu_sub.addTransceiver("video", direction="sendonly"))
+        sub.pc.on(
+            "track", lambda track: sub.tasks.append(asyncio.ensure_future(_consume(track, sub)))
+        )
+        await negotiate(sfu_sub, sub.pc)
+        await wait_for(lambda: len(sub.decoded()) >= 30, what="30 H.264 frames")
+        assert "H264" in sfu_sub.localDescription.sdp and "VP8" not in sfu_sub.localDescription.sdp
+        assert dt.packets_sent > 0 and ups[0].layers[0].keyframes >= 1
+        assert sum(n is None for n in sub.frames) <= 2
+    finally:
+        for task in sub.tasks:
+            task.cancel()
+        for up in ups:
+            await up.close()
+        for pc in pcs:
+            await asyncio.wait_for(pc.close(), 10)

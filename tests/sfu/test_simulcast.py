@@ -259,7 +259,7 @@ def _decode(packets: list[RtpPacket]) -> list[tuple[int, int]]:
     for p in packets:
         frame += vp8_depayload(p.payload)
         if p.marker:
-            for decoded in codec.decode(av.Packet(frame)):  # type: ignore[arg-type]
+            for decoded in codec.decode(av.Packet(frame)):
                 sizes.append((decoded.width, decoded.height))
             frame = b""
     return sizes

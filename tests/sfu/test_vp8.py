@@ -37,7 +37,7 @@ def _decode(frames: list[list[bytes]]) -> list[av.VideoFrame]:
     out: list[av.VideoFrame] = []
     for payloads in frames:
         data = b"".join(vp8_depayload(p) for p in payloads)
-        out.extend(codec.decode(av.Packet(data)))  # type: ignore[arg-type]
+        out.extend(codec.decode(av.Packet(data)))
     return out
 
 
