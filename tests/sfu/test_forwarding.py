@@ -619,3 +619,24 @@ async def test_h264_is_forwarded() -> None:
             await up.close()
         for pc in pcs:
             await asyncio.wait_for(pc.close(), 10)
+
+
+async def test_subscribing_later_renegotiates_a_connected_subscriber() -> None:
+    """A second DownTrack added to a subscriber connection that is already flowing (new
+    transceiver, new offer/answer) starts with a keyframe and decodes."""
+    async with topology(subscribers=1) as topo:
+        sub = topo.subscribers[0]
+        await wait_for(partial(_frames_at_least, sub, 10), what="10 frames")
+        sfu_sub = topo.sfu_subs[0]
+        late = DownTrack(topo.video, sfu_sub.addTransceiver("video", direction="sendonly"))
+        before = len(sub.tasks)
+        await negotiate(sfu_sub, sub.pc)
+        await wait_for(lambda: len(sub.tasks) > before, what="second track")
+        await wait_for(lambda: late.packets_sent > 30, what="second track packets")
+        assert late.ready and late.current_layer == 0
+        assert late.ssrc != topo.downtracks[0]["video"].ssrc
+        # both tracks decode the same pattern: each frame number shows up twice
+        await wait_for(
+            lambda: any(sub.decoded().count(n) == 2 for n in sub.decoded()),
+            what="a frame decoded from both tracks",
+        )

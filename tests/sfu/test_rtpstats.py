@@ -40,3 +40,13 @@ def test_nack_tracker() -> None:
     assert t.on_packet(1000, 14, 0.3) == []  # a jump, not loss
     assert t.on_packet(1003, 1000, 0.3) == [1001, 1002]
     assert t.due(2.0, 0.05) == [] and len(t) == 0  # too old
+
+
+def test_nack_tracker_recovers_only_missing_packets() -> None:
+    t = NackTracker()
+    assert t.on_packet(5, 2, 0.0) == [3, 4]
+    assert t.pending
+    assert t.recover(3)
+    assert not t.recover(3)  # a second copy
+    assert not t.recover(5)  # never missing (e.g. an RTX bandwidth probe)
+    assert t.recover(4) and not t.pending

@@ -42,7 +42,14 @@ from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpSenderInfo, RtcpSrPacket,
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.rtpmunger import ts_diff
 from trackyard.sfu.rtppacket import EXT_ABS_SEND_TIME, EXT_MID, EXT_RID
-from trackyard.sfu.uptrack import QUALITY_HIGH, QUALITY_LOW, QUALITY_MEDIUM, LayerSpec, UpTrack
+from trackyard.sfu.uptrack import (
+    QUALITY_HIGH,
+    QUALITY_LOW,
+    QUALITY_MEDIUM,
+    QUALITY_OFF,
+    LayerSpec,
+    UpTrack,
+)
 from trackyard.sfu.vp8 import parse_vp8
 
 SIZES = {"q": (160, 120), "h": (320, 240), "f": (640, 480)}
@@ -336,8 +343,8 @@ async def test_subscribers_choose_independently_and_pause() -> None:
         _check_continuous(packets)
         assert set(_decode(packets)) == {SIZES[size]}
     assert wanted[-1] == QUALITY_HIGH
-    dts[2].set_layer_preference(disabled=True)
-    assert wanted[-1] == QUALITY_MEDIUM
+    dts[2].set_layer_preference(quality=QUALITY_OFF)
+    assert dts[2].paused and wanted[-1] == QUALITY_MEDIUM
     sent = dts[2].packets_sent
     await pub.frames(3)
     assert dts[2].packets_sent == sent

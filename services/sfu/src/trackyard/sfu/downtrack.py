@@ -64,6 +64,7 @@ from trackyard.sfu.rtppacket import (
     rtx_packet,
 )
 from trackyard.sfu.rtpstats import TrafficCounters
+from trackyard.sfu.uptrack import QUALITY_OFF
 from trackyard.sfu.vp8 import Vp8Descriptor, Vp8Munger
 
 if TYPE_CHECKING:
@@ -196,12 +197,13 @@ class DownTrack:
         disabled: bool = False,
     ) -> None:
         """What the subscriber wants: a quality (``QUALITY_LOW``/``MEDIUM``/``HIGH``; None:
-        the best), or a view size (the smallest layer covering it), or nothing (``disabled``:
-        paused, nothing is sent until re-enabled, then it resumes at a keyframe)."""
+        the best), or a view size (the smallest layer covering it), or nothing (``disabled``
+        or ``QUALITY_OFF``: paused, nothing is sent until re-enabled, then it resumes at a
+        keyframe). Values as in LiveKit's ``UpdateTrackSettings``."""
         self._quality = quality
         self._width = width
         self._height = height
-        self._disabled = disabled
+        self._disabled = disabled or quality == QUALITY_OFF
         self._retarget()
         self.uptrack._update_wanted()
 

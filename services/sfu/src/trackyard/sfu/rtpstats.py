@@ -142,6 +142,14 @@ class NackTracker:
                 del missing[s]
         return new
 
+    def recover(self, ext: int) -> bool:
+        """A retransmission arrived: True if we were missing (and had asked for) it."""
+        return self._missing.pop(ext, None) is not None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._missing)
+
     def due(self, now: float, interval: float) -> list[int]:
         """Missing ext seqs to ask for again (last asked at least ``interval`` ago); forgets
         packets that are too old or asked for too often."""

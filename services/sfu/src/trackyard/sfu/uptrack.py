@@ -511,10 +511,16 @@ class UpTrack:
 
         if self.nack and started:
             nacks = layer.nacks
-            lost = nacks.on_packet(ext, prev_hi, now)
-            if lost:
-                await self._send_nack(layer, lost)
-            elif nacks._missing and now - layer.nack_checked >= _NACK_RETRY_INTERVAL:
+            if retransmitted:
+                # libwebrtc also resends packets we have (RTX as bandwidth probes): forward
+                # only the ones that were missing
+                if not nacks.recover(ext):
+                    return
+            else:
+                lost = nacks.on_packet(ext, prev_hi, now)
+                if lost:
+                    await self._send_nack(layer, lost)
+            if nacks.pending and now - layer.nack_checked >= _NACK_RETRY_INTERVAL:
                 layer.nack_checked = now
                 again = nacks.due(now, _NACK_RETRY_INTERVAL * 2)
                 if again:
