@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.uptrack import UpTrack
 
-from tests.sfu.test_forwarding import PatternTrack, negotiate, new_pc
+from tests.sfu.test_forwarding import PatternTrack, negotiate, new_pc, wait_for
 
 
 async def _drop(packet: Any, arrival_time_ms: int) -> None:
