@@ -54,6 +54,18 @@ def test_missing_instance_attribute_is_named(monkeypatch: pytest.MonkeyPatch) ->
         check_aiortc_internals()
 
 
+def test_changed_call_site_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The synchronous send path reads aioice's nominated candidate pairs; a version whose
+    sendto no longer uses them is reported."""
+
+    async def sendto(self: aioice.ice.Connection, data: bytes, component: int) -> None:
+        return None
+
+    monkeypatch.setattr(aioice.ice.Connection, "sendto", sendto)
+    with pytest.raises(AiortcInternalsError, match=r"aioice\.Connection\._nominated"):
+        check_aiortc_internals()
+
+
 def test_all_missing_internals_are_listed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(RTCRtpSender, "_run_rtp")
     monkeypatch.delattr(RTCDtlsTransport, "_handle_rtp_data")

@@ -39,6 +39,7 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpSenderInfo, RtcpSrPacket, RtpPacket
+from trackyard.sfu import rtphooks
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.rtpmunger import ts_diff
 from trackyard.sfu.rtppacket import EXT_ABS_SEND_TIME, EXT_MID, EXT_RID
@@ -66,6 +67,7 @@ async def stop_receivers() -> AsyncIterator[None]:
     yield
     while RECEIVERS:
         await RECEIVERS.pop().stop()  # joins aiortc's (idle) decoder thread
+    SINKS.clear()
 
 
 def _dtls() -> RTCDtlsTransport:
@@ -74,11 +76,27 @@ def _dtls() -> RTCDtlsTransport:
     )
 
 
+SINKS: dict[int, list[bytes]] = {}
+
+
 def _capture(dtls: RTCDtlsTransport, sink: list[bytes]) -> None:
+    """Collect what is sent on ``dtls`` (RTCP through ``_send_rtp``, forwarded RTP through
+    ``rtphooks.send_rtp_nowait``, patched below) instead of encrypting and sending it."""
+
     async def send(data: bytes) -> None:
         sink.append(bytes(data))
 
     dtls.__dict__["_send_rtp"] = send
+    SINKS[id(dtls)] = sink
+
+
+@pytest.fixture(autouse=True)
+def capture_nowait(monkeypatch: pytest.MonkeyPatch) -> None:
+    def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
+        SINKS[id(transport)].append(bytes(data))
+        return True
+
+    monkeypatch.setattr(rtphooks, "send_rtp_nowait", send_rtp_nowait)
 
 
 @dataclass

@@ -298,7 +298,7 @@ class DownTrack:
                 self.nacks_received += 1
                 if self.counters is not None:
                     self.counters.nacks_received += 1
-                await self._retransmit(packet.lost)
+                self._retransmit(packet.lost)
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (_RTCP_PSFB_PLI, _RTCP_PSFB_FIR):
                 self.plis_received += 1
@@ -386,7 +386,7 @@ class DownTrack:
         if packet.ssrc == self._src_ssrc:
             self._munger.skip(packet.sequence_number)
 
-    async def _forward(
+    def _forward(
         self, layer: int, packet: RtpPacket, keyframe: bool, desc: Vp8Descriptor | None
     ) -> None:
         if packet.ssrc != self._src_ssrc:
@@ -427,9 +427,9 @@ class DownTrack:
         if counters is not None:
             counters.packets_out += 1
             counters.bytes_out += size
-        await rtphooks.send_rtp(self._sender.transport, data)
+        rtphooks.send_rtp_nowait(self._sender.transport, data)
 
-    async def _retransmit(self, lost: list[int]) -> None:
+    def _retransmit(self, lost: list[int]) -> None:
         now = time.monotonic()
         transport = self._sender.transport
         for seq in lost:
@@ -450,7 +450,7 @@ class DownTrack:
             self.retransmits += 1
             if self.counters is not None:
                 self.counters.retransmits += 1
-            await rtphooks.send_rtp(transport, out)
+            rtphooks.send_rtp_nowait(transport, out)
 
 
 def _parse_remb(fci: bytes) -> int | None:

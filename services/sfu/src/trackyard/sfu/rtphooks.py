@@ -55,6 +55,7 @@ import aiortc
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.rtp import (
     AnyRtcpPacket,
@@ -94,6 +95,7 @@ __all__ = [
     "receiver_rtx_ssrcs",
     "send_rtcp",
     "send_rtp",
+    "send_rtp_nowait",
     "sender_ssrcs",
     "set_sender_msid",
     "simulcast_answer",
@@ -102,6 +104,8 @@ __all__ = [
 ]
 
 EXPECTED_AIORTC_VERSION = "1.16.0"
+
+_DTLS_CONNECTED = _DtlsState.CONNECTED
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,32 @@ def _needs() -> list[_Need]:
             "RTCDtlsTransport._handle_rtcp_data -> recipient._handle_rtcp_packet",
         ),
         _Need(RTCDtlsTransport, "_send_rtp", "attr", "RTCDtlsTransport._send_rtp"),
+        # the synchronous send path (send_rtp_nowait) mirrors _send_rtp
+        _Need((RTCDtlsTransport, "_send_rtp"), "_state", "uses", "RTCDtlsTransport._state"),
+        _Need((RTCDtlsTransport, "_send_rtp"), "_tx_srtp", "uses", "RTCDtlsTransport._tx_srtp"),
+        _Need((RTCDtlsTransport, "__init__"), "_transport", "uses", "RTCDtlsTransport._transport"),
+        _Need(aiortc.rtcdtlstransport.State, "CONNECTED", "attr", "aiortc.rtcdtlstransport.State"),
+        _Need(
+            (aiortc.rtcicetransport.RTCIceTransport, "__init__"),
+            "_connection",
+            "uses",
+            "RTCIceTransport._connection",
+        ),
+        _Need((ice_conn, "sendto"), "_nominated", "uses", "aioice.Connection._nominated"),
+        _Need((ice_conn, "sendto"), "send_data", "uses", "aioice.Connection.sendto -> send_data"),
+        _Need(
+            (aioice.ice.CandidatePair, "__init__"),
+            "protocol",
+            "uses",
+            "aioice.CandidatePair.protocol",
+        ),
+        _Need(aioice.ice.CandidatePair, "remote_addr", "attr", "aioice.CandidatePair.remote_addr"),
+        _Need(
+            (aioice.ice.StunProtocol, "send_data"),
+            "sendto",
+            "uses",
+            "aioice.StunProtocol.send_data -> transport.sendto",
+        ),
         _Need(RtpRouter, "route_rtp", "attr", "RtpRouter.route_rtp"),
         _Need(RtpRouter, "route_rtcp", "attr", "RtpRouter.route_rtcp"),
         _Need((RtpRouter, "__init__"), "receivers", "uses", "RtpRouter.receivers"),
@@ -541,6 +571,25 @@ async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> bool:
         await transport._send_rtp(data)
     except ConnectionError:
         return False
+    return True
+
+
+def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
+    """Encrypt and send one RTP packet synchronously: aiortc's ``_send_rtp`` without its
+    chain of four coroutines (DTLS -> ICE connection -> candidate pair -> protocol), which
+    would cost more than the rest of the forwarding work. Falls back to the asynchronous path
+    for anything but a plain UDP candidate pair (TURN). False if not connected. (The DTLS
+    transport's own byte/packet counters do not count these packets.)"""
+    if transport._state is not _DTLS_CONNECTED:
+        return False
+    pair = transport._transport._connection._nominated.get(1)
+    if pair is None:
+        return False
+    protocol = pair.protocol
+    if type(protocol) is not aioice.ice.StunProtocol:
+        spawn(send_rtp(transport, data))
+        return True
+    protocol.transport.sendto(transport._tx_srtp.protect(data), pair.remote_addr)
     return True
 
 

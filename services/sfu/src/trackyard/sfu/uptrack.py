@@ -555,7 +555,7 @@ class UpTrack:
         index = layer.index
         for dt in downtracks:
             try:
-                await dt._forward(index, packet, keyframe, desc)
+                dt._forward(index, packet, keyframe, desc)
             except Exception:
                 dt._failed()
 
