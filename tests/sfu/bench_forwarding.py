@@ -29,7 +29,7 @@ async def _drop(packet: Any, arrival_time_ms: int) -> None:
 
 
 async def measure(subscribers: int, seconds: float) -> tuple[float, int]:
-    publisher = new_pc()
+    publisher = new_pc(client=True)
     publisher.addTrack(PatternTrack())
     sfu_pub = new_pc()
     ups: list[UpTrack] = []
@@ -53,7 +53,7 @@ async def measure(subscribers: int, seconds: float) -> tuple[float, int]:
     pcs = [publisher, sfu_pub]
     dts = []
     for _ in range(subscribers):
-        sfu_sub, sub = new_pc(), new_pc()
+        sfu_sub, sub = new_pc(), new_pc(client=True)
         pcs += [sfu_sub, sub]
         dts.append(DownTrack(ups[0], sfu_sub.addTransceiver("video", direction="sendonly")))
 

@@ -122,8 +122,9 @@ class ToneTrack(AudioStreamTrack):
 # --- topology ---------------------------------------------------------------------------
 
 
-def new_pc() -> RTCPeerConnection:
-    return make_peer_connection(PORTS, "127.0.0.1", [])
+def new_pc(client: bool = False) -> RTCPeerConnection:
+    """An SFU-side connection, or (``client``) a test client's, which decodes what it gets."""
+    return make_peer_connection(PORTS, "127.0.0.1", [], decode_unattached=client)
 
 
 async def negotiate(
@@ -221,7 +222,7 @@ async def build(
     on_subscriber_receiver: Callable[[int, str, RTCRtpReceiver], None] | None = None,
 ) -> Topology:
     counters = TrafficCounters()
-    publisher = new_pc()
+    publisher = new_pc(client=True)
     video_track = PatternTrack()
     publisher.addTrack(ToneTrack())
     publisher.addTrack(video_track)
@@ -268,7 +269,7 @@ async def build(
                 track_id="TR_" + kind,
                 counters=counters,
             )
-        sub = Subscriber(new_pc())
+        sub = Subscriber(new_pc(client=True))
 
         sub.pc.on("track", sub.consume)
 
@@ -530,12 +531,12 @@ async def test_bundled_video_lines_without_ssrc_are_routed_by_mid() -> None:
     """Two video m-lines with the same payload type and no ``a=ssrc`` (what a simulcast
     publisher offers): aiortc's own router would drop every packet; the MID router learns
     each SSRC from the MID header extension, and each UpTrack gets its own track."""
-    publisher = new_pc()
+    publisher = new_pc(client=True)
     publisher.addTrack(PatternTrack(0))
     publisher.addTrack(PatternTrack(2048))
     sfu_pub = new_pc()
     sfu_sub = new_pc()
-    sub = Subscriber(new_pc())
+    sub = Subscriber(new_pc(client=True))
     pcs = [publisher, sfu_pub, sfu_sub, sub.pc]
     ups: list[UpTrack] = []
     try:
@@ -583,13 +584,13 @@ async def test_bundled_video_lines_without_ssrc_are_routed_by_mid() -> None:
 async def test_h264_is_forwarded() -> None:
     """The subscriber negotiates the codec the publisher sends (the DownTrack sets the
     transceiver's codec preferences); H.264 keyframes are found for the subscriber's start."""
-    publisher = new_pc()
+    publisher = new_pc(client=True)
     transceiver = publisher.addTransceiver(PatternTrack(), direction="sendonly")
     caps = RTCRtpSender.getCapabilities("video")
     transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType == "video/H264"])
     sfu_pub = new_pc()
     sfu_sub = new_pc()
-    sub = Subscriber(new_pc())
+    sub = Subscriber(new_pc(client=True))
     pcs = [publisher, sfu_pub, sfu_sub, sub.pc]
     ups: list[UpTrack] = []
 
@@ -640,3 +641,23 @@ async def test_subscribing_later_renegotiates_a_connected_subscriber() -> None:
             lambda: any(sub.decoded().count(n) == 2 for n in sub.decoded()),
             what="a frame decoded from both tracks",
         )
+
+
+async def test_sfu_connection_never_decodes_unattached_tracks() -> None:
+    """Media for a receiver no UpTrack took over is dropped (aiortc would decode it)."""
+    publisher = new_pc(client=True)
+    publisher.addTrack(PatternTrack())
+    sfu_pub = new_pc()
+    tracks: list[MediaStreamTrack] = []
+    sfu_pub.on("track", tracks.append)
+    try:
+        await negotiate(publisher, sfu_pub)
+        receiver = sfu_pub.getTransceivers()[0].receiver
+        router = receiver.transport._rtp_router
+        assert isinstance(router, MidRouter) and router.drop_unhooked
+        await wait_for(lambda: bool(router.ssrc_table), what="media reaching the SFU")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(tracks[0].recv(), 1.0)
+    finally:
+        await publisher.close()
+        await sfu_pub.close()

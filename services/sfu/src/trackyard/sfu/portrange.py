@@ -96,16 +96,24 @@ def stun_urls(servers: Iterable[str]) -> list[str]:
 
 
 def make_peer_connection(
-    port_range: tuple[int, int] | None, node_ip: str, stun_servers: list[str]
+    port_range: tuple[int, int] | None,
+    node_ip: str,
+    stun_servers: list[str],
+    *,
+    decode_unattached: bool = False,
 ) -> RTCPeerConnection:
     """An ``RTCPeerConnection`` for the SFU: max-bundle, ICE sockets inside ``port_range``,
     ``node_ip`` advertised when set, STUN only if configured, MID-aware RTP routing, and
-    simulcast (rid) header extensions negotiable."""
+    simulcast (rid) header extensions negotiable. Media of receivers no UpTrack is attached
+    to is dropped, not decoded (``decode_unattached=True`` keeps aiortc's decoding: for test
+    clients)."""
     rtphooks.install_simulcast_extensions()
     config = RTCConfiguration(
         iceServers=[RTCIceServer(urls=url) for url in stun_urls(stun_servers)],
         bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
     )
     pc = RTCPeerConnection(config)
-    rtphooks.hook_peer_connection(pc, PortRangePolicy(port_range, node_ip))
+    rtphooks.hook_peer_connection(
+        pc, PortRangePolicy(port_range, node_ip), decode_unattached=decode_unattached
+    )
     return pc

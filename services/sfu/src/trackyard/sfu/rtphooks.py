@@ -339,11 +339,13 @@ class MidRouter(RtpRouter):
 
     Known SSRC -> its receiver (one dict lookup, the hot path). Unknown SSRC with a MID header
     extension -> the receiver of that MID, and the SSRC is learned. Otherwise aiortc's own
-    rule (a payload type served by a single receiver).
+    rule (a payload type served by a single receiver). With ``drop_unhooked``, packets for
+    receivers without a ``hook_receiver`` handler are dropped instead of decoded.
     """
 
-    def __init__(self, previous: RtpRouter | None = None) -> None:
+    def __init__(self, previous: RtpRouter | None = None, drop_unhooked: bool = False) -> None:
         super().__init__()
+        self.drop_unhooked = drop_unhooked
         if previous is not None:
             self.receivers.update(previous.receivers)
             self.senders.update(previous.senders)
@@ -354,23 +356,30 @@ class MidRouter(RtpRouter):
 
     def route_rtp(self, packet: RtpPacket) -> Any:
         receiver = self.ssrc_table.get(packet.ssrc)
-        if receiver is not None:
-            return receiver
-        mid = packet.extensions.mid
-        if mid is not None:
-            receiver = self.mid_table.get(mid)
-            if receiver is not None:
+        if receiver is None:
+            mid = packet.extensions.mid
+            if mid is not None:
+                receiver = self.mid_table.get(mid)
+                if receiver is None:
+                    return None
                 self.ssrc_table[packet.ssrc] = receiver
-            return receiver
-        return super().route_rtp(packet)
+            else:
+                receiver = super().route_rtp(packet)
+                if receiver is None:
+                    return None
+        if self.drop_unhooked and "_handle_rtp_packet" not in receiver.__dict__:
+            return None
+        return receiver
 
 
-def install_mid_router(transport: RTCDtlsTransport) -> MidRouter:
-    """Replace the DTLS transport's RTP router by a ``MidRouter`` (idempotent)."""
+def install_mid_router(transport: RTCDtlsTransport, drop_unhooked: bool = False) -> MidRouter:
+    """Replace the DTLS transport's RTP router by a ``MidRouter`` (idempotent; an installed
+    router keeps its ``drop_unhooked`` unless this call asks for it)."""
     router = transport._rtp_router
     if isinstance(router, MidRouter):
+        router.drop_unhooked = router.drop_unhooked or drop_unhooked
         return router
-    new = MidRouter(router)
+    new = MidRouter(router, drop_unhooked)
     transport._rtp_router = new
     return new
 
@@ -671,9 +680,13 @@ async def _gather_with_policy(
     return candidates
 
 
-def hook_peer_connection(pc: RTCPeerConnection, policy: IceSocketPolicy | None) -> None:
+def hook_peer_connection(
+    pc: RTCPeerConnection, policy: IceSocketPolicy | None, decode_unattached: bool = False
+) -> None:
     """For every DTLS transport ``pc`` creates from now on: install the MID router, and (with
-    a policy) bind its ICE host candidates' sockets through the policy."""
+    a policy) bind its ICE host candidates' sockets through the policy. Unless
+    ``decode_unattached``, RTP for receivers not hooked by ``hook_receiver`` is dropped: an SFU
+    connection never decodes, even for a track nobody attached."""
     d = pc.__dict__
     if "_RTCPeerConnection__createDtlsTransport" in d:
         raise RuntimeError("hook_peer_connection: already hooked")
@@ -681,7 +694,7 @@ def hook_peer_connection(pc: RTCPeerConnection, policy: IceSocketPolicy | None) 
 
     def create_dtls_transport() -> RTCDtlsTransport:
         dtls = original()
-        install_mid_router(dtls)
+        install_mid_router(dtls, drop_unhooked=not decode_unattached)
         if policy is not None:
             connection = dtls.transport.iceGatherer._connection
             connection.__dict__["get_component_candidates"] = functools.partial(

@@ -426,8 +426,16 @@ class UpTrack:
         layer: Layer | None
         if rid:
             layer = self._by_rid.get(rid)
-            if layer is None and len(layers) == 1:
+            if layer is None and len(layers) == 1 and not layers[0].rid:
+                # simulcast the signalling did not tell us about: forward the first rid seen
                 layer = layers[0]
+                layer.rid = rid
+                self._by_rid[rid] = layer
+                log.warning(
+                    "UpTrack %s: simulcast rid %r not announced at attach; forwarding only it",
+                    self.track_sid,
+                    rid,
+                )
         elif len(layers) == 1:
             layer = layers[0]
         else:
@@ -541,9 +549,18 @@ class UpTrack:
                 if desc is None:
                     return
                 keyframe = desc.keyframe
-                if keyframe and desc.width and desc.width != layer.width:
+                if (
+                    keyframe
+                    and desc.width
+                    and (desc.width, desc.height)
+                    != (
+                        layer.width,
+                        layer.height,
+                    )
+                ):
                     layer.width = desc.width
                     layer.height = desc.height
+                    self._layers_changed()  # view-size preferences may pick another layer
             elif self._is_h264:
                 keyframe = h264_begins_keyframe(payload)
             else:
