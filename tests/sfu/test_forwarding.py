@@ -597,7 +597,9 @@ async def test_h264_is_forwarded() -> None:
     def attach() -> None:
         for t in sfu_pub.getTransceivers():
             up = UpTrack("video", track_sid="TR_h264")
-            up.attach(t.receiver, mid=t.mid)
+            up.attach(t, mid=t.mid)  # the transceiver: its codecs are known already
+            codec = up.current_codec()
+            assert codec is not None and codec.mime == "video/h264" and up.codec is None
             ups.append(up)
 
     try:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpSender
 from trackyard.sfu import rtphooks
@@ -188,6 +188,28 @@ class DownTrack:
     def ready(self) -> bool:
         """The sender has been negotiated and started."""
         return self._ready
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for logs, metrics and connection quality."""
+        return {
+            "kind": self.kind,
+            "ssrc": self._ssrc,
+            "ready": self._ready,
+            "paused": self.paused,
+            "layer": self.current_layer,
+            "target_layer": self._target,
+            "packets": self.packets_sent,
+            "bytes": self.bytes_sent,
+            "retransmits": self.retransmits,
+            "nacks": self.nacks_received,
+            "plis": self.plis_received,
+            "switches": self.switches,
+            "rtt": self.rtt,
+            "fraction_lost": self.fraction_lost,
+            "packets_lost": self.packets_lost,
+            "jitter": self.jitter,
+            "remb_bitrate": self.remb_bitrate,
+        }
 
     def set_layer_preference(
         self,

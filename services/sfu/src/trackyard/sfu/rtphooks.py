@@ -52,7 +52,7 @@ import aioice.candidate
 import aioice.ice
 import aioice.turn
 import aiortc
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtcdtlstransport import State as _DtlsState
@@ -100,6 +100,7 @@ __all__ = [
     "set_sender_msid",
     "simulcast_answer",
     "spawn",
+    "transceiver_codecs",
     "unhook_receiver",
 ]
 
@@ -152,6 +153,7 @@ def _needs() -> list[_Need]:
             "uses",
             "RTCRtpReceiver.__rtcp_ssrc",
         ),
+        _Need((RTCRtpTransceiver, "__init__"), "_codecs", "uses", "RTCRtpTransceiver._codecs"),
         # routing
         _Need(
             (RTCDtlsTransport, "__init__"), "_rtp_router", "uses", "RTCDtlsTransport._rtp_router"
@@ -461,6 +463,12 @@ def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, CodecInfo]:
     """Payload type -> codec negotiated for the receiver (empty before aiortc starts it)."""
     codecs: dict[int, Any] = receiver.__dict__.get("_RTCRtpReceiver__codecs", {})
     return {c.payload_type: c for c in _codec_infos(list(codecs.values()))}
+
+
+def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[CodecInfo]:
+    """Codecs negotiated for a transceiver (known as soon as the remote description is set,
+    before the connection is up), preferred first."""
+    return _codec_infos(list(transceiver.__dict__.get("_codecs", [])))
 
 
 def receiver_rtx_ssrcs(receiver: RTCRtpReceiver) -> dict[int, int]:

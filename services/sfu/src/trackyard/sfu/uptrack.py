@@ -20,7 +20,7 @@ Integration (publisher peer connection, the server answers the client's offers):
             counters=node_counters,                                 # optional
             on_wanted_quality=lambda q: ...,                        # SubscribedQualityUpdate
         )
-        up.attach(transceiver.receiver, mid=section.mid, rids=section.rids)
+        up.attach(transceiver, mid=section.mid, rids=section.rids)
     await pc.setLocalDescription(await pc.createAnswer())
     answer_sdp = rtphooks.simulcast_answer(pc.localDescription.sdp, offer.sdp)  # send this
     ...
@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aiortc import RTCRtpTransceiver
 from trackyard.sfu import rtphooks
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
@@ -188,6 +189,7 @@ class UpTrack:
         self.bytes_in = 0
         self.mid: str | None = None
         self._receiver: RTCRtpReceiver | None = None
+        self._transceiver: RTCRtpTransceiver | None = None
         self._rtcp_ssrc = random.getrandbits(32)
         self._pt: dict[int, CodecInfo] = {}
         self._by_ssrc: dict[int, Layer] = {}
@@ -207,12 +209,19 @@ class UpTrack:
     # --- wiring -------------------------------------------------------------------------
 
     def attach(
-        self, receiver: RTCRtpReceiver, mid: str | None = None, rids: Sequence[str] = ()
+        self,
+        receiver: RTCRtpReceiver | RTCRtpTransceiver,
+        mid: str | None = None,
+        rids: Sequence[str] = (),
     ) -> None:
-        """Take over ``receiver``'s packets. ``rids``: the simulcast rids of the m-line (from
-        the offer's ``a=rid:<rid> send``), empty for a single stream."""
+        """Take over the packets of a receiver (or of a transceiver's receiver: then the
+        negotiated codec is known before the first packet). ``rids``: the simulcast rids of
+        the m-line (from the offer's ``a=rid:<rid> send``), empty for a single stream."""
         if self._receiver is not None:
             raise RuntimeError("UpTrack.attach: already attached")
+        if isinstance(receiver, RTCRtpTransceiver):
+            self._transceiver = receiver
+            receiver = receiver.receiver
         self._receiver = receiver
         self.mid = mid
         self._make_layers(list(rids))
@@ -287,6 +296,10 @@ class UpTrack:
         for info in rtphooks.receiver_codecs(self._receiver).values():
             if not info.is_rtx:
                 return info
+        if self._transceiver is not None:
+            for info in rtphooks.transceiver_codecs(self._transceiver):
+                if not info.is_rtx:
+                    return info
         return None
 
     def codec_for(self, payload_type: int) -> CodecInfo | None:
@@ -369,6 +382,33 @@ class UpTrack:
     @property
     def wanted_quality(self) -> int | None:
         return self._wanted
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for logs, metrics and connection quality."""
+        return {
+            "kind": self.kind,
+            "codec": self.codec.mime if self.codec else None,
+            "packets": self.packets_in,
+            "bytes": self.bytes_in,
+            "downtracks": len(self._downtracks),
+            "wanted_quality": self._wanted,
+            "layers": [
+                {
+                    "rid": layer.rid,
+                    "quality": layer.quality,
+                    "width": layer.width,
+                    "height": layer.height,
+                    "ssrc": layer.ssrc,
+                    "active": layer.active,
+                    "packets": layer.packets,
+                    "bytes": layer.bytes,
+                    "keyframes": layer.keyframes,
+                    "lost": layer.stats.lost if layer.stats else 0,
+                    "jitter": layer.stats.jitter if layer.stats else 0,
+                }
+                for layer in self.layers
+            ],
+        }
 
     def _layers_changed(self) -> None:
         for dt in self._downtracks:
