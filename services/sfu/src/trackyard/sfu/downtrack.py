@@ -345,7 +345,9 @@ class DownTrack:
                         self._rtx_min_interval = min(0.2, max(0.01, self.rtt))
 
     def rtcp_report(self) -> bytes | None:
-        if not self._ready or not self.packets_sent or self._last_src_ssrc is None:
+        if self._closed or not self._ready or not self.packets_sent:
+            return None
+        if self._last_src_ssrc is None:
             return None
         sr = self.uptrack.sender_report(self._last_src_ssrc)
         if sr is None:
