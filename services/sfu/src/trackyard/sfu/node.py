@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCPeerConnection
 from livekit.protocol import models
 from pydantic import ValidationError
 from trackyard.core import ids, keys, messages
@@ -19,9 +19,10 @@ from trackyard.core.node import NodeRecord, NodeState, NodeStats
 from trackyard.core.noderpc import RpcError, reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.store import Store
-from trackyard.sfu import roomapi
+from trackyard.sfu import portrange, roomapi, rtphooks
 from trackyard.sfu.participant import Participant
 from trackyard.sfu.room import JoinRefusedError, Room
+from trackyard.sfu.rtpstats import TrafficCounters as MediaCounters
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +49,7 @@ class SfuNode:
         self.draining = asyncio.Event()  # set on the first drain signal
         self.drained = asyncio.Event()  # set when draining and the last participant left
         self.collector = StatsCollector()
-        # media plane totals; the stats loop turns them into rates
-        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
+        self.counters = MediaCounters()  # media plane totals; the stats loop makes rates
         self.last_stats = NodeStats()
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -61,6 +61,7 @@ class SfuNode:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        rtphooks.check_aiortc_internals()  # fail at start-up, not on the first packet
         self._sub = self.bus.subscribe(keys.node_channel(self.node_id))
         self._consumer = asyncio.create_task(self._consume(self._sub), name="node-consumer")
         await self.report()
@@ -125,8 +126,12 @@ class SfuNode:
             self.log.error("background task failed", exc_info=task.exception())
 
     def make_peer_connection(self) -> RTCPeerConnection:
-        servers = [RTCIceServer(urls=url) for url in self.config.rtc.stun_servers]
-        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        rtc_cfg = self.config.rtc
+        return portrange.make_peer_connection(
+            (rtc_cfg.port_range_start, rtc_cfg.port_range_end),
+            rtc_cfg.node_ip,
+            list(rtc_cfg.stun_servers),
+        )
 
     # -- stats ------------------------------------------------------------------------------
 
@@ -145,7 +150,8 @@ class SfuNode:
         """Fresh figures (rates cover the time since the previous call)."""
         tracks_in = sum(len(p.tracks) for p in self.sessions.values())
         tracks_out = sum(p.subscribed_count() for p in self.sessions.values())
-        counters = TrafficCounters(self.bytes_in, self.bytes_out, self.packets_in, self.packets_out)
+        c = self.counters
+        counters = TrafficCounters(c.bytes_in, c.bytes_out, c.packets_in, c.packets_out)
         self.last_stats = self.collector.collect(
             counters,
             rooms=len(self.rooms),

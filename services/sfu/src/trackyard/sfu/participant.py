@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -20,12 +21,21 @@ from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, Envelope
+from trackyard.sfu import rtphooks
 from trackyard.sfu import sdp as sdpparse
+from trackyard.sfu.downtrack import DownTrack
+from trackyard.sfu.uptrack import LayerSpec, UpTrack
 
 if TYPE_CHECKING:
     from trackyard.sfu.room import Room
 
 log = structlog.get_logger(__name__)
+
+_RIDS = {
+    models.VideoQuality.LOW: "q",
+    models.VideoQuality.MEDIUM: "h",
+    models.VideoQuality.HIGH: "f",
+}
 
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
@@ -67,6 +77,9 @@ class Participant:
         self.state = State.JOINING
         self.tracks: dict[str, models.TrackInfo] = {}  # track sid -> info
         self.pending_tracks: dict[str, models.TrackInfo] = {}  # cid -> info awaiting an offer
+        self.uptracks: dict[str, UpTrack] = {}  # published track sid -> its media
+        self.downtracks: dict[str, DownTrack] = {}  # subscribed track sid -> its media
+        self._spare: list[DownTrack] = []  # closed DownTracks whose transceivers can be reused
         self.log = log.bind(room=room.name, participant=self.identity, psid=self.sid)
 
         self.publisher_pc = pc_factory()
@@ -127,6 +140,12 @@ class Participant:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+        for dt in self.downtracks.values():
+            dt.close()
+        self.downtracks.clear()
+        for up in self.uptracks.values():
+            await up.close()
+        self.uptracks.clear()
         await self.publisher_pc.close()
         await self.subscriber_pc.close()
         self._closed.set()
@@ -230,13 +249,15 @@ class Participant:
         await self.publisher_pc.setRemoteDescription(
             RTCSessionDescription(sdp=offer.sdp, type="offer")
         )
+        # no await between here and attach: packets of a new m-line must reach its UpTrack
         self._bind_published_media(offer.sdp)
         answer = await self.publisher_pc.createAnswer()
         await self.publisher_pc.setLocalDescription(answer)
-        local = self.publisher_pc.localDescription
+        # aiortc drops a=rid/a=simulcast from answers; without them the client sends one layer
+        sdp_text = rtphooks.simulcast_answer(self.publisher_pc.localDescription.sdp, offer.sdp)
         self.send(
             rtc.SignalResponse(
-                answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=offer.id)
+                answer=rtc.SessionDescription(type="answer", sdp=sdp_text, id=offer.id)
             )
         )
 
@@ -322,25 +343,136 @@ class Participant:
         return ""
 
     def _bind_published_media(self, offer_sdp: str) -> None:
-        """Pending tracks whose cid appears as an msid in the offer become published."""
-        changed = False
-        seen: set[str] = set()
+        """Pending tracks whose cid appears as an msid in the offer become published; published
+        tracks whose m-line stopped sending are unpublished."""
+        transceivers = {t.mid: t for t in self.publisher_pc.getTransceivers() if t.mid}
+        sending: set[str] = set()
+        published: list[models.TrackInfo] = []
         for section in sdpparse.parse_media_sections(offer_sdp):
             if section.kind not in ("audio", "video"):
                 continue
-            cid = section.msid_track
-            seen.add(cid)
-            info = self.pending_tracks.pop(cid, None)
-            if info is None:
+            if section.port != 0 and section.direction in ("sendrecv", "sendonly"):
+                sending.add(section.mid)
+            info = self.pending_tracks.pop(section.msid_track, None)
+            transceiver = transceivers.get(section.mid)
+            if info is None or transceiver is None:
                 continue
             info.mid = section.mid
             if section.codecs:
                 info.mime_type = f"{section.kind}/{section.codecs[0]}"
+            up = UpTrack(
+                section.kind,
+                track_sid=info.sid,
+                layers=[
+                    LayerSpec(
+                        _RIDS.get(layer.quality, ""), layer.quality, layer.width, layer.height
+                    )
+                    for layer in info.layers
+                ],
+                counters=self.room.node.counters,
+                on_wanted_quality=functools.partial(self._on_wanted_quality, info.sid),
+            )
+            up.attach(transceiver, mid=section.mid, rids=section.rids)
+            self.uptracks[info.sid] = up
             self.tracks[info.sid] = info
+            published.append(info)
+        gone = [sid for sid, info in self.tracks.items() if info.mid not in sending]
+        for sid in gone:
+            self.room.node.spawn(self.unpublish(sid))
+        for info in published:
             self.room.on_track_published(self, info)
-            changed = True
-        if changed:
+        if published:
             self.room.participant_changed(self)
+
+    async def unpublish(self, track_sid: str) -> None:
+        info = self.tracks.pop(track_sid, None)
+        up = self.uptracks.pop(track_sid, None)
+        if info is None:
+            return
+        self.log.info("track unpublished", track=track_sid)
+        await self.room.on_track_unpublished(self, info)
+        if up is not None:
+            await up.close()
+        self.room.participant_changed(self)
+
+    def _on_wanted_quality(self, track_sid: str, quality: int | None) -> None:
+        """Tell the publisher which simulcast layers anyone wants (it may stop the others)."""
+        info = self.tracks.get(track_sid)
+        if info is None or info.type != models.TrackType.VIDEO:
+            return
+        wanted = -1 if quality is None else quality
+        qualities = [
+            rtc.SubscribedQuality(quality=q, enabled=q <= wanted)
+            for q in (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQuality.HIGH)
+        ]
+        codec = info.mime_type.split("/")[-1].lower() or "vp8"
+        self.send(
+            rtc.SignalResponse(
+                subscribed_quality_update=rtc.SubscribedQualityUpdate(
+                    track_sid=track_sid,
+                    subscribed_qualities=qualities,
+                    subscribed_codecs=[rtc.SubscribedCodec(codec=codec, qualities=qualities)],
+                )
+            )
+        )
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def subscribe(self, publisher: Participant, track_sid: str) -> bool:
+        """Start receiving ``track_sid`` of ``publisher``; renegotiates the subscriber PC."""
+        if track_sid in self.downtracks or self.state is State.DISCONNECTED:
+            return False
+        if not self.permission.can_subscribe:
+            self.log.info("subscription refused: token lacks canSubscribe", track=track_sid)
+            return False
+        up = publisher.uptracks.get(track_sid)
+        if up is None or up.closed:
+            return False
+        stream_id = f"{publisher.sid}|{track_sid}"
+        spare = next((dt for dt in self._spare if dt.can_rebind(up)), None)
+        if spare is not None:
+            self._spare.remove(spare)
+            spare.transceiver.direction = "sendonly"
+            spare.rebind(up, stream_id=stream_id, track_id=track_sid)
+            dt = spare
+        else:
+            transceiver = self.subscriber_pc.addTransceiver(up.kind, direction="sendonly")
+            dt = DownTrack(
+                up,
+                transceiver,
+                stream_id=stream_id,
+                track_id=track_sid,
+                counters=self.room.node.counters,
+                history_size=self.room.node.config.rtc.packet_buffer_size,
+            )
+        self.downtracks[track_sid] = dt
+        self.log.debug("subscribed", track=track_sid, publisher=publisher.identity)
+        await self.negotiate_subscriber()
+        return True
+
+    async def unsubscribe(self, track_sid: str) -> bool:
+        dt = self.downtracks.pop(track_sid, None)
+        if dt is None:
+            return False
+        dt.close()
+        dt.transceiver.direction = "inactive"  # kept, and reused by the next subscription
+        self._spare.append(dt)
+        if self.state is not State.DISCONNECTED:
+            await self.negotiate_subscriber()
+        return True
+
+    def set_track_preference(self, req: rtc.UpdateTrackSettings) -> None:
+        """A view size, when given, wins over a quality (as in LiveKit)."""
+        by_size = bool(req.width or req.height)
+        for sid in req.track_sids:
+            dt = self.downtracks.get(sid)
+            if dt is not None:
+                dt.set_layer_preference(
+                    quality=None if by_size else int(req.quality),
+                    width=req.width,
+                    height=req.height,
+                    disabled=req.disabled,
+                )
 
     async def _on_mute(self, req: rtc.MuteTrackRequest) -> None:
         await self.set_track_muted(req.sid, req.muted)
@@ -483,8 +615,7 @@ class Participant:
         return True
 
     def subscribed_count(self) -> int:
-        """Tracks this participant receives (the media plane keeps the real figure)."""
-        return 0
+        return len(self.downtracks)
 
     # -- snapshot ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -109,6 +108,11 @@ class Room:
         participant.state = State.JOINED
         self.participant_changed(participant, bump=False)
         await participant.negotiate_subscriber()
+        if participant.auto_subscribe:
+            for other in list(self.participants.values()):
+                if other is not participant:
+                    for track_sid in list(other.uptracks):
+                        await participant.subscribe(other, track_sid)
         self.node.on_participant_joined(self, participant)
         self.log.info("participant joined", participant=participant.identity, psid=participant.sid)
         return participant
@@ -267,25 +271,47 @@ class Room:
                 sent += 1
         return sent
 
-    # -- tracks and subscriptions (media plane hooks) ---------------------------------------
+    # -- tracks and subscriptions -----------------------------------------------------------
 
-    track_published_hooks: list[Callable[[Room, Participant, models.TrackInfo], None]] = []
+    def on_track_published(self, publisher: Participant, info: models.TrackInfo) -> None:
+        """Everyone who auto-subscribes gets the new track."""
+        self.log.info(
+            "track published",
+            participant=publisher.identity,
+            track=info.sid,
+            mime=info.mime_type,
+            simulcast=info.simulcast,
+        )
+        for p in list(self.participants.values()):
+            if p is not publisher and p.auto_subscribe:
+                self.node.spawn(p.subscribe(publisher, info.sid))
 
-    def on_track_published(self, participant: Participant, info: models.TrackInfo) -> None:
-        self.log.info("track published", participant=participant.identity, track=info.sid)
-        for hook in self.track_published_hooks:
-            hook(self, participant, info)
+    async def on_track_unpublished(self, publisher: Participant, info: models.TrackInfo) -> None:
+        for p in list(self.participants.values()):
+            if p is not publisher:
+                await p.unsubscribe(info.sid)
 
     def on_participant_left(self, participant: Participant) -> None:
-        """Media plane clean-up for a leaving participant (its tracks and subscriptions)."""
+        """Its tracks leave every subscriber (the participant closes its own media)."""
+        for p in list(self.participants.values()):
+            for track_sid in participant.uptracks:
+                self.node.spawn(p.unsubscribe(track_sid))
 
     async def set_subscriptions(
         self, participant: Participant, track_sids: list[str], subscribe: bool
     ) -> None:
-        """Manual subscription changes; the media plane forwards accordingly."""
+        for track_sid in track_sids:
+            if not subscribe:
+                await participant.unsubscribe(track_sid)
+                continue
+            found = self.find_track(track_sid)
+            if found is None or found[0] is participant:
+                self.log.info("subscription to unknown track ignored", track=track_sid)
+                continue
+            await participant.subscribe(found[0], track_sid)
 
     def on_track_setting(self, participant: Participant, req: rtc.UpdateTrackSettings) -> None:
-        """Subscriber preferences (quality, size, pause); the media plane applies them."""
+        participant.set_track_preference(req)
 
     def find_track(self, track_sid: str) -> tuple[Participant, models.TrackInfo] | None:
         for p in self.participants.values():
