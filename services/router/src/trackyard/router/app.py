@@ -5,9 +5,10 @@ from __future__ import annotations
 import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import Counter, make_asgi_app
+from prometheus_client import Counter
 from pydantic import BaseModel
 from trackyard.core.errors import StoreUnavailableError
+from trackyard.core.metrics import metrics_endpoint
 from trackyard.core.routing import PlacementError
 from trackyard.core.store import Store
 from trackyard.router.placement import Placer
@@ -61,5 +62,5 @@ def create_app(placer: Placer, store: Store) -> FastAPI:
             return PlainTextResponse("store unreachable", status_code=503)
         return PlainTextResponse("ok")
 
-    app.mount("/metrics", make_asgi_app())
+    app.add_route("/metrics", metrics_endpoint)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import make_asgi_app
+from trackyard.core.metrics import metrics_endpoint
 from trackyard.core.node import NodeState
 from trackyard.sfu.node import SfuNode
 
@@ -30,5 +30,5 @@ def create_app(node: SfuNode) -> FastAPI:
     async def record() -> JSONResponse:
         return JSONResponse(node.record(fresh=False).model_dump(mode="json"))
 
-    app.mount("/metrics", make_asgi_app())
+    app.add_route("/metrics", metrics_endpoint)
     return app

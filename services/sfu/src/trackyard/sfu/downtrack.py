@@ -91,6 +91,10 @@ def _history_size(requested: int) -> int:
 class DownTrack:
     """One subscriber's copy of an UpTrack; see the module docstring for how to wire it."""
 
+    # Test hook (TRACKYARD_TEST_DROP_EVERY): drop every Nth forwarded packet, as a lossy link
+    # would, so tests can watch NACK/RTX repair it. 0 = off.
+    drop_every = 0
+
     def __init__(
         self,
         uptrack: UpTrack,
@@ -237,40 +241,6 @@ class DownTrack:
         self._src_ssrc = None
         self.desired_layer = -1
         self.uptrack._remove_downtrack(self)
-
-    def can_rebind(self, uptrack: UpTrack) -> bool:
-        """Could this closed DownTrack's transceiver carry ``uptrack`` without renegotiating
-        codecs? (Same kind, and the subscriber negotiated the publisher's codec.)"""
-        if not self._closed or uptrack.kind != self.kind or not self._ready:
-            return False
-        codec = uptrack.current_codec()
-        return codec is not None and any(
-            c.mime == codec.mime and c.clock_rate == codec.clock_rate for c in self._out_codecs
-        )
-
-    def rebind(self, uptrack: UpTrack, *, stream_id: str, track_id: str) -> None:
-        """Reuse this transceiver for another track (subscriptions come and go; m-lines stay).
-
-        The SSRC stays, and the munger carries sequence numbers and timestamps on as across
-        any source switch, so the subscriber sees one continuous stream under a new msid.
-        """
-        if not self.can_rebind(uptrack):
-            raise RuntimeError("DownTrack.rebind: not closed, or a different kind or codec")
-        self.uptrack = uptrack
-        self._closed = False
-        self._src_ssrc = None
-        self._last_src_ssrc = None
-        self._current = -1
-        self._target = 0
-        self._quality = None
-        self._width = self._height = 0
-        self._disabled = False
-        self._pt_map.clear()
-        self._hist = [None] * (self._mask + 1)
-        rtphooks.set_sender_msid(self._sender, stream_id, track_id)
-        uptrack._add_downtrack(self)
-        self._retarget()
-        self.uptrack.request_keyframe(self._target)
 
     # --- layer choice -------------------------------------------------------------------
 
@@ -478,6 +448,9 @@ class DownTrack:
         self._hist_hlen[i] = len(header)
         self._hist_rtx[i] = 0.0
         self._last_sent = up.now
+        if self.drop_every and self.packets_sent % self.drop_every == self.drop_every - 1:
+            self.packets_sent += 1  # test hook: lost on the way (kept in history for NACK)
+            return
         size = len(payload)
         self.packets_sent += 1
         self.bytes_sent += size

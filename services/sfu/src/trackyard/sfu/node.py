@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import structlog
 from aiortc import RTCPeerConnection
 from livekit.protocol import models
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, Envelope, Subscription
@@ -20,6 +22,8 @@ from trackyard.core.noderpc import RpcError, reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.store import Store
 from trackyard.sfu import portrange, roomapi, rtphooks
+from trackyard.sfu.downtrack import DownTrack
+from trackyard.sfu.metrics import NodeCollector
 from trackyard.sfu.participant import Participant
 from trackyard.sfu.room import JoinRefusedError, Room
 from trackyard.sfu.rtpstats import TrafficCounters as MediaCounters
@@ -50,6 +54,7 @@ class SfuNode:
         self.drained = asyncio.Event()  # set when draining and the last participant left
         self.collector = StatsCollector()
         self.counters = MediaCounters()  # media plane totals; the stats loop makes rates
+        self._collector: NodeCollector | None = None
         self.last_stats = NodeStats()
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -62,6 +67,9 @@ class SfuNode:
 
     async def start(self) -> None:
         rtphooks.check_aiortc_internals()  # fail at start-up, not on the first packet
+        DownTrack.drop_every = int(os.environ.get("TRACKYARD_TEST_DROP_EVERY", "0") or 0)
+        self._collector = NodeCollector(self.counters, self)
+        REGISTRY.register(self._collector)
         self._sub = self.bus.subscribe(keys.node_channel(self.node_id))
         self._consumer = asyncio.create_task(self._consume(self._sub), name="node-consumer")
         await self.report()
@@ -83,6 +91,9 @@ class SfuNode:
             await self.bus.delete(keys.node_channel(self.node_id))
         for task in list(self._tasks):
             task.cancel()
+        if self._collector is not None:
+            REGISTRY.unregister(self._collector)
+            self._collector = None
         self.log.info("sfu node stopped")
 
     async def drain(self) -> None:

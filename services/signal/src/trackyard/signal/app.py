@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from prometheus_client import make_asgi_app
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
+from trackyard.core.metrics import metrics_endpoint
 from trackyard.signal import rtc, twirp
 from trackyard.signal.edge import Edge
 
@@ -35,7 +35,7 @@ def create_app(edge: Edge) -> FastAPI:
             Route(twirp.PREFIX + "{method}", twirp.handle, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Mount("/metrics", make_asgi_app()),
+            Route("/metrics", metrics_endpoint),
         ],
         # Browser pages call these endpoints from any origin, as with LiveKit.
         middleware=[
