@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from livekit import rtc
@@ -17,18 +18,22 @@ NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, sim
 
 
 def _increasing(numbers: list[int]) -> bool:
-    return all(b > a for a, b in zip(numbers, numbers[1:], strict=False))
+    return all(b > a for a, b in itertools.pairwise(numbers))
 
 
-async def test_audio_and_video_reach_every_subscriber(server: TrackyardProcess, room_name: str) -> None:
+async def test_audio_and_video_reach_every_subscriber(
+    server: TrackyardProcess, room_name: str
+) -> None:
     async with (
         connected(server.ws_url, "sub1", room_name) as sub1,
         connected(server.ws_url, "sub2", room_name) as sub2,
     ):
         waits = [EventWaiter(s, "track_subscribed") for s in (sub1, sub2)]
-        async with connected(server.ws_url, "pub", room_name) as pub, pattern_video(
-            pub, options=NO_SIMULCAST
-        ) as vpub, tone_audio(pub, 440.0) as apub:
+        async with (
+            connected(server.ws_url, "pub", room_name) as pub,
+            pattern_video(pub, options=NO_SIMULCAST) as vpub,
+            tone_audio(pub, 440.0) as apub,
+        ):
             for w in waits:
                 (vtrack, _, participant) = await w.wait(lambda t, p, who: p.sid == vpub.sid)
                 assert participant.identity == "pub"
@@ -55,12 +60,15 @@ async def _until_width(track: rtc.Track, pred: object, timeout: float) -> int:
         await stream.aclose()
 
 
-async def test_simulcast_layer_follows_track_setting(server: TrackyardProcess, room_name: str) -> None:
+async def test_simulcast_layer_follows_track_setting(
+    server: TrackyardProcess, room_name: str
+) -> None:
     async with connected(server.ws_url, "viewer", room_name) as viewer:
         subscribed = EventWaiter(viewer, "track_subscribed")
-        async with connected(server.ws_url, "cam", room_name) as cam, pattern_video(
-            cam, width=1280, height=720
-        ) as vpub:
+        async with (
+            connected(server.ws_url, "cam", room_name) as cam,
+            pattern_video(cam, width=1280, height=720) as vpub,
+        ):
             (track, publication, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
             assert publication.simulcasted
             numbers = await read_numbers(track, 5)
@@ -80,9 +88,10 @@ async def test_manual_subscription(server: TrackyardProcess, room_name: str) -> 
         published = EventWaiter(picky, "track_published")
         subscribed = EventWaiter(picky, "track_subscribed")
         unsubscribed = EventWaiter(picky, "track_unsubscribed")
-        async with connected(server.ws_url, "cam", room_name) as cam, pattern_video(
-            cam, options=NO_SIMULCAST
-        ) as vpub:
+        async with (
+            connected(server.ws_url, "cam", room_name) as cam,
+            pattern_video(cam, options=NO_SIMULCAST) as vpub,
+        ):
             (publication, _) = await published.wait(lambda p, who: p.sid == vpub.sid)
             assert not subscribed.calls  # nothing arrives unasked
             publication.set_subscribed(True)
@@ -112,9 +121,10 @@ async def test_update_subscriptions_api_and_can_subscribe(
         steered_sub = EventWaiter(steered, "track_subscribed")
         deaf_sub = EventWaiter(deaf, "track_subscribed")
         deaf_pub = EventWaiter(deaf, "track_published")
-        async with connected(server.ws_url, "cam", room_name) as cam, pattern_video(
-            cam, options=NO_SIMULCAST
-        ) as vpub:
+        async with (
+            connected(server.ws_url, "cam", room_name) as cam,
+            pattern_video(cam, options=NO_SIMULCAST) as vpub,
+        ):
             await deaf_pub.wait(lambda p, who: p.sid == vpub.sid)
             async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
                 await lk.room.update_subscriptions(
@@ -146,10 +156,14 @@ async def test_update_subscriptions_api_and_can_subscribe(
             assert not deaf_sub.calls
 
 
-async def test_late_joiner_gets_tracks_and_a_keyframe(server: TrackyardProcess, room_name: str) -> None:
-    async with connected(server.ws_url, "early", room_name) as early, pattern_video(
-        early, options=NO_SIMULCAST
-    ) as vpub, tone_audio(early, 660.0) as apub:
+async def test_late_joiner_gets_tracks_and_a_keyframe(
+    server: TrackyardProcess, room_name: str
+) -> None:
+    async with (
+        connected(server.ws_url, "early", room_name) as early,
+        pattern_video(early, options=NO_SIMULCAST) as vpub,
+        tone_audio(early, 660.0) as apub,
+    ):
         await asyncio.sleep(2)  # the stream is well past its first keyframe
         loop = asyncio.get_running_loop()
         async with connected(server.ws_url, "late", room_name) as late:
@@ -170,9 +184,10 @@ async def test_unpublish_and_mute(server: TrackyardProcess, room_name: str) -> N
         muted = EventWaiter(viewer, "track_muted")
         unmuted = EventWaiter(viewer, "track_unmuted")
         unpublished = EventWaiter(viewer, "track_unpublished")
-        async with connected(server.ws_url, "cam", room_name) as cam, pattern_video(
-            cam, options=NO_SIMULCAST
-        ) as vpub:
+        async with (
+            connected(server.ws_url, "cam", room_name) as cam,
+            pattern_video(cam, options=NO_SIMULCAST) as vpub,
+        ):
             await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
             vpub.track.mute()
             (participant, publication) = await muted.wait()
@@ -192,15 +207,17 @@ async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
     with TrackyardProcess(cfg, env={"TRACKYARD_TEST_DROP_EVERY": "15"}) as lossy:
         async with connected(lossy.ws_url, "viewer", room_name) as viewer:
             subscribed = EventWaiter(viewer, "track_subscribed")
-            async with connected(lossy.ws_url, "cam", room_name) as cam, pattern_video(
-                cam, options=NO_SIMULCAST
-            ) as vpub:
+            async with (
+                connected(lossy.ws_url, "cam", room_name) as cam,
+                pattern_video(cam, options=NO_SIMULCAST) as vpub,
+            ):
                 (track, _, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
                 numbers = await read_numbers(track, 60, timeout=20)
-        metrics = httpx.get(lossy.http_url + "/metrics", timeout=5).text
+        async with httpx.AsyncClient(timeout=5) as client:
+            metrics = (await client.get(lossy.http_url + "/metrics")).text
     # every 15th packet vanished, yet the decoded video runs on without long gaps
     assert _increasing(numbers)
-    gaps = [b - a for a, b in zip(numbers, numbers[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(numbers)]
     assert max(gaps) <= 10, gaps
 
     def counter(name: str) -> float:
@@ -218,9 +235,10 @@ async def test_sockets_stay_inside_port_range(room_name: str) -> None:
     with TrackyardProcess({"rtc": {"port_range_start": lo, "port_range_end": hi}}) as srv:
         async with connected(srv.ws_url, "viewer", room_name) as viewer:
             subscribed = EventWaiter(viewer, "track_subscribed")
-            async with connected(srv.ws_url, "cam", room_name) as cam, pattern_video(
-                cam, options=NO_SIMULCAST
-            ) as vpub:
+            async with (
+                connected(srv.ws_url, "cam", room_name) as cam,
+                pattern_video(cam, options=NO_SIMULCAST) as vpub,
+            ):
                 (track, _, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
                 assert _increasing(await read_numbers(track, 3))
                 assert srv.proc is not None
@@ -228,3 +246,18 @@ async def test_sockets_stay_inside_port_range(room_name: str) -> None:
     ports = sorted({c.laddr.port for c in udp})
     assert len(ports) >= 3  # both subscriber PCs and the publisher PC of "cam"
     assert all(lo <= p <= hi for p in ports), ports
+
+
+async def test_h264_is_forwarded_when_offered(server: TrackyardProcess, room_name: str) -> None:
+    h264 = rtc.TrackPublishOptions(
+        source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False, video_codec=rtc.VideoCodec.H264
+    )
+    async with connected(server.ws_url, "viewer", room_name) as viewer:
+        subscribed = EventWaiter(viewer, "track_subscribed")
+        async with (
+            connected(server.ws_url, "cam", room_name) as cam,
+            pattern_video(cam, options=h264) as vpub,
+        ):
+            (track, publication, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
+            assert "h264" in publication.mime_type.lower()
+            assert _increasing(await read_numbers(track, 10))

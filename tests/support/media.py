@@ -33,7 +33,9 @@ def read_pattern(frame: rtc.VideoFrame) -> int | None:
     number = 0
     for bit in range(BITS):
         # the centre of each block, away from edges the encoder blurs
-        cell = img[band // 4 : 3 * band // 4, bit * block + block // 4 : (bit + 1) * block - block // 4, :3]
+        cell = img[
+            band // 4 : 3 * band // 4, bit * block + block // 4 : (bit + 1) * block - block // 4, :3
+        ]
         mean = float(cell.mean())
         if 60 < mean < 196:
             return None
@@ -42,7 +44,9 @@ def read_pattern(frame: rtc.VideoFrame) -> int | None:
     return number
 
 
-def tone_frame(freq: float, start_sample: int, sample_rate: int = 48000, samples: int = 480) -> rtc.AudioFrame:
+def tone_frame(
+    freq: float, start_sample: int, sample_rate: int = 48000, samples: int = 480
+) -> rtc.AudioFrame:
     frame = rtc.AudioFrame.create(sample_rate, 1, samples)
     t = (np.arange(samples) + start_sample) / sample_rate
     np.frombuffer(frame.data, dtype=np.int16)[:] = (np.sin(2 * np.pi * freq * t) * 12000).astype(
