@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from trackyard.core import ids, keys, messages
 from trackyard.core.auth import AuthError, Claims, check_join, verify_token
 from trackyard.core.bus import BusClosedError, Envelope, Subscription
+from trackyard.core.errors import BusUnavailableError
 from trackyard.core.noderpc import RpcError
 from trackyard.core.routing import PlacementError
 from trackyard.core.store import Placement
@@ -89,7 +90,10 @@ async def validate(request: Request) -> Response:
     edge: Edge = request.app.state.edge
     try:
         claims, room = await _authorize(edge, request)
-        placement = await edge.router.place(room, create=False)
+        try:
+            placement = await edge.router.place(room, create=False)
+        except PlacementError as exc:
+            raise Refusal(exc.status, exc.reason) from None
         if placement is None and not edge.config.room.auto_create:
             raise Refusal(404, f"room {room} does not exist")
         if placement is not None:
@@ -104,6 +108,8 @@ async def validate(request: Request) -> Response:
                 )
             except RpcError as exc:
                 raise Refusal(_TWIRP_STATUS.get(exc.code, 500), exc.msg) from None
+            except BusUnavailableError as exc:
+                raise Refusal(503, str(exc)) from None
     except Refusal as exc:
         return PlainTextResponse(exc.reason, status_code=exc.status)
     return PlainTextResponse("success")
@@ -145,10 +151,15 @@ async def rtc_socket(ws: WebSocket) -> None:
             edge_id=edge.edge_id,
             placement_epoch=placement.epoch,
         )
-        await edge.bus.publish(
-            keys.node_channel(node_id),
-            Envelope(kind=messages.JOIN, session=session_id, data=start.model_dump_json().encode()),
-        )
+        try:
+            await edge.bus.publish(
+                keys.node_channel(node_id),
+                Envelope(
+                    kind=messages.JOIN, session=session_id, data=start.model_dump_json().encode()
+                ),
+            )
+        except BusUnavailableError as exc:
+            raise Refusal(503, f"cannot reach room host {node_id}: {exc}") from None
         first = await sub.get(timeout=edge.config.signal.join_timeout)
         if first is None:
             raise Refusal(503, f"room host {node_id} did not answer the join in time")
@@ -158,10 +169,10 @@ async def rtc_socket(ws: WebSocket) -> None:
     except Refusal as exc:
         log.info("connection refused", status=exc.status, reason=exc.reason, path=ws.url.path)
         if node_id and sub is not None:
-            await _client_gone(edge, node_id, session_id)
+            await _client_gone(edge, node_id, session_id, ride_out=False)
         if sub is not None:
             await sub.close()
-            await edge.bus.delete(keys.session_channel(session_id))
+            await _drop_channel(edge, session_id)
         await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
         return
 
@@ -188,9 +199,9 @@ async def rtc_socket(ws: WebSocket) -> None:
         downstream.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await downstream
-        await _client_gone(edge, node_id, session_id)
+        await _client_gone(edge, node_id, session_id, ride_out=True)
         await sub.close()
-        await edge.bus.delete(keys.session_channel(session_id))
+        await _drop_channel(edge, session_id)
     slog.info("session ended", reason=reason)
 
 
@@ -201,11 +212,23 @@ def _closed(env: Envelope) -> messages.SessionClosed:
         return messages.SessionClosed(status=500, reason="undecodable close from node")
 
 
-async def _client_gone(edge: Edge, node_id: str, session_id: str) -> None:
+async def _drop_channel(edge: Edge, session_id: str) -> None:
+    """Delete the session's channel; with the bus away, leave it to the stream's TTL."""
+    try:
+        await edge.bus.delete(keys.session_channel(session_id))
+    except BusUnavailableError as exc:
+        log.info("session channel left to expire", session=session_id, error=str(exc))
+
+
+async def _client_gone(edge: Edge, node_id: str, session_id: str, *, ride_out: bool) -> None:
+    """Tell the node. ``ride_out``: through a bus outage too (bounded), or a participant
+    whose socket closed during the outage would linger on the node."""
+    env = Envelope(kind=messages.CLIENT_GONE, session=session_id)
     with contextlib.suppress(Exception):
-        await edge.bus.publish(
-            keys.node_channel(node_id), Envelope(kind=messages.CLIENT_GONE, session=session_id)
-        )
+        if ride_out:
+            await _forward(edge, keys.node_channel(node_id), env)
+        else:
+            await edge.bus.publish(keys.node_channel(node_id), env)
 
 
 async def _ask_full_reconnect(ws: WebSocket) -> None:
@@ -284,14 +307,36 @@ async def _pump_up(
                 await _close(ws, CLOSE_INVALID, problem)
                 return problem
             SIGNAL_MESSAGES.inc()
-            await edge.bus.publish(
-                channel, Envelope(kind=messages.SIGNAL, session=session_id, data=data)
-            )
+            envelope = Envelope(kind=messages.SIGNAL, session=session_id, data=data)
+            if not await _forward(edge, channel, envelope):
+                await _close(ws, CLOSE_UNAVAILABLE, "message bus unavailable; reconnect")
+                return "bus unavailable"
             receive = asyncio.ensure_future(ws.receive())
     except (WebSocketDisconnect, RuntimeError):
         return "client disconnected"
     finally:
         receive.cancel()
+
+
+async def _forward(edge: Edge, channel: str, envelope: Envelope) -> bool:
+    """Publish to the node, riding out a bus outage of up to ``signal.ping_timeout``.
+
+    Messages stay in order (the caller waits); the client's own ping timeout is the longest
+    a session could survive without the bus anyway. False when the outage lasted longer.
+    """
+    deadline = time.monotonic() + edge.config.signal.ping_timeout
+    delay = 0.05
+    while True:
+        try:
+            await edge.bus.publish(channel, envelope)
+            return True
+        except BusUnavailableError as exc:
+            if time.monotonic() + delay > deadline:
+                log.warning("bus unavailable; message to node dropped", error=str(exc))
+                return False
+            log.debug("bus unavailable; retrying signal message", error=str(exc))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _check_request(data: bytes) -> str:

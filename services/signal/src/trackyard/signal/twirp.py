@@ -17,7 +17,7 @@ from livekit.protocol import room as room_pb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from trackyard.core.auth import AuthError, Claims, VideoGrants, verify_token
-from trackyard.core.errors import StoreUnavailableError
+from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
 from trackyard.core.noderpc import RpcError
 from trackyard.core.routing import PlacementError
 from trackyard.signal.edge import Edge
@@ -177,4 +177,6 @@ async def _call(edge: Edge, name: str, method: _Method, req: Message) -> Message
         data = await edge.rpc.call(placement.node_id, name, req.SerializeToString())
     except RpcError as exc:
         raise TwirpError(exc.code, exc.msg) from None
+    except BusUnavailableError as exc:
+        raise TwirpError("unavailable", str(exc)) from None
     return method.response.FromString(data)
