@@ -26,7 +26,8 @@ class Edge:
     def __post_init__(self) -> None:
         self.keys = KeyProvider(self.config.keys)
         self.rpc = NodeRpcClient(self.bus, self.edge_id)
-        self.nodewatch = NodeWatch(self.store)
+        # A node re-reports within a stats interval of a Redis restart; allow two.
+        self.nodewatch = NodeWatch(self.store, grace=2 * self.config.node.stats_update_interval)
 
     async def ready(self) -> tuple[bool, str]:
         """Can this edge serve now? (``/readyz``)"""
