@@ -12,8 +12,6 @@ import structlog
 from trackyard.core.config import Config
 from trackyard.router.app import create_app as router_app
 from trackyard.router.client import HttpRouter
-from trackyard.sfu.app import create_app as sfu_app
-from trackyard.sfu.node import SfuNode
 from trackyard.signal.app import create_app as signal_app
 from trackyard.signal.edge import Edge
 
@@ -28,6 +26,10 @@ def _host(config: Config) -> str:
 
 async def run_sfu(config: Config) -> int:
     """Serve rooms until drained (first signal) or forced (second). Exit 0 when drained."""
+    # Imported here: the media plane (aiortc, PyAV) loads only in SFU processes.
+    from trackyard.sfu.app import create_app as sfu_app
+    from trackyard.sfu.node import SfuNode
+
     store, bus = make_store_and_bus(config)
     host = _host(config)
     node = SfuNode(config, store, bus, address=f"{host}:{config.node.api_port}")
