@@ -19,3 +19,5 @@ fmt:
 bench:
 	scripts/bootstrap
 	scripts/netns .venv/bin/python -m benchmarks.join_latency
+	scripts/netns .venv/bin/python -m benchmarks.signal_bridge
+	.venv/bin/python -m benchmarks.placement
