@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 import websockets
+from trackyard.core import keys
 
 from tests.support.cluster import (
     Cluster,
@@ -116,3 +117,36 @@ async def test_redis_outage_and_recovery(cluster: Cluster) -> None:
         assert seen == {"a": [], "b": []}, "the sessions should survive the outage"
     for proc in cluster.all_processes():
         assert proc.alive(), proc.logs()
+
+
+async def test_room_yields_when_the_store_names_another_node(cluster: Cluster) -> None:
+    """After Redis lost its data, a newcomer can reach a router before the room's host has
+    re-asserted its placement: the room is then claimed afresh, with epoch 1 again, for
+    another node. The host must give its copy up (its clients reconnect and land on the
+    store's node) rather than keep a second room of the same name forever. The racing claim
+    is written directly here, which makes the race deterministic."""
+    room = "split"
+    e0, e1 = cluster.edges
+    async with connected(e0.ws_url, "a", room) as a, connected(e1.ws_url, "b", room) as b:
+        placed = cluster.placement(room)
+        assert placed is not None and placed[1] == 1
+        host = cluster.sfu_index(placed[0])
+        other = cluster.node_ids[1 - host]
+        reconnected = [EventWaiter(a, "reconnected"), EventWaiter(b, "reconnected")]
+        with cluster.redis_client() as r:
+            r.hset(keys.PLACEMENTS, room, f"{other}|1")  # same epoch, another node
+        await asyncio.gather(*(w.wait(timeout=15) for w in reconnected))
+        assert cluster.placement(room) == (other, 1)
+        assert await participant_identities(e0, room) == ["a", "b"]
+        await eventually(
+            lambda: (
+                cluster.sfu_record(host)["stats"]["rooms"] == 0
+                and cluster.sfu_record(1 - host)["stats"]["clients"] >= 2
+            ),
+            timeout=5,
+            what="the room to live on the store's node only",
+        )
+        await eventually(
+            lambda: set(a.remote_participants) == {"b"}, timeout=10, what="a to see b again"
+        )
+        await send_data(a, b, b"one room again")

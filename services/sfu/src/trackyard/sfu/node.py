@@ -189,7 +189,10 @@ class SfuNode:
         """Re-assert our rooms in the store; close any room another node took over (fencing).
 
         A store that lost its data (Redis restarted empty) gets our placements back, so a
-        newcomer to an active room still lands here rather than on a duplicate room.
+        newcomer to an active room still lands here rather than on a duplicate room. The
+        store is the authority: when it names another node we give our copy up even if its
+        epoch is not newer than ours (epochs restart after such a data loss, and a newcomer
+        may have been placed before we re-asserted), so one room never lives on two nodes.
         """
         for room in list(self.rooms.values()):
             try:
@@ -203,11 +206,12 @@ class SfuNode:
             except Exception as exc:
                 self.log.debug("cannot check placement", room=room.name, error=str(exc))
                 return
-            if current.node_id != self.node_id and current.epoch > room.epoch:
+            if current.node_id != self.node_id:
                 room.log.warning(
                     "room was placed on another node; closing our copy",
                     other=current.node_id,
                     epoch=current.epoch,
+                    our_epoch=room.epoch,
                 )
                 await room.evict_all("room moved to another node")
 
