@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from trackyard.core.errors import BusUnavailableError
 
 
 @dataclass(slots=True)
@@ -64,6 +67,25 @@ class Bus(Protocol):
 
 class BusClosedError(Exception):
     """The subscription or bus was closed while waiting."""
+
+
+async def publish_patiently(bus: Bus, channel: str, envelope: Envelope, *, within: float) -> bool:
+    """Publish, riding out a bus outage of up to ``within`` seconds (backing off).
+
+    The caller waits, so a stream of messages keeps its order. False when the outage lasted
+    longer (the message is dropped; the caller decides what that means).
+    """
+    deadline = time.monotonic() + within
+    delay = 0.05
+    while True:
+        try:
+            await bus.publish(channel, envelope)
+            return True
+        except BusUnavailableError:
+            if time.monotonic() + delay > deadline:
+                return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 # ---------------------------------------------------------------------------------------

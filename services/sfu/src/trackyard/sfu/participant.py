@@ -20,7 +20,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 from trackyard.core import ids, keys, messages
-from trackyard.core.bus import Bus, Envelope
+from trackyard.core.bus import Bus, Envelope, publish_patiently
 from trackyard.sfu import rtphooks
 from trackyard.sfu import sdp as sdpparse
 from trackyard.sfu.downtrack import DownTrack
@@ -195,10 +195,9 @@ class Participant:
             env = await self._outbox.get()
             if env is None:
                 return
-            try:
-                await self.bus.publish(channel, env)
-            except Exception:
-                self.log.exception("cannot publish signal response")
+            within = self.room.node.config.signal.ping_timeout
+            if not await publish_patiently(self.bus, channel, env, within=within):
+                self.log.warning("bus unavailable; signal response dropped", kind=env.kind)
 
     # -- incoming ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from trackyard.core import ids, keys, messages
 from trackyard.core.auth import AuthError, Claims, check_join, verify_token
-from trackyard.core.bus import BusClosedError, Envelope, Subscription
+from trackyard.core.bus import BusClosedError, Envelope, Subscription, publish_patiently
 from trackyard.core.errors import BusUnavailableError
 from trackyard.core.noderpc import RpcError
 from trackyard.core.routing import PlacementError
@@ -319,24 +319,12 @@ async def _pump_up(
 
 
 async def _forward(edge: Edge, channel: str, envelope: Envelope) -> bool:
-    """Publish to the node, riding out a bus outage of up to ``signal.ping_timeout``.
-
-    Messages stay in order (the caller waits); the client's own ping timeout is the longest
-    a session could survive without the bus anyway. False when the outage lasted longer.
-    """
-    deadline = time.monotonic() + edge.config.signal.ping_timeout
-    delay = 0.05
-    while True:
-        try:
-            await edge.bus.publish(channel, envelope)
-            return True
-        except BusUnavailableError as exc:
-            if time.monotonic() + delay > deadline:
-                log.warning("bus unavailable; message to node dropped", error=str(exc))
-                return False
-            log.debug("bus unavailable; retrying signal message", error=str(exc))
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+    """Publish to the node; the client's ping timeout is the longest a session could survive
+    without the bus anyway, so that bounds the wait. False when the outage lasted longer."""
+    if await publish_patiently(edge.bus, channel, envelope, within=edge.config.signal.ping_timeout):
+        return True
+    log.warning("bus unavailable; message to node dropped", channel=channel)
+    return False
 
 
 def _check_request(data: bytes) -> str:
