@@ -69,6 +69,17 @@ class BusClosedError(Exception):
     """The subscription or bus was closed while waiting."""
 
 
+async def iterate(sub: Subscription) -> AsyncIterator[Envelope]:
+    """Every message until the subscription is closed (the ``async for`` of subscriptions)."""
+    while True:
+        try:
+            item = await sub.get()
+        except BusClosedError:
+            return
+        if item is not None:
+            yield item
+
+
 async def publish_patiently(bus: Bus, channel: str, envelope: Envelope, *, within: float) -> bool:
     """Publish, riding out a bus outage of up to ``within`` seconds (backing off).
 
@@ -117,14 +128,8 @@ class _MemorySubscription:
             raise BusClosedError(self.channel)
         return item
 
-    async def __aiter__(self) -> AsyncIterator[Envelope]:
-        while True:
-            try:
-                item = await self.get()
-            except BusClosedError:
-                return
-            if item is not None:
-                yield item
+    def __aiter__(self) -> AsyncIterator[Envelope]:
+        return iterate(self)
 
     async def close(self) -> None:
         if not self._closed:

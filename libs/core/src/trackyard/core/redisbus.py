@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from trackyard.core.bus import BusClosedError, Envelope, Subscription
+from trackyard.core.bus import BusClosedError, Envelope, Subscription, iterate
 from trackyard.core.errors import BusUnavailableError
 
 log = structlog.get_logger(__name__)
@@ -196,14 +196,8 @@ class RedisSubscription:
             raise BusClosedError(self.channel)
         return item
 
-    async def __aiter__(self) -> AsyncIterator[Envelope]:
-        while True:
-            try:
-                item = await self.get()
-            except BusClosedError:
-                return
-            if item is not None:
-                yield item
+    def __aiter__(self) -> AsyncIterator[Envelope]:
+        return iterate(self)
 
     async def close(self) -> None:
         if self._closed:
