@@ -93,8 +93,8 @@ class Participant:
         self._offer_id = 0
         self._inbox: asyncio.Queue[Envelope | None] = asyncio.Queue(INBOX_LIMIT)
         self._outbox: asyncio.Queue[Envelope | None] = asyncio.Queue(OUTBOX_LIMIT)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._wire_peer_connections()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -104,10 +104,8 @@ class Participant:
         return self.permission.hidden
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._run_inbox(), name=f"inbox-{self.sid}"),
-            asyncio.create_task(self._run_outbox(), name=f"outbox-{self.sid}"),
-        ]
+        self._reader = asyncio.create_task(self._run_inbox(), name=f"inbox-{self.sid}")
+        self._writer = asyncio.create_task(self._run_outbox(), name=f"outbox-{self.sid}")
 
     def deliver(self, env: Envelope) -> None:
         """Queue one message from the edge (called by the node's dispatcher)."""
@@ -130,14 +128,14 @@ class Participant:
                 kind=messages.CLOSE, session=self.session_id, data=closed.model_dump_json().encode()
             )
         )
-        self._outbox.put_nowait(None) if not self._outbox.full() else None
-        self._inbox.put_nowait(None) if not self._inbox.full() else None
-        writer = self._tasks[1] if len(self._tasks) > 1 else None
-        if writer is not None:
+        for queue in (self._outbox, self._inbox):  # sentinels end the two tasks
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        if self._writer is not None:  # let queued responses (the leave, the close) go out
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(writer), 2.0)
-        for task in self._tasks:
-            if task is not asyncio.current_task():
+                await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
+        for task in (self._reader, self._writer):
+            if task is not None and task is not asyncio.current_task():
                 task.cancel()
         for dt in self.downtracks.values():
             dt.close()
@@ -147,7 +145,6 @@ class Participant:
         self.uptracks.clear()
         await self.publisher_pc.close()
         await self.subscriber_pc.close()
-        self._closed.set()
 
     # -- outgoing ---------------------------------------------------------------------------
 
