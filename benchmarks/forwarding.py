@@ -1,0 +1,977 @@
+"""RTP forwarding: one publisher, N subscribers, the SFU's CPU per delivered packet.
+
+A publisher sends a pre-encoded VP8 stream (640x360, ~1 Mbps, 30 fps, a keyframe every 2 s;
+encoded once up front with PyAV's libvpx, then replayed, so encoding costs nothing during the
+run) to an "SFU" made of aiortc peer connections wired with the server's real code path
+(``UpTrack`` on the publisher connection, one ``DownTrack`` per subscriber connection, as in
+``tests/sfu/test_forwarding.py``), which forwards it to N subscribers. The publisher and the
+subscribers (aiortc peers that count RTP packets as they come off their sockets: no SRTP, no
+parsing, no decoding) live in a separate client process, so the SFU process's CPU
+(``getrusage``: user + system, all threads) is measured alone. All traffic is on 127.0.0.1.
+
+Per phase (N subscribers, a fixed measuring window) it prints and writes to
+``benchmarks/results/forwarding.json``:
+
+- server CPU microseconds per delivered packet, delivered packets per second per core;
+- publisher-to-subscriber latency p50/p99: the publisher stamps each packet's send time, the
+  subscriber its arrival (same monotonic clock); packets are matched by RTP timestamp and
+  sequence number (the SFU keeps the publisher's timestamps and shifts sequence numbers by a
+  constant), for all packets and for delta-frame packets only (keyframes come in bursts);
+- loss: packets the publisher sent during the window that a subscriber never received.
+
+A baseline phase (publisher straight to one subscriber, no SFU) shows the latency of the client
+machinery alone. A naive relay (aiortc's default: decode the published track, ``MediaRelay``
+it and re-encode per subscriber, encoders set to the publisher's bitrate) runs at a few sizes
+for comparison. A linear fit of CPU against delivered packet rate separates the marginal cost
+of a delivered packet from the fixed cost of a received one.
+
+Run: ``.venv/bin/python -m benchmarks.forwarding [--sizes 1,4,16,64] [--seconds 8]
+[--naive-sizes 1,4] [--profile]`` (about 80 s with the defaults; ``--profile`` adds a
+cProfile'd window at the largest size after the measured one and prints where the SFU's time
+goes; cProfile's own overhead inflates small functions, a sampling profiler such as py-spy on
+the benchmark's pid is more faithful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import cProfile
+import fractions
+import gc
+import io
+import json
+import os
+import pstats
+import resource
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import psutil
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from trackyard.sfu.downtrack import DownTrack
+from trackyard.sfu.portrange import make_peer_connection
+from trackyard.sfu.rtphooks import transceiver_codecs
+from trackyard.sfu.rtpstats import TrafficCounters
+from trackyard.sfu.uptrack import UpTrack
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+
+WIDTH, HEIGHT, FPS = 640, 360, 30
+BITRATE = 1_000_000
+KEYFRAME_INTERVAL = 2.0  # seconds between keyframes of the replayed stream
+LOOP_SECONDS = 6.0  # length of the pre-encoded loop (a multiple of KEYFRAME_INTERVAL)
+SETUP_TIMEOUT = 40.0
+WARMUP = 1.5  # seconds of traffic before a window opens
+GRACE = 1.0  # seconds after a window closes for its last packets to arrive
+
+# targets on the reference machine (2 cores)
+TARGET_US_PER_PACKET = 30.0  # at the largest size (64)
+TARGET_P99_MS = 10.0  # at 16 subscribers
+
+
+# --- the replayed stream (client process) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    data: bytes
+    keyframe: bool
+
+
+def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    noise = rng.integers(0, 256, (height, width)).astype(np.float64)
+    for _ in range(2):  # a little smoothing: detail an encoder can spend bits on
+        noise = (
+            noise
+            + np.roll(noise, 1, 0)
+            + np.roll(noise, -1, 0)
+            + np.roll(noise, 1, 1)
+            + np.roll(noise, -1, 1)
+        ) / 5
+    return noise.astype(np.uint8)
+
+
+def encode_stream(seconds: float = LOOP_SECONDS) -> list[EncodedFrame]:
+    """A VP8 loop of ``seconds`` (panning texture plus a moving band), libvpx in real-time
+    CBR mode at ``BITRATE`` with a keyframe every ``KEYFRAME_INTERVAL`` and keyframe size
+    capped as libwebrtc does (max-intra-rate). The first GOP (the encoder settling) is
+    dropped, so the loop starts on a steady-state keyframe."""
+    gop = round(KEYFRAME_INTERVAL * FPS)
+    total = round(seconds * FPS)
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height = WIDTH, HEIGHT
+    codec.pix_fmt = "yuv420p"
+    codec.bit_rate = BITRATE
+    codec.framerate = fractions.Fraction(FPS, 1)
+    codec.time_base = fractions.Fraction(1, FPS)
+    codec.gop_size = gop
+    codec.options = {
+        "deadline": "good",
+        "cpu-used": "5",
+        "lag-in-frames": "0",
+        "auto-alt-ref": "0",
+        "error-resilient": "1",
+        "minrate": str(BITRATE),
+        "maxrate": str(BITRATE),
+        "bufsize": str(BITRATE),
+        "undershoot-pct": "95",
+        "max-intra-rate": "450",
+    }
+    rng = np.random.default_rng(7)
+    luma = _texture(rng, HEIGHT * 2, WIDTH * 2)
+    chroma = _texture(rng, HEIGHT, WIDTH)
+    frames: list[EncodedFrame] = []
+    for i in range(gop + total):
+        yuv = np.full((HEIGHT * 3 // 2, WIDTH), 128, np.uint8)
+        y = np.roll(luma, (i * 3, i * 5), (0, 1))[:HEIGHT, :WIDTH].copy()
+        band = (i * 7) % (HEIGHT - 40)
+        y[band : band + 40] = 255 - y[band : band + 40]
+        yuv[:HEIGHT] = y
+        yuv[HEIGHT:] = np.roll(chroma, (i, 2 * i), (0, 1))[: HEIGHT // 2, :WIDTH]
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = i
+        frames += [EncodedFrame(bytes(p), bool(p.is_keyframe)) for p in codec.encode(frame)]
+    frames += [EncodedFrame(bytes(p), bool(p.is_keyframe)) for p in codec.encode(None)]
+    loop = frames[gop : gop + total]
+    if not loop or not loop[0].keyframe:
+        raise RuntimeError("the pre-encoded loop does not start on a keyframe")
+    return loop
+
+
+class ReplayTrack(MediaStreamTrack):
+    """Replays pre-encoded frames at ``FPS`` (aiortc packetizes ``av.Packet`` without
+    encoding). A keyframe request (PLI/FIR) restarts the loop at its first frame, a real
+    keyframe followed by its own delta frames."""
+
+    kind = "video"
+
+    def __init__(self, frames: list[EncodedFrame]) -> None:
+        super().__init__()
+        self.frames = frames
+        self.keyframe = False  # the frame being sent is a keyframe
+        self.restarts = 0
+        self.late = 0
+        self._index = 0
+        self._count = 0
+        self._start: float | None = None
+        self._restart = False
+
+    def request_keyframe(self) -> None:
+        self._restart = True
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            wait = self._start + self._count / FPS - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -3 / FPS:  # too far behind: do not burst to catch up
+                self.late += 1
+                self._start = now - self._count / FPS
+        if self._restart:
+            self._restart = False
+            self._index = 0
+            self.restarts += 1
+        frame = self.frames[self._index]
+        self._index = (self._index + 1) % len(self.frames)
+        packet = av.Packet(frame.data)
+        packet.pts = self._count * (90000 // FPS)
+        packet.time_base = fractions.Fraction(1, 90000)
+        self._count += 1
+        self.keyframe = frame.keyframe
+        return packet
+
+
+def stream_info(frames: list[EncodedFrame]) -> dict[str, Any]:
+    seconds = len(frames) / FPS
+    packets = sum(-(-len(f.data) // 1290) for f in frames)  # aiortc: <= 1300 bytes a payload
+    keys = [len(f.data) for f in frames if f.keyframe]
+    return {
+        "codec": "VP8 (libvpx, pre-encoded, replayed)",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "fps": FPS,
+        "loop_frames": len(frames),
+        "kbps": round(sum(len(f.data) for f in frames) * 8 / seconds / 1000, 1),
+        "packets_per_second": round(packets / seconds, 1),
+        "keyframe_interval_s": KEYFRAME_INTERVAL,
+        "keyframe_bytes": keys,
+        "delta_frame_bytes_mean": round(
+            statistics.fmean(len(f.data) for f in frames if not f.keyframe)
+        ),
+    }
+
+
+# --- the client process: publisher and subscribers -----------------------------------------
+
+
+def _vp8_first(transceiver: RTCRtpTransceiver) -> None:
+    caps = RTCRtpSender.getCapabilities("video")
+    vp8 = [c for c in caps.codecs if c.mimeType.lower() == "video/vp8"]
+    rtx = [c for c in caps.codecs if c.mimeType.lower() == "video/rtx"]
+    transceiver.setCodecPreferences(vp8 + rtx)
+
+
+def _media_payload_types(transceiver: RTCRtpTransceiver) -> set[int]:
+    return {c.payload_type for c in transceiver_codecs(transceiver) if not c.is_rtx}
+
+
+def _is_rtp(data: bytes) -> bool:
+    """RTP (not STUN, DTLS or RTCP) on a muxed ICE socket (RFC 7983, RFC 5761)."""
+    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+
+def _ice_protocols(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice sockets (``StunProtocol``) of a connection's transports."""
+    out: list[Any] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        for protocol in dtls.transport._connection._protocols:
+            if protocol not in out:
+                out.append(protocol)
+    return out
+
+
+@dataclass
+class SubscriberCounter:
+    """Counts a subscriber's RTP packets as they come off its socket.
+
+    SRTP leaves the RTP header in the clear: the counter reads payload type, sequence number
+    and timestamp there and drops the packet (no SRTP, no parsing, no jitter buffer, no
+    decoding: the subscriber side costs next to nothing, so it does not slow down or skew
+    what is measured). STUN, DTLS and RTCP go on to aiortc as usual."""
+
+    # (arrival time, rtp timestamp, sequence number, size)
+    arrivals: list[tuple[float, int, int, int]] = field(default_factory=list)
+    other: int = 0  # RTX and anything not the media payload type
+
+    def hook(self, pc: RTCPeerConnection) -> None:
+        media: set[int] = set()
+        for transceiver in pc.getTransceivers():
+            media |= _media_payload_types(transceiver)
+        arrivals = self.arrivals
+        monotonic = time.monotonic
+        from_bytes = int.from_bytes
+        for protocol in _ice_protocols(pc):
+            inner = protocol.datagram_received
+
+            def received(data: bytes, addr: Any, inner: Callable[..., None] = inner) -> None:
+                if not _is_rtp(data):
+                    inner(data, addr)
+                elif data[1] & 0x7F in media:
+                    arrivals.append(
+                        (
+                            monotonic(),
+                            from_bytes(data[4:8], "big"),
+                            (data[2] << 8) | data[3],
+                            len(data),
+                        )
+                    )
+                else:
+                    self.other += 1
+
+            protocol.__dict__["datagram_received"] = received
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+    return {
+        "n": len(ordered),
+        "p50": round(pct(50), 3),
+        "p90": round(pct(90), 3),
+        "p99": round(pct(99), 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+class ClientSide:
+    """State of the client process: the publisher, its send log, and the subscribers."""
+
+    def __init__(self) -> None:
+        self.frames: list[EncodedFrame] = []
+        self.pcs: list[RTCPeerConnection] = []
+        self.track: ReplayTrack | None = None
+        # media packets the publisher sent: (time, rtp timestamp, sequence number, keyframe, size)
+        self.sent: list[tuple[float, int, int, bool, int]] = []
+        self.subs: dict[int, SubscriberCounter] = {}
+
+    def new_pc(self, subscriber: bool) -> RTCPeerConnection:
+        pc = make_peer_connection(None, LOOPBACK, [], decode_unattached=not subscriber)
+        self.pcs.append(pc)
+        return pc
+
+    # ops ---------------------------------------------------------------------------------
+
+    async def op_init(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.frames = await asyncio.get_running_loop().run_in_executor(None, encode_stream)
+        info = stream_info(self.frames)
+        info["encode_seconds"] = round(time.perf_counter() - started, 2)
+        return info
+
+    async def op_publish(self) -> str:
+        """A publisher connection replaying the stream; returns its offer."""
+        pc = self.new_pc(subscriber=False)
+        self.track = ReplayTrack(self.frames)
+        transceiver = pc.addTransceiver(self.track, direction="sendonly")
+        _vp8_first(transceiver)
+        transceiver.sender.__dict__["_send_keyframe"] = self.track.request_keyframe
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+
+    async def op_publish_answer(self, sdp: str) -> None:
+        pc = self.pcs[-1]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+        self._stamp_sends(pc)
+
+    def _stamp_sends(self, pc: RTCPeerConnection) -> None:
+        """Log the send time of every media packet, before SRTP and sendto."""
+        transceiver = pc.getTransceivers()[0]
+        media = _media_payload_types(transceiver)
+        transport = transceiver.sender.transport
+        inner = transport._send_rtp
+        sent = self.sent
+        track = self.track
+        assert track is not None
+
+        async def send_rtp(data: bytes) -> None:
+            if _is_rtp(data) and data[1] & 0x7F in media:
+                sent.append(
+                    (
+                        time.monotonic(),
+                        int.from_bytes(data[4:8], "big"),
+                        (data[2] << 8) | data[3],
+                        track.keyframe,
+                        len(data),
+                    )
+                )
+            await inner(data)
+
+        transport.__dict__["_send_rtp"] = send_rtp
+
+    async def op_subscribe(self, index: int, sdp: str) -> str:
+        """A subscriber connection answering the SFU's offer; counts what it receives."""
+        pc = self.new_pc(subscriber=True)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())  # gathers: sockets exist
+        counter = SubscriberCounter()
+        counter.hook(pc)
+        self.subs[index] = counter
+        return str(pc.localDescription.sdp)
+
+    async def op_direct(self) -> None:
+        """Baseline: the publisher straight to one subscriber, no SFU in between."""
+        offer = await self.op_publish()
+        publisher = self.pcs[-1]
+        answer = await self.op_subscribe(0, offer)
+        await publisher.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        self._stamp_sends(publisher)
+
+    async def op_counts(self) -> list[int]:
+        return [len(self.subs[i].arrivals) for i in sorted(self.subs)]
+
+    async def op_stats(self, t0: float, t1: float) -> dict[str, Any]:
+        """What happened to the packets the publisher sent in [t0, t1]. A subscriber's
+        packets are matched to the publisher's by RTP timestamp (the SFU keeps the
+        publisher's: its first segment starts on the publisher's timeline) and sequence
+        number, minus the subscriber's sequence offset (constant within a segment; taken as
+        the most common offset between the first packet of each frame sent and received)."""
+        first_sent: dict[int, int] = {}  # rtp timestamp -> sequence number of its 1st packet
+        for _, ts, seq, _, _ in self.sent:
+            first_sent.setdefault(ts, seq)
+        window = [s for s in self.sent if t0 <= s[0] <= t1]
+        sent_at: dict[tuple[int, int], tuple[float, bool]] = {}
+        for t, ts, seq, key, _ in window:
+            sent_at.setdefault((ts, seq), (t, key))
+        lat_all: list[float] = []
+        lat_delta: list[float] = []
+        lat_key: list[float] = []
+        delivered = 0
+        delivered_bytes = 0
+        lost: list[int] = []
+        for index in sorted(self.subs):
+            arrivals = self.subs[index].arrivals
+            first_received: dict[int, int] = {}
+            for _, ts, seq, _ in arrivals:
+                first_received.setdefault(ts, seq)
+            offsets = collections.Counter(
+                (seq - first_sent[ts]) & 0xFFFF
+                for ts, seq in first_received.items()
+                if ts in first_sent
+            )
+            offset = offsets.most_common(1)[0][0] if offsets else 0
+            seen: set[tuple[int, int]] = set()
+            for t, ts, seq, size in arrivals:
+                if t0 <= t <= t1:
+                    delivered += 1
+                    delivered_bytes += size
+                k = (ts, (seq - offset) & 0xFFFF)
+                sent = sent_at.get(k)
+                if sent is None or k in seen:
+                    continue
+                seen.add(k)
+                ms = (t - sent[0]) * 1000
+                lat_all.append(ms)
+                (lat_key if sent[1] else lat_delta).append(ms)
+            lost.append(len(sent_at) - len(seen))
+        track = self.track
+        return {
+            "sent": len(window),
+            "sent_unique": len(sent_at),
+            "sent_kbps": round(sum(s[4] for s in window) * 8 / (t1 - t0) / 1000, 1),
+            "sent_keyframe_packets": sum(1 for s in window if s[3]),
+            "delivered": delivered,
+            "delivered_kbps_per_subscriber": round(
+                delivered_bytes * 8 / (t1 - t0) / 1000 / max(1, len(self.subs)), 1
+            ),
+            "matched": len(lat_all),
+            "lost_total": sum(lost),
+            "lost_max": max(lost, default=0),
+            "subscribers_with_loss": sum(1 for n in lost if n),
+            "other_packets": sum(s.other for s in self.subs.values()),
+            "publisher_restarts": track.restarts if track else 0,
+            "publisher_late_frames": track.late if track else 0,
+            "latency_ms": _percentiles(lat_all),
+            "latency_delta_ms": _percentiles(lat_delta),
+            "latency_key_ms": _percentiles(lat_key),
+        }
+
+    async def op_reset(self) -> None:
+        pcs, self.pcs = self.pcs, []
+        await asyncio.gather(
+            *(asyncio.wait_for(pc.close(), 10) for pc in pcs), return_exceptions=True
+        )
+        self.track = None
+        self.sent = []
+        self.subs = {}
+        gc.collect()
+
+
+async def client_main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 24)
+    side = ClientSide()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(msg: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"id": msg["id"]}
+        try:
+            handler: Callable[..., Awaitable[Any]] = getattr(side, "op_" + msg["op"])
+            reply["result"] = await handler(**msg.get("args", {}))
+        except Exception as exc:
+            reply["error"] = f"{type(exc).__name__}: {exc}"
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        msg = json.loads(line)
+        if msg["op"] == "quit":
+            break
+        task = asyncio.ensure_future(serve(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await side.op_reset()
+    writer.close()
+
+
+# --- the SFU process (this one) ------------------------------------------------------------
+
+
+class Clients:
+    """The client process, driven over a socket pair with JSON lines."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.proc = proc
+        self.reader = reader
+        self.writer = writer
+        self._next = 0
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._task = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls) -> Clients:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.forwarding",
+            "--clients-fd",
+            str(theirs.fileno()),
+            pass_fds=(theirs.fileno(),),
+            cwd=ROOT,
+            env=env,
+        )
+        theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 24)
+        return cls(proc, reader, writer)
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) used so far by the client process."""
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
+    async def _read(self) -> None:
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                break
+            msg = json.loads(line)
+            future = self._pending.pop(msg["id"], None)
+            if future is None or future.done():
+                continue
+            if "error" in msg:
+                future.set_exception(RuntimeError(f"client process: {msg['error']}"))
+            else:
+                future.set_result(msg.get("result"))
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RuntimeError("client process exited"))
+
+    async def call(self, op: str, timeout: float = SETUP_TIMEOUT, **args: Any) -> Any:
+        self._next += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[self._next] = future
+        self.writer.write(json.dumps({"id": self._next, "op": op, "args": args}).encode() + b"\n")
+        await self.writer.drain()
+        return await asyncio.wait_for(future, timeout)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(b'{"id": 0, "op": "quit"}\n')
+            await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self._task.cancel()
+
+
+def sfu_pc(decode: bool = False) -> RTCPeerConnection:
+    return make_peer_connection(None, LOOPBACK, [], decode_unattached=decode)
+
+
+@dataclass
+class Setup:
+    pcs: list[RTCPeerConnection]
+    sfu_sent: Callable[[], int] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+    tune: Callable[[], None] | None = None  # called once all subscribers receive
+
+
+async def _subscribe_all(
+    clients: Clients, n: int, make: Callable[[int], Awaitable[RTCPeerConnection]]
+) -> list[RTCPeerConnection]:
+    limit = asyncio.Semaphore(16)
+
+    async def one(i: int) -> RTCPeerConnection:
+        async with limit:
+            pc = await make(i)
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await clients.call("subscribe", index=i, sdp=pc.localDescription.sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            return pc
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def setup_forwarding(clients: Clients, n: int) -> Setup:
+    """The server's code path: UpTrack on the publisher connection, DownTracks."""
+    counters = TrafficCounters()
+    pub = sfu_pc()
+    offer = await clients.call("publish")
+    await pub.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    transceiver = pub.getTransceivers()[0]
+    up = UpTrack("video", track_sid="TR_bench", counters=counters)
+    up.attach(transceiver, mid=transceiver.mid)
+    await pub.setLocalDescription(await pub.createAnswer())
+    await clients.call("publish_answer", sdp=pub.localDescription.sdp)
+    downtracks: list[DownTrack] = []
+
+    async def make(i: int) -> RTCPeerConnection:
+        pc = sfu_pc()
+        t = pc.addTransceiver("video", direction="sendonly")
+        downtracks.append(
+            DownTrack(up, t, stream_id="PA_bench|TR_bench", track_id="TR_bench", counters=counters)
+        )
+        return pc
+
+    subs = await _subscribe_all(clients, n, make)
+
+    async def close() -> None:
+        for dt in downtracks:
+            dt.close()
+        await up.close()
+
+    return Setup([pub, *subs], lambda: sum(dt.packets_sent for dt in downtracks), close)
+
+
+async def setup_naive(clients: Clients, n: int, bitrate: int) -> Setup:
+    """aiortc's default: decode the published track, relay it, encode per subscriber."""
+    pub = sfu_pc(decode=True)
+    tracks: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    pub.on("track", tracks.put_nowait)
+    offer = await clients.call("publish")
+    await pub.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    await pub.setLocalDescription(await pub.createAnswer())
+    await clients.call("publish_answer", sdp=pub.localDescription.sdp)
+    track = await asyncio.wait_for(tracks.get(), SETUP_TIMEOUT)
+    relay = MediaRelay()
+    senders: list[RTCRtpSender] = []
+
+    async def make(i: int) -> RTCPeerConnection:
+        pc = sfu_pc(decode=True)
+        t = pc.addTransceiver(relay.subscribe(track, buffered=False), direction="sendonly")
+        _vp8_first(t)
+        senders.append(t.sender)
+        return pc
+
+    subs = await _subscribe_all(clients, n, make)
+
+    def tune() -> None:
+        # aiortc's encoder starts at 500 kbps and our subscribers send no REMB: give it the
+        # publisher's bitrate so both relays deliver comparable packet rates
+        for sender in senders:
+            encoder = sender.__dict__.get("_RTCRtpSender__encoder")
+            if encoder is not None and hasattr(encoder, "target_bitrate"):
+                encoder.target_bitrate = bitrate
+
+    return Setup([pub, *subs], tune=tune)
+
+
+def _cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+async def wait_receiving(clients: Clients, n: int) -> None:
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    while True:
+        counts: list[int] = await clients.call("counts")
+        if len(counts) == n and all(counts):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"subscribers receiving: {sum(1 for c in counts if c)}/{n}")
+        await asyncio.sleep(0.2)
+
+
+async def measure(
+    clients: Clients, setup: Setup, n: int, seconds: float, profile: bool = False
+) -> dict[str, Any]:
+    await wait_receiving(clients, n)
+    if setup.tune is not None:
+        setup.tune()
+        await asyncio.sleep(WARMUP)  # the encoders settle on the new bitrate
+    await asyncio.sleep(WARMUP)
+    gc.collect()
+    sfu_sent0 = setup.sfu_sent() if setup.sfu_sent else 0
+    client0 = clients.cpu()
+    user0, sys0 = _cpu()
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    t1 = time.monotonic()
+    user1, sys1 = _cpu()
+    client1 = clients.cpu()
+    sfu_sent1 = setup.sfu_sent() if setup.sfu_sent else 0
+    profiled = None
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await asyncio.sleep(seconds)
+        profiler.disable()
+        profiled = profiler
+    else:
+        await asyncio.sleep(GRACE)
+    stats: dict[str, Any] = await clients.call("stats", t0=t0, t1=t1)
+    wall = t1 - t0
+    cpu = (user1 - user0) + (sys1 - sys0)
+    delivered = stats["delivered"]
+    result: dict[str, Any] = {
+        "n": n,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "cpu_user_s": round(user1 - user0, 3),
+        "cpu_sys_s": round(sys1 - sys0, 3),
+        "cpu_utilization": round(cpu / wall, 3),
+        "client_process_cpu_utilization": round((client1 - client0) / wall, 3),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+        "received_pps": round(stats["sent"] / wall, 1),
+        "delivered": delivered,
+        "delivered_pps": round(delivered / wall, 1),
+        "us_per_delivered_packet": round(cpu * 1e6 / delivered, 1) if delivered else None,
+        "delivered_pps_per_core": round(delivered / cpu) if cpu else None,
+        **stats,
+    }
+    if setup.sfu_sent is not None:
+        result["sfu_sent"] = sfu_sent1 - sfu_sent0
+    if profiled is not None:
+        result["profile"] = _profile_text(profiled)
+    return result
+
+
+def _profile_text(profiler: cProfile.Profile, top: int = 30) -> str:
+    out = io.StringIO()
+    st = pstats.Stats(profiler, stream=out)
+    st.sort_stats("tottime").print_stats(top)
+    st.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+async def teardown(clients: Clients, setup: Setup | None) -> None:
+    if setup is not None:
+        if setup.close is not None:
+            await setup.close()
+        await asyncio.gather(
+            *(asyncio.wait_for(pc.close(), 10) for pc in setup.pcs), return_exceptions=True
+        )
+    await clients.call("reset")
+    gc.collect()
+
+
+async def run_phase(
+    clients: Clients, mode: str, n: int, seconds: float, bitrate: int, profile: bool = False
+) -> dict[str, Any]:
+    """One phase; a failure is recorded (and printed) rather than ending the run."""
+    started = time.monotonic()
+    result: dict[str, Any]
+    setup: Setup | None = None
+    try:
+        if mode == "forward":
+            setup = await setup_forwarding(clients, n)
+        else:
+            setup = await setup_naive(clients, n, bitrate)
+        result = await measure(clients, setup, n, seconds, profile)
+    except Exception as exc:
+        result = {"n": n, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        try:
+            await teardown(clients, setup)
+        except Exception as exc:
+            result = {"n": n, "error": f"teardown: {type(exc).__name__}: {exc}"}
+    result["mode"] = mode
+    result["phase_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+async def run_baseline(clients: Clients, seconds: float) -> dict[str, Any]:
+    await clients.call("direct")
+    try:
+        await wait_receiving(clients, 1)
+        await asyncio.sleep(WARMUP)
+        t0 = time.monotonic()
+        await asyncio.sleep(seconds)
+        t1 = time.monotonic()
+        await asyncio.sleep(GRACE)
+        stats: dict[str, Any] = await clients.call("stats", t0=t0, t1=t1)
+    finally:
+        await clients.call("reset")
+    return {"mode": "direct", "n": 1, **stats}
+
+
+def _fmt_latency(lat: dict[str, float]) -> str:
+    if not lat:
+        return "-"
+    return f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.1f}"
+
+
+def print_phase(r: dict[str, Any]) -> None:
+    us = r.get("us_per_delivered_packet")
+    line = f"{r['mode']:>7} N={r['n']:<3}"
+    if "error" in r:
+        line += f" FAILED: {r['error']}"
+    if "cpu_s" in r:
+        line += (
+            f" sfu cpu {r['cpu_utilization'] * 100:5.1f}% {us if us is not None else '-':>7} us/pkt"
+            f" {r['delivered_pps_per_core'] or 0:>6} pkt/s/core"
+            f"  delivered {r['delivered_pps']:5.0f} pkt/s"
+            f"  {r['delivered_kbps_per_subscriber']:.0f} kbps/sub"
+            f"  (clients cpu {r['client_process_cpu_utilization'] * 100:.0f}%)"
+        )
+    if r.get("matched"):
+        line += (
+            f"  latency ms {_fmt_latency(r['latency_ms'])}"
+            f" (delta frames p99 {r['latency_delta_ms'].get('p99', 0):.2f})"
+            f"  lost {r['lost_total']}/{r['sent_unique'] * r['n']}"
+        )
+    print(line, flush=True)
+
+
+def fit(phases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """CPU rate = fixed + marginal * delivered rate: the marginal cost of a delivered packet,
+    and the fixed cost (receiving, timers) per received packet."""
+    points = [(p["delivered_pps"], p["cpu_utilization"]) for p in phases]
+    if len(points) < 2:
+        return None
+    slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+    received = statistics.fmean(p["received_pps"] for p in phases)
+    return {
+        "marginal_us_per_delivered_packet": round(slope * 1e6, 1),
+        "fixed_cpu_utilization": round(intercept, 4),
+        "fixed_us_per_received_packet": round(intercept * 1e6 / received, 1) if received else None,
+    }
+
+
+async def main(
+    sizes: list[int], naive_sizes: list[int], seconds: float, profile: bool
+) -> dict[str, Any]:
+    clients = await Clients.start()
+    try:
+        stream = await clients.call("init", timeout=120)
+        print(
+            f"stream: VP8 {WIDTH}x{HEIGHT}@{FPS} {stream['kbps']} kbps, "
+            f"{stream['packets_per_second']} packets/s, keyframe every {KEYFRAME_INTERVAL} s "
+            f"({stream['keyframe_bytes']} bytes), encoded once in {stream['encode_seconds']} s",
+            flush=True,
+        )
+        baseline = await run_baseline(clients, min(seconds, 5.0))
+        print(
+            f" direct N=1   (no SFU) latency ms {_fmt_latency(baseline['latency_ms'])}"
+            f"  lost {baseline['lost_total']}/{baseline['sent_unique']}",
+            flush=True,
+        )
+        bitrate = int(stream["kbps"] * 1000)
+        forwarding = []
+        for n in sizes:
+            r = await run_phase(
+                clients, "forward", n, seconds, bitrate, profile and n == max(sizes)
+            )
+            forwarding.append(r)
+            print_phase(r)
+        naive = []
+        for n in naive_sizes:
+            r = await run_phase(clients, "naive", n, seconds, bitrate)
+            naive.append(r)
+            print_phase(r)
+    finally:
+        await clients.close()
+
+    ok = [r for r in forwarding if "error" not in r]
+    by_n = {r["n"]: r for r in ok}
+    ratios = {}
+    for r in naive:
+        if "error" in r:
+            continue
+        f = by_n.get(r["n"])
+        if f and f["us_per_delivered_packet"] and r["us_per_delivered_packet"]:
+            ratios[str(r["n"])] = round(
+                r["us_per_delivered_packet"] / f["us_per_delivered_packet"], 1
+            )
+    line = fit(ok)
+    if line:
+        print(
+            f"fit: {line['marginal_us_per_delivered_packet']} us per delivered packet (marginal), "
+            f"{line['fixed_us_per_received_packet']} us per received packet (fixed)"
+        )
+    if ratios:
+        print(
+            "naive relay / forwarding, CPU per delivered packet: "
+            + ", ".join(f"N={n}: {v}x" for n, v in ratios.items())
+        )
+    targets: dict[str, Any] = {}
+    if 64 in by_n:
+        us = by_n[64]["us_per_delivered_packet"]
+        targets["us_per_delivered_packet_at_64"] = {
+            "value": us,
+            "target": TARGET_US_PER_PACKET,
+            "met": us is not None and us <= TARGET_US_PER_PACKET,
+        }
+    if 16 in by_n:
+        p99 = by_n[16]["latency_ms"].get("p99")
+        targets["p99_latency_ms_at_16"] = {
+            "value": p99,
+            "target": TARGET_P99_MS,
+            "met": p99 is not None and p99 < TARGET_P99_MS,
+        }
+    lost = sum(r["lost_total"] for r in ok)
+    targets["loss"] = {"value": lost, "target": 0, "met": lost == 0}
+    for name, t in targets.items():
+        print(
+            f"target {name}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'MISSED'}"
+        )
+    for r in ok:
+        if "profile" in r:
+            print(f"\ncProfile of the SFU process, N={r['n']}, {seconds} s:\n{r['profile']}")
+    return {
+        "benchmark": "forwarding",
+        "cpu_count": os.cpu_count(),
+        "seconds": seconds,
+        "stream": stream,
+        "baseline_direct": baseline,
+        "forwarding": forwarding,
+        "fit": line,
+        "naive": naive,
+        "naive_over_forwarding_cpu_per_packet": ratios,
+        "targets": targets,
+    }
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1,4,16,64")
+    parser.add_argument("--naive-sizes", default="1,4")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.clients_fd is not None:
+        asyncio.run(client_main(args.clients_fd))
+        sys.exit(0)
+    started = time.monotonic()
+    result = asyncio.run(
+        main(_sizes(args.sizes), _sizes(args.naive_sizes), args.seconds, args.profile)
+    )
+    result["command"] = " ".join(["python -m benchmarks.forwarding", *sys.argv[1:]])
+    result["run_s"] = round(time.monotonic() - started, 1)
+    for r in result["forwarding"]:
+        r.pop("profile", None)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "forwarding.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out} ({result['run_s']} s)")
