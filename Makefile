@@ -21,3 +21,4 @@ bench:
 	scripts/netns .venv/bin/python -m benchmarks.join_latency
 	scripts/netns .venv/bin/python -m benchmarks.signal_bridge
 	.venv/bin/python -m benchmarks.placement
+	.venv/bin/python -m benchmarks.forwarding
