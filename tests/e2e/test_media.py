@@ -261,3 +261,37 @@ async def test_h264_is_forwarded_when_offered(server: TrackyardProcess, room_nam
             (track, publication, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
             assert "h264" in publication.mime_type.lower()
             assert _increasing(await read_numbers(track, 10))
+
+
+async def _metric(server: TrackyardProcess, name: str) -> float:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(server.http_url + "/metrics")).text
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_idle_subscriber_mlines_are_reused(server: TrackyardProcess, room_name: str) -> None:
+    manual = rtc.RoomOptions(auto_subscribe=False)
+    mlines = "trackyard_sfu_subscriber_media_sections"
+    async with connected(server.ws_url, "switcher", room_name, options=manual) as viewer:
+        published = EventWaiter(viewer, "track_published")
+        subscribed = EventWaiter(viewer, "track_subscribed")
+        unsubscribed = EventWaiter(viewer, "track_unsubscribed")
+        async with (
+            connected(server.ws_url, "cam", room_name) as cam,
+            pattern_video(cam, options=NO_SIMULCAST, name="a") as a,
+            pattern_video(cam, options=NO_SIMULCAST, name="b") as b,
+        ):
+            (pub_a, _) = await published.wait(lambda p, who: p.sid == a.sid)
+            (pub_b, _) = await published.wait(lambda p, who: p.sid == b.sid)
+            pub_a.set_subscribed(True)
+            await subscribed.wait(lambda t, p, who: p.sid == a.sid)
+            before = await _metric(server, mlines)
+            pub_a.set_subscribed(False)
+            await unsubscribed.wait(lambda t, p, who: p.sid == a.sid)
+            pub_b.set_subscribed(True)
+            (track_b, _, _) = await subscribed.wait(lambda t, p, who: p.sid == b.sid)
+            assert _increasing(await read_numbers(track_b, 5))
+            assert await _metric(server, mlines) == before  # b took a's idle m-line

@@ -158,6 +158,9 @@ class DownTrack:
         self._sr_sent: dict[int, float] = {}
         self._rtx_min_interval = 0.03
 
+        self.carried: set[str] = set()  # stream ids this m-line has carried
+        if stream_id is not None:
+            self.carried.add(stream_id)
         if stream_id is not None or track_id is not None:
             rtphooks.set_sender_msid(
                 self._sender,
@@ -241,6 +244,47 @@ class DownTrack:
         self._src_ssrc = None
         self.desired_layer = -1
         self.uptrack._remove_downtrack(self)
+
+    def can_rebind(self, uptrack: UpTrack, stream_id: str) -> bool:
+        """Could this closed DownTrack's transceiver carry ``uptrack`` as ``stream_id``?
+
+        Same kind, a codec the subscriber negotiated, and a stream this m-line never carried:
+        the LiveKit SDKs raise a track once per (mid, stream id), so an m-line cannot bring
+        the same track back a second time.
+        """
+        if not self._closed or uptrack.kind != self.kind or not self._ready:
+            return False
+        if stream_id in self.carried:
+            return False
+        codec = uptrack.current_codec()
+        return codec is not None and any(
+            c.mime == codec.mime and c.clock_rate == codec.clock_rate for c in self._out_codecs
+        )
+
+    def rebind(self, uptrack: UpTrack, *, stream_id: str, track_id: str) -> None:
+        """Reuse this transceiver for another track (subscriptions come and go; m-lines stay).
+
+        The SSRC stays, and the munger carries sequence numbers and timestamps on as across
+        any source switch, so the subscriber sees one continuous stream under a new msid.
+        """
+        if not self.can_rebind(uptrack, stream_id):
+            raise RuntimeError("DownTrack.rebind: not closed, or a different kind or codec")
+        self.uptrack = uptrack
+        self._closed = False
+        self._src_ssrc = None
+        self._last_src_ssrc = None
+        self._current = -1
+        self._target = 0
+        self._quality = None
+        self._width = self._height = 0
+        self._disabled = False
+        self._pt_map.clear()
+        self._hist = [None] * (self._mask + 1)
+        rtphooks.set_sender_msid(self._sender, stream_id, track_id)
+        self.carried.add(stream_id)
+        uptrack._add_downtrack(self)
+        self._retarget()
+        self.uptrack.request_keyframe(self._target)
 
     # --- layer choice -------------------------------------------------------------------
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from trackyard.sfu.rtpstats import TrafficCounters
 
+if TYPE_CHECKING:
+    from trackyard.sfu.node import SfuNode
+
 
 class NodeCollector(Collector):
-    def __init__(self, counters: TrafficCounters, node: object) -> None:
+    def __init__(self, counters: TrafficCounters, node: SfuNode) -> None:
         self._c = counters
         self._node = node
 
@@ -26,7 +30,16 @@ class NodeCollector(Collector):
             ("plis_sent", c.plis_sent, "keyframe requests sent to publishers"),
         ):
             yield CounterMetricFamily(f"trackyard_sfu_{name}", doc, value=value)
-        rooms = len(getattr(self._node, "rooms", {}))
-        clients = len(getattr(self._node, "sessions", {}))
-        yield GaugeMetricFamily("trackyard_sfu_rooms", "Rooms hosted here", value=rooms)
-        yield GaugeMetricFamily("trackyard_sfu_clients", "Participants hosted here", value=clients)
+        sessions = self._node.sessions
+        yield GaugeMetricFamily(
+            "trackyard_sfu_rooms", "Rooms hosted here", value=len(self._node.rooms)
+        )
+        yield GaugeMetricFamily(
+            "trackyard_sfu_clients", "Participants hosted here", value=len(sessions)
+        )
+        mlines = sum(len(p.subscriber_pc.getTransceivers()) for p in sessions.values())
+        yield GaugeMetricFamily(
+            "trackyard_sfu_subscriber_media_sections",
+            "Media sections on subscriber connections (grows only when none can be reused)",
+            value=mlines,
+        )

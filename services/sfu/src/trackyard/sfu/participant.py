@@ -79,6 +79,7 @@ class Participant:
         self.pending_tracks: dict[str, models.TrackInfo] = {}  # cid -> info awaiting an offer
         self.uptracks: dict[str, UpTrack] = {}  # published track sid -> its media
         self.downtracks: dict[str, DownTrack] = {}  # subscribed track sid -> its media
+        self._spare: list[DownTrack] = []  # idle subscriber m-lines, reusable
         self.log = log.bind(room=room.name, participant=self.identity, psid=self.sid)
 
         self.publisher_pc = pc_factory()
@@ -423,15 +424,23 @@ class Participant:
         up = publisher.uptracks.get(track_sid)
         if up is None or up.closed:
             return False
-        transceiver = self.subscriber_pc.addTransceiver(up.kind, direction="sendonly")
-        dt = DownTrack(
-            up,
-            transceiver,
-            stream_id=f"{publisher.sid}|{track_sid}",
-            track_id=track_sid,
-            counters=self.room.node.counters,
-            history_size=self.room.node.config.rtc.packet_buffer_size,
-        )
+        stream_id = f"{publisher.sid}|{track_sid}"
+        spare = next((dt for dt in self._spare if dt.can_rebind(up, stream_id)), None)
+        if spare is not None:  # an idle m-line of an earlier subscription
+            self._spare.remove(spare)
+            spare.transceiver.direction = "sendonly"
+            spare.rebind(up, stream_id=stream_id, track_id=track_sid)
+            dt = spare
+        else:
+            transceiver = self.subscriber_pc.addTransceiver(up.kind, direction="sendonly")
+            dt = DownTrack(
+                up,
+                transceiver,
+                stream_id=stream_id,
+                track_id=track_sid,
+                counters=self.room.node.counters,
+                history_size=self.room.node.config.rtc.packet_buffer_size,
+            )
         self.downtracks[track_sid] = dt
         self.log.debug("subscribed", track=track_sid, publisher=publisher.identity)
         await self.negotiate_subscriber()
@@ -442,11 +451,11 @@ class Participant:
         if dt is None:
             return False
         dt.close()
-        # The m-line goes inactive. libwebrtc (SDK 1.2.1) raises no new track when an inactive
-        # m-line is re-activated, so a later subscription gets a fresh transceiver; this one
-        # must drop the track's msid, as the SDK rejects an SDP with the same msid twice.
+        # The m-line goes idle and is reused by a later subscription to another track. It must
+        # drop the track's msid: the SDK rejects an SDP with the same msid twice.
         dt.transceiver.direction = "inactive"
         rtphooks.set_sender_msid(dt.transceiver.sender, "-", ids.new_id("idle-"))
+        self._spare.append(dt)
         if self.state is not State.DISCONNECTED:
             await self.negotiate_subscriber()
         return True
