@@ -45,12 +45,6 @@ async def run_all_in_one(config: Config) -> int:
         pid=os.getpid(),
     )
     waits = [asyncio.create_task(node.drained.wait()), asyncio.create_task(forced.wait()), serving]
-    if config.node.drain_deadline:
-
-        async def deadline() -> None:
-            await node.drained.wait() if False else None
-
-        waits.append(asyncio.create_task(_deadline_after_drain(node, config.node.drain_deadline)))
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 0 if not forced.is_set() else 1
     server.should_exit = True
@@ -64,9 +58,3 @@ async def run_all_in_one(config: Config) -> int:
         task.cancel()
     log.info("trackyard stopped", code=code)
     return code
-
-
-async def _deadline_after_drain(node: SfuNode, seconds: float) -> None:
-    await node.draining.wait()
-    await asyncio.sleep(seconds)
-    log.warning("drain deadline reached; closing remaining rooms", seconds=seconds)
