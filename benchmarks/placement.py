@@ -28,17 +28,17 @@ from typing import Any
 
 import aiohttp
 import psutil
-from trackyard.core import keys
-from trackyard.core.config import RedisConfig
-from trackyard.core.node import NodeRecord, NodeStats
-from trackyard.core.redisconn import connect_redis
-from trackyard.core.redisstore import RedisStore
 
 from benchmarks.join_latency import RESULTS, percentiles
 from tests.support.cluster import Cluster, start_all
 from tests.support.ports import free_port
 from tests.support.redisserver import RedisServer
 from tests.support.trackyard import TrackyardProcess
+from trackyard.core import keys
+from trackyard.core.config import RedisConfig
+from trackyard.core.node import NodeRecord, NodeStats
+from trackyard.core.redisconn import connect_redis
+from trackyard.core.redisstore import RedisStore
 
 NODES = [("ND_benchA", "us-east"), ("ND_benchB", "us-east"), ("ND_benchC", "eu-west")]
 

@@ -16,10 +16,6 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from livekit import rtc
-from trackyard.core.config import RedisConfig
-from trackyard.core.node import NodeRecord, NodeState, NodeStats
-from trackyard.core.redisconn import connect_redis
-from trackyard.core.redisstore import RedisStore
 
 from tests.support.cluster import (
     Cluster,
@@ -30,6 +26,10 @@ from tests.support.cluster import (
     send_data,
 )
 from tests.support.sdk import connected, token
+from trackyard.core.config import RedisConfig
+from trackyard.core.node import NodeRecord, NodeState, NodeStats
+from trackyard.core.redisconn import connect_redis
+from trackyard.core.redisstore import RedisStore
 
 pytestmark = pytest.mark.sdk
 

@@ -8,7 +8,6 @@ import time
 import httpx
 import pytest
 import websockets
-from trackyard.core import keys
 
 from tests.support.cluster import (
     Cluster,
@@ -19,6 +18,7 @@ from tests.support.cluster import (
     send_data,
 )
 from tests.support.sdk import EventWaiter, admin_token, connected, token
+from trackyard.core import keys
 
 pytestmark = pytest.mark.sdk
 

@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
+
+from tests.support.redisserver import RedisServer, redis_server_fixture
 from trackyard.core.bus import Bus, MemoryBus
 from trackyard.core.config import RedisConfig
 from trackyard.core.redisbus import RedisBus
 from trackyard.core.redisconn import connect_redis
 from trackyard.core.redisstore import RedisStore
 from trackyard.core.store import MemoryStore, Store
-
-from tests.support.redisserver import RedisServer, redis_server_fixture
 
 redis_server = redis_server_fixture(scope="module")
 

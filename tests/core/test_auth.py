@@ -6,6 +6,7 @@ import time
 import pytest
 from livekit import api
 from livekit.protocol import models
+
 from trackyard.core.auth import AuthError, KeyProvider, check_join, create_token, verify_token
 
 KEYS = KeyProvider({"k": "s" * 32})

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from redis.asyncio import Redis
+
 from trackyard.core import keys
 from trackyard.core.bus import Bus, BusClosedError, Envelope
 from trackyard.core.redisbus import RedisBus, RedisSubscription, decode_envelope, encode_envelope

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from trackyard.core.config import DEV_KEYS, Config, ConfigError, parse_keys
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from trackyard.core.config import Config
 from trackyard.router.selector import build_selector
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from trackyard.core import keys, messages
 from trackyard.core.bus import Envelope, MemoryBus
 from trackyard.core.noderpc import NodeRpcClient, RpcError, reply

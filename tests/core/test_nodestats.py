@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from trackyard.core.node import NodeStats
 from trackyard.core.nodestats import (
     LOAD_FILE_ENV,

@@ -11,6 +11,8 @@ import pytest
 import structlog
 from livekit.protocol import models
 from redis.asyncio import Redis
+
+from tests.support.redisserver import RedisServer
 from trackyard.core import keys
 from trackyard.core.bus import BusClosedError, Envelope
 from trackyard.core.config import RedisConfig
@@ -18,8 +20,6 @@ from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
 from trackyard.core.redisbus import RedisBus, RedisSubscription
 from trackyard.core.redisconn import connect_redis
 from trackyard.core.redisstore import RedisStore
-
-from tests.support.redisserver import RedisServer
 
 CH = keys.node_channel("ND_outage")
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
-from trackyard.core.config import RedisConfig
-from trackyard.core.redisconn import RedisTimeouts, client_kwargs, connect_redis, parse_address
 
 from tests.support.redisserver import RedisSentinel, RedisServer
+from trackyard.core.config import RedisConfig
+from trackyard.core.redisconn import RedisTimeouts, client_kwargs, connect_redis, parse_address
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from livekit.protocol import models
 from redis.asyncio import Redis
+
 from trackyard.core import keys
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
 from trackyard.core.redisstore import RedisStore

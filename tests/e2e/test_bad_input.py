@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 import websockets
 from livekit.protocol import models, rtc
-from trackyard.core.auth import create_token
 
 from tests.support.sdk import EventWaiter, connected, token
 from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
+from trackyard.core.auth import create_token
 
 pytestmark = pytest.mark.sdk
 

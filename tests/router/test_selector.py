@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from trackyard.core.config import Config, LimitConfig, NodeSelectorConfig, RegionConfig
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
 from trackyard.router.selector import (

@@ -9,6 +9,7 @@ import aiortc
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+
 from trackyard.sfu import rtphooks
 from trackyard.sfu.rtphooks import AiortcInternalsError, check_aiortc_internals
 

@@ -33,6 +33,7 @@ from aiortc import (
     VideoStreamTrack,
 )
 from aiortc.mediastreams import MediaStreamError
+
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.portrange import make_peer_connection
 from trackyard.sfu.rtphooks import MidRouter, receiver_codecs

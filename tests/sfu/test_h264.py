@@ -7,6 +7,7 @@ import fractions
 import av
 import numpy as np
 from aiortc.codecs.h264 import H264Encoder
+
 from trackyard.sfu.h264 import NAL_IDR, NAL_SPS, begins_keyframe, nal_types
 
 

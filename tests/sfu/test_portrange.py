@@ -12,6 +12,7 @@ from typing import cast
 import pytest
 from aioice import stun
 from aiortc import RTCPeerConnection
+
 from trackyard.sfu.portrange import PortRangePolicy, make_peer_connection, stun_urls
 
 RANGE = (47400, 47409)

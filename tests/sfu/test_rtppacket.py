@@ -16,6 +16,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
     unwrap_rtx,
 )
+
 from trackyard.sfu.rtppacket import (
     EXT_ABS_SEND_TIME,
     EXT_AUDIO_LEVEL,

@@ -39,6 +39,7 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpSenderInfo, RtcpSrPacket, RtpPacket
+
 from trackyard.sfu import rtphooks
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.rtpmunger import ts_diff

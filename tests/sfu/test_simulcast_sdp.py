@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiortc import RTCSessionDescription
+
 from trackyard.sfu.portrange import make_peer_connection
 from trackyard.sfu.rtphooks import simulcast_answer
 from trackyard.sfu.rtppacket import EXT_REPAIRED_RID, EXT_RID

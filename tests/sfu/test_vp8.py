@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, vp8_depayload
+
 from trackyard.sfu.vp8 import Vp8Munger, parse_vp8
 
 W, H = 320, 240

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 from redis import Redis as SyncRedis
-from trackyard.core import keys
 
 from tests.support.ports import free_port
 from tests.support.redisserver import RedisServer
 from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
+from trackyard.core import keys
 
 REGIONS = [
     {"name": "us-east", "lat": 40.7, "lon": -74.0},

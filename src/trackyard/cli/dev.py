@@ -7,12 +7,12 @@ import contextlib
 import os
 
 import structlog
+
+from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
 from trackyard.core.config import Config
 from trackyard.sfu.node import SfuNode
 from trackyard.signal.app import create_app
 from trackyard.signal.edge import Edge
-
-from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
 
 log = structlog.get_logger(__name__)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from trackyard.core.auth import VideoGrants, create_token
 from trackyard.core.config import Config, ConfigError
 from trackyard.core.logging import setup_logging

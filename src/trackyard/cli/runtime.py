@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+
 from trackyard.core.bus import Bus, MemoryBus
 from trackyard.core.config import Config
 from trackyard.core.node import NodeRecord

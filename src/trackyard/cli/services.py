@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
+
+from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
 from trackyard.core.config import Config
 from trackyard.router.app import create_app as router_app
 from trackyard.router.client import HttpRouter
 from trackyard.signal.app import create_app as signal_app
 from trackyard.signal.edge import Edge
-
-from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
 
 log = structlog.get_logger(__name__)
 

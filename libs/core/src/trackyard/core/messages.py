@@ -8,6 +8,7 @@ bridging never re-encodes them.
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
+
 from trackyard.core.auth import VideoGrants
 
 # Envelope kinds ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 
 import structlog
+
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, BusClosedError, Envelope, Subscription
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import psutil
 import structlog
+
 from trackyard.core.node import NodeStats
 
 log = structlog.get_logger(__name__)

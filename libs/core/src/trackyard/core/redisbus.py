@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, iterate
 from trackyard.core.errors import BusUnavailableError
 

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from trackyard.core import keys
 from trackyard.core.errors import StoreUnavailableError
 from trackyard.core.node import NodeRecord

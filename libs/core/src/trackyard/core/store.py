@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from livekit.protocol import models
+
 from trackyard.core.node import NodeRecord
 
 

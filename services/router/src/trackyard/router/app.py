@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import Counter
 from pydantic import BaseModel
+
 from trackyard.core.errors import StoreUnavailableError
 from trackyard.core.metrics import metrics_endpoint
 from trackyard.core.routing import PlacementError

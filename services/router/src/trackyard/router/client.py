@@ -6,6 +6,7 @@ import itertools
 
 import httpx
 import structlog
+
 from trackyard.core.routing import PlacementError
 from trackyard.core.store import Placement
 

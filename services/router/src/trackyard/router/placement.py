@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
+
 from trackyard.core.config import LimitConfig, NodeSelectorConfig
 from trackyard.core.node import NodeRecord
 from trackyard.core.routing import PlacementError

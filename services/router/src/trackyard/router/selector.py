@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import structlog
+
 from trackyard.core.config import LimitConfig, NodeSelectorConfig, RegionConfig
 from trackyard.core.node import NODE_FRESH_SECONDS, NodeRecord, NodeStats
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
+
 from trackyard.core.metrics import metrics_endpoint
 from trackyard.core.node import NodeState
 from trackyard.sfu.node import SfuNode

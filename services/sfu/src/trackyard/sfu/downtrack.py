@@ -42,6 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpSender
+
 from trackyard.sfu import rtphooks
 from trackyard.sfu.rtphooks import (
     AnyRtcpPacket,
@@ -69,6 +70,7 @@ from trackyard.sfu.vp8 import Vp8Descriptor, Vp8Munger
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpTransceiver
+
     from trackyard.sfu.uptrack import UpTrack
 
 __all__ = ["DownTrack"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
 from trackyard.sfu.rtpstats import TrafficCounters
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from aiortc import RTCPeerConnection
 from livekit.protocol import models
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
+
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, Envelope, Subscription
 from trackyard.core.config import Config

@@ -19,6 +19,7 @@ import structlog
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
+
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, Envelope, publish_patiently
 from trackyard.sfu import rtphooks

@@ -21,6 +21,7 @@ import socket
 from collections.abc import Iterable
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
+
 from trackyard.sfu import rtphooks
 
 __all__ = ["PortRangePolicy", "make_peer_connection", "stun_urls"]

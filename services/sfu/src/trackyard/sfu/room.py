@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from livekit.protocol import models, rtc
+
 from trackyard.core import ids, messages
 from trackyard.core.bus import Envelope
 from trackyard.sfu.participant import Participant, State

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
+
 from trackyard.core import messages
 from trackyard.core.noderpc import RpcError
 from trackyard.sfu.participant import LOSSY, RELIABLE, Participant

@@ -66,6 +66,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
 )
+
 from trackyard.sfu.rtppacket import EXT_REPAIRED_RID, EXT_RID
 
 __all__ = [

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpTransceiver
+
 from trackyard.sfu import rtphooks
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
@@ -70,6 +71,7 @@ from trackyard.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpReceiver
+
     from trackyard.sfu.downtrack import DownTrack
 
 __all__ = [

@@ -8,6 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+
 from trackyard.core.metrics import metrics_endpoint
 from trackyard.signal import rtc, twirp
 from trackyard.signal.edge import Edge

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
+
 from trackyard.core.store import Store
 
 log = structlog.get_logger(__name__)

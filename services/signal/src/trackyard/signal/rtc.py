@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
 from trackyard.core import ids, keys, messages
 from trackyard.core.auth import AuthError, Claims, check_join, verify_token
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, publish_patiently

@@ -16,6 +16,7 @@ from livekit.protocol import models
 from livekit.protocol import room as room_pb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
 from trackyard.core.auth import AuthError, Claims, VideoGrants, verify_token
 from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
 from trackyard.core.noderpc import RpcError
