@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from pathlib import Path
 
 import pytest
 from livekit import api, rtc
 
 from tests.support.cluster import Cluster
 from tests.support.sdk import EventWaiter, connected
-from tests.support.trackyard import API_KEY, API_SECRET
+from tests.support.trackyard import API_KEY, API_SECRET, TRACKYARD
 
 pytestmark = pytest.mark.sdk
 
@@ -47,3 +49,22 @@ async def test_edges_bridge_data_rpc_metadata(cluster: Cluster) -> None:
                 assert [r.num_participants for r in rooms.rooms] == [2]
                 parts = await lk.room.list_participants(api.ListParticipantsRequest(room="bridged"))
                 assert sorted(p.identity for p in parts.participants) == ["pub", "sub"]
+
+
+def test_nodes_command_lists_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cluster.base_config()))
+    out = subprocess.run(
+        [TRACKYARD, "nodes", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].split()[:3] == ["NODE", "REGION", "STATE"]
+    rows = [line.split() for line in out[1:]]
+    assert len(rows) == len(cluster.sfus)
+    assert all(row[0].startswith("ND_") and row[2] == "SERVING" for row in rows)
+    assert sorted(row[1] for row in rows) == sorted(cluster.sfu_regions)
