@@ -264,3 +264,48 @@ async def test_close_is_prompt_right_after_a_delivery(bus: Bus) -> None:
         start = time.monotonic()
         await sub.close()
         assert time.monotonic() - start < 0.25
+
+
+async def test_redis_many_subscriptions_share_one_reader_connection(
+    redis_client_factory: Callable[[], Redis],
+) -> None:
+    client = redis_client_factory()
+    await client.flushdb()
+    bus = RedisBus(client, maxlen=100, block_ms=2000)
+    subs = [bus.subscribe(f"{CH}:many:{i}") for i in range(1000)]
+    await bus.publish(f"{CH}:many:999", env(999))
+    assert await subs[999].get(timeout=5) == env(999)
+    await asyncio.sleep(0.3)  # let the reader block again
+    pool = client.connection_pool
+    opened = len(pool._in_use_connections) + len(pool._available_connections)  # type: ignore[attr-defined]
+    assert opened <= 4, opened
+    for i in (0, 500):
+        await bus.publish(f"{CH}:many:{i}", env(i))
+        assert await subs[i].get(timeout=5) == env(i)
+    await bus.close()
+
+
+async def test_redis_new_subscription_joins_a_blocked_reader_at_once(
+    redis_client_factory: Callable[[], Redis],
+) -> None:
+    client = redis_client_factory()
+    await client.flushdb()
+    bus = RedisBus(client, maxlen=100, block_ms=10_000)  # a blocked XREAD would cost 10 s
+    first = bus.subscribe(f"{CH}:blocked")
+    await bus.publish(f"{CH}:blocked", env(0))
+    assert await first.get(timeout=5) == env(0)
+    for i in range(5):
+        await asyncio.sleep(0.1)  # the reader is blocked again
+        start = time.monotonic()
+        sub = bus.subscribe(f"{CH}:fresh:{i}")
+        await bus.publish(f"{CH}:fresh:{i}", env(i))
+        assert await sub.get(timeout=5) == env(i)
+        assert time.monotonic() - start < 0.2
+    # A second subscription to an already-read channel still reads it from the start.
+    again = bus.subscribe(f"{CH}:blocked")
+    assert await again.get(timeout=1) == env(0)
+    await bus.publish(f"{CH}:blocked", env(1))
+    assert await first.get(timeout=1) == env(1)
+    assert await again.get(timeout=1) == env(1)
+    assert await first.get(timeout=0.1) is None  # no duplicate from the re-read
+    await bus.close()

@@ -4,8 +4,11 @@ One stream per channel. Publishing appends with ``XADD ... MAXLEN ~ maxlen`` (a 
 reader loses the oldest messages, memory stays bounded) through a small Lua script that also
 gives a stream a TTL when it is created and now and then afterwards, so channels of sessions
 that ended without a ``delete`` disappear by themselves. A subscription reads its stream from
-the start (channels are unique per consumer incarnation) with one ``XREAD BLOCK`` loop, which
-wakes as soon as a message lands, and keeps its position across Redis outages.
+the start (channels are unique per consumer incarnation) and keeps its position across Redis
+outages. All of a bus's subscriptions are served by ONE reader task and one connection: it
+runs ``XREAD BLOCK`` over every open channel plus a private per-bus wakeup stream, which
+:meth:`RedisBus.subscribe` appends to so a new channel joins the read at once instead of
+after the current block.
 
 Envelope fields map to stream fields: ``kind``, ``session``, ``data``, ``reply_to`` (empty
 ones omitted) and one ``h:<name>`` field per header.
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,6 +56,9 @@ _F_DATA = b"data"
 _F_REPLY_TO = b"reply_to"
 _HEADER_PREFIX = b"h:"
 
+# Private per-bus stream the reader always includes; appending to it ends a blocked XREAD.
+_WAKE_PREFIX = "trackyard:bus:wakeup:"
+
 _CLOSED: Any = object()  # queue marker: the subscription was closed
 
 
@@ -86,13 +93,14 @@ def decode_envelope(fields: dict[bytes, bytes]) -> Envelope:
 
 
 class RedisSubscription:
-    """A read position on one stream, filled by a background ``XREAD BLOCK`` loop.
+    """A read position on one stream, filled by its bus's shared reader task.
 
-    The loop starts at once when created inside a running event loop (else on the first
-    :meth:`get`). It buffers at most ``buffer`` messages locally and drops the oldest beyond
-    that, like :class:`MemoryBus`, so a slow consumer sees the newest messages in order and
-    memory stays bounded. When Redis is unreachable it retries with jittered exponential
-    backoff (one warning per outage) and resumes from the last id it read.
+    The bus's reader starts at once when the subscription is created inside a running event
+    loop (else on the first :meth:`get`). A subscription buffers at most ``buffer`` messages
+    locally and drops the oldest beyond that, like :class:`MemoryBus`, so a slow consumer sees
+    the newest messages in order and memory stays bounded. When Redis is unreachable the
+    reader retries with jittered exponential backoff (one warning per outage for the whole
+    bus) and resumes from the last id each subscription read.
     """
 
     def __init__(
@@ -115,73 +123,37 @@ class RedisSubscription:
         self._backoff_cap = backoff_cap
         self._queue: asyncio.Queue[Envelope] = asyncio.Queue()
         self._last_id: bytes = b"0-0"
+        self._last_key: tuple[int, int] = (0, 0)
         self._closed = False
-        self._task: asyncio.Task[None] | None = None
         self.read_errors = 0  # failed XREADs so far (diagnostics, tests)
         self.dropped = 0  # messages dropped because the consumer fell behind
-        self._failing = False  # counted in the bus's outage tally
-        with contextlib.suppress(RuntimeError):  # no running loop: start on first get()
-            self._start()
 
     @property
     def last_id(self) -> str:
         """Stream id of the last message taken from Redis."""
         return self._last_id.decode()
 
-    def _start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"bus-read:{self.channel}"
-            )
-
-    async def _run(self) -> None:
-        client = self._bus.client
-        backoff = self._backoff_start
-        outage_since: float | None = None
-        # The flag, not only cancellation, ends the loop (see _stop).
-        while not self._closed:
-            try:
-                resp = await client.xread(
-                    {self.channel: self._last_id}, count=self._count, block=self._block_ms
-                )
-            except Exception as exc:  # never die: back off and retry until closed
-                if self._closed:  # e.g. the bus closed the client under us
-                    return
-                self.read_errors += 1
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    self._failing = True
-                    self._bus._read_failed(self, exc)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self._backoff_cap)
-                continue
-            if outage_since is not None:
-                self._failing = False
-                self._bus._read_recovered(self, time.monotonic() - outage_since)
-                outage_since = None
-                backoff = self._backoff_start
-            if not resp:
-                continue
-            for _stream, entries in _streams(resp):
-                for entry_id, fields in entries:
-                    self._last_id = entry_id
-                    try:
-                        envelope = decode_envelope(fields)
-                    except (KeyError, UnicodeDecodeError, AttributeError):
-                        log.warning("bus dropped a malformed message", channel=self.channel)
-                        continue
-                    if self._closed:  # never push behind the close marker
-                        return
-                    if self._queue.qsize() >= self._buffer:
-                        self._queue.get_nowait()  # bounded: drop the oldest
-                        self.dropped += 1
-                    self._queue.put_nowait(envelope)
+    def _deliver(self, entry_id: bytes, key: tuple[int, int], fields: dict[bytes, bytes]) -> None:
+        """Called by the bus's reader for each entry of this channel, in stream order."""
+        if self._closed or key <= self._last_key:
+            return  # closed, or already seen (another subscription re-reads from further back)
+        self._last_id = entry_id
+        self._last_key = key
+        try:
+            envelope = decode_envelope(fields)
+        except (KeyError, UnicodeDecodeError, AttributeError):
+            log.warning("bus dropped a malformed message", channel=self.channel)
+            return
+        if self._queue.qsize() >= self._buffer:
+            self._queue.get_nowait()  # bounded: drop the oldest
+            self.dropped += 1
+        self._queue.put_nowait(envelope)
 
     async def get(self, timeout: float | None = None) -> Envelope | None:
         """Next message, or None when ``timeout`` passes; BusClosedError once closed."""
         if self._closed:
             raise BusClosedError(self.channel)
-        self._start()
+        self._bus._ensure_reader()
         try:
             item = self._queue.get_nowait()  # fast path: no timer, no extra task
         except asyncio.QueueEmpty:
@@ -205,13 +177,12 @@ class RedisSubscription:
             return
         self._closed = True
         self._bus._forget(self)
-        if self._failing:
-            self._failing = False
-            self._bus._read_recovered(self, None)
         self._queue.put_nowait(_CLOSED)
-        task, self._task = self._task, None
-        if task is not None:
-            await _stop(task, self._block_ms / 1000 + 1.0)
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 async def _stop(task: asyncio.Task[None], deadline: float) -> None:
@@ -239,9 +210,10 @@ class RedisBus:
     """:class:`~trackyard.core.bus.Bus` on Redis streams.
 
     ``client`` must return bytes and have a ``socket_timeout`` longer than ``block_ms`` (as
-    :func:`~trackyard.core.redisconn.connect_redis` makes it). Each open subscription holds
-    one pooled connection while it waits and buffers up to ``buffer`` (default ``maxlen``)
-    messages its consumer has not taken yet. :meth:`close` closes the client only when
+    :func:`~trackyard.core.redisconn.connect_redis` makes it). One reader task (one pooled
+    connection, plus a short-lived one for wakeups) serves every open subscription; each
+    subscription buffers up to ``buffer`` (default ``maxlen``) messages its consumer has not
+    taken yet. :meth:`close` closes the client only when
     ``owns_client`` is true.
     """
 
@@ -267,7 +239,16 @@ class RedisBus:
         self._owns_client = owns_client
         self._publish = client.register_script(_PUBLISH)
         self._subs: dict[str, list[RedisSubscription]] = {}
-        self._failing = 0  # subscriptions currently unable to read
+        self._backoff_start = 0.05
+        self._backoff_cap = 2.0
+        self._reader: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None  # set when a channel joins (reader idle)
+        self._in_xread: frozenset[str] = frozenset()  # channels of the XREAD in flight
+        self._waking = False  # a wakeup XADD is in flight or not yet consumed
+        self._wake_key = f"{_WAKE_PREFIX}{uuid.uuid4().hex}"
+        self._wake_id: bytes = b"0-0"
+        self._wake_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         # channel -> monotonic time this process last refreshed its TTL. Bounded: forgetting
         # a channel only costs one extra EXPIRE later.
         self._refreshed: OrderedDict[str, float] = OrderedDict()
@@ -309,24 +290,117 @@ class RedisBus:
             buffer=self._buffer,
         )
         self._subs.setdefault(channel, []).append(sub)
+        with contextlib.suppress(RuntimeError):  # no running loop: start on first get()
+            self._ensure_reader()
+            self._wake(channel)
         return sub
 
-    def _read_failed(self, sub: RedisSubscription, exc: Exception) -> None:
+    def _ensure_reader(self) -> None:
+        """Start (or restart, e.g. under a new event loop) the shared reader task."""
+        loop = asyncio.get_running_loop()
+        reader = self._reader
+        if reader is not None and not reader.done() and reader.get_loop() is loop:
+            return
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._in_xread = frozenset()
+        self._waking = False
+        self._reader = loop.create_task(self._read_loop(), name="bus-read")
+
+    def _wake(self, channel: str) -> None:
+        """Make the reader include ``channel`` now rather than after its current block."""
+        if self._changed is not None:
+            self._changed.set()
+        # Also for a channel already being read: the new subscription starts from 0-0.
+        if not self._in_xread or self._waking:
+            return  # reader not in an XREAD (it re-reads the list next), or a wakeup pending
+        self._waking = True
+        task = asyncio.get_running_loop().create_task(self._send_wakeup())
+        self._wake_tasks.add(task)
+        task.add_done_callback(self._wake_tasks.discard)
+
+    async def _send_wakeup(self) -> None:
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self._publish(
+                    keys=[self._wake_key], args=[16, max(60, self._ttl), "1", "w", "1"]
+                )
+        except Exception:  # Redis down: the reader's retry picks the channel up anyway
+            self._waking = False
+
+    def _streams_to_read(self) -> dict[str, bytes]:
+        """XREAD arguments: each open channel from its least advanced subscription."""
+        streams: dict[str, bytes] = {}
+        for channel, subs in self._subs.items():
+            least = min(subs, key=lambda sub: sub._last_key, default=None)
+            if least is not None:
+                streams[channel] = least._last_id
+        return streams
+
+    async def _read_loop(self) -> None:
+        client = self.client
+        backoff = self._backoff_start
+        outage_since: float | None = None
+        changed = self._changed
+        assert changed is not None
+        # The flag, not only cancellation, ends the loop (see _stop).
+        while not self._closing:
+            streams: dict[Any, Any] = self._streams_to_read()
+            if not streams:
+                changed.clear()
+                await changed.wait()
+                continue
+            changed.clear()
+            self._in_xread = frozenset(streams)
+            streams[self._wake_key] = self._wake_id
+            try:
+                resp = await client.xread(streams, count=self._read_count, block=self._block_ms)
+            except Exception as exc:  # never die: back off and retry until closed
+                self._in_xread = frozenset()
+                if self._closing:  # e.g. the bus closed the client under us
+                    return
+                for subs in self._subs.values():
+                    for sub in subs:
+                        sub.read_errors += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    self._read_failed(next(iter(streams)), exc)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self._backoff_cap)
+                continue
+            self._in_xread = frozenset()
+            if outage_since is not None:
+                self._read_recovered(time.monotonic() - outage_since)
+                outage_since = None
+                backoff = self._backoff_start
+            if not resp:
+                continue
+            for stream, entries in _streams(resp):
+                name = stream.decode() if isinstance(stream, bytes) else str(stream)
+                if name == self._wake_key:
+                    if entries:
+                        self._wake_id = entries[-1][0]
+                    self._waking = False
+                    continue
+                readers = self._subs.get(name)
+                if not readers:
+                    continue  # closed while the XREAD was in flight
+                for entry_id, fields in entries:
+                    key = _id_key(entry_id)
+                    for sub in list(readers):
+                        sub._deliver(entry_id, key, fields)
+
+    def _read_failed(self, channel: str, exc: Exception) -> None:
         # One warning per outage for the whole bus, not one per subscription: an edge may
         # hold thousands of session subscriptions that all fail at once.
-        self._failing += 1
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, _UNAVAILABLE):
-            log.error("bus subscription read failed; retrying", channel=sub.channel, error=error)
-        elif self._failing == 1:
-            log.warning("bus cannot read from Redis; retrying", channel=sub.channel, error=error)
+            log.error("bus subscription read failed; retrying", channel=channel, error=error)
         else:
-            log.debug("bus subscription cannot read; retrying", channel=sub.channel, error=error)
+            log.warning("bus cannot read from Redis; retrying", channel=channel, error=error)
 
-    def _read_recovered(self, sub: RedisSubscription, outage: float | None) -> None:
-        self._failing -= 1
-        if self._failing == 0 and outage is not None:
-            log.info("bus reading from Redis again", channel=sub.channel, outage_s=round(outage, 3))
+    def _read_recovered(self, outage: float) -> None:
+        log.info("bus reading from Redis again", outage_s=round(outage, 3))
 
     def _forget(self, sub: RedisSubscription) -> None:
         subs = self._subs.get(sub.channel)
@@ -360,5 +434,13 @@ class RedisBus:
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 await sub.close()
+        self._closing = True
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            with contextlib.suppress(RuntimeError):  # reader of a loop that is gone
+                if reader.get_loop() is asyncio.get_running_loop():
+                    await _stop(reader, self._block_ms / 1000 + 1.0)
+        for task in list(self._wake_tasks):
+            task.cancel()
         if self._owns_client:
             await self.client.aclose()
