@@ -68,6 +68,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
+from benchmarks.stats import percentiles
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.portrange import make_peer_connection
 from trackyard.sfu.rtphooks import transceiver_codecs
@@ -301,23 +302,6 @@ class SubscriberCounter:
             protocol.__dict__["datagram_received"] = received
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-    return {
-        "n": len(ordered),
-        "p50": round(pct(50), 3),
-        "p90": round(pct(90), 3),
-        "p99": round(pct(99), 3),
-        "max": round(ordered[-1], 3),
-    }
-
-
 class ClientSide:
     """State of the client process: the publisher, its send log, and the subscribers."""
 
@@ -465,9 +449,9 @@ class ClientSide:
             "other_packets": sum(s.other for s in self.subs.values()),
             "publisher_restarts": track.restarts if track else 0,
             "publisher_late_frames": track.late if track else 0,
-            "latency_ms": _percentiles(lat_all),
-            "latency_delta_ms": _percentiles(lat_delta),
-            "latency_key_ms": _percentiles(lat_key),
+            "latency_ms": percentiles(lat_all, (50, 90, 99), 3),
+            "latency_delta_ms": percentiles(lat_delta, (50, 90, 99), 3),
+            "latency_key_ms": percentiles(lat_key, (50, 90, 99), 3),
         }
 
     async def op_reset(self) -> None:

@@ -10,35 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from livekit import rtc
 
+from benchmarks.stats import percentiles
 from tests.support.sdk import token
 from tests.support.trackyard import TrackyardProcess
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-    return {
-        "n": len(ordered),
-        "p50": round(pct(50), 2),
-        "p95": round(pct(95), 2),
-        "p99": round(pct(99), 2),
-        "max": round(ordered[-1], 2),
-        "mean": round(statistics.fmean(ordered), 2),
-    }
 
 
 async def _connect(url: str, identity: str, room: str) -> tuple[rtc.Room, float]:

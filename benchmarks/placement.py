@@ -29,7 +29,8 @@ from typing import Any
 import aiohttp
 import psutil
 
-from benchmarks.join_latency import RESULTS, percentiles
+from benchmarks.join_latency import RESULTS
+from benchmarks.stats import percentiles
 from tests.support.cluster import Cluster, start_all
 from tests.support.ports import free_port
 from tests.support.redisserver import RedisServer

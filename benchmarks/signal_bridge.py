@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 import warnings
@@ -30,7 +29,8 @@ import websockets
 from jwt.warnings import InsecureKeyLengthWarning
 from livekit.protocol import rtc
 
-from benchmarks.join_latency import RESULTS, _connect, percentiles, server_join_ms
+from benchmarks.join_latency import RESULTS, _connect, server_join_ms
+from benchmarks.stats import percentiles
 from tests.support.cluster import Cluster
 from tests.support.redisserver import RedisServer
 from tests.support.sdk import token
@@ -43,25 +43,6 @@ CONFIG = {
     "room": {"departure_timeout": 1, "empty_timeout": 5},
     "signal": {"ping_timeout": 60},
 }
-
-
-def fine_percentiles(values: list[float]) -> dict[str, float]:
-    """p50/p90/p99/max in ms with microsecond resolution."""
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 3)
-
-    return {
-        "n": len(ordered),
-        "p50": pct(50),
-        "p90": pct(90),
-        "p99": pct(99),
-        "max": round(ordered[-1], 3),
-        "mean": round(statistics.fmean(ordered), 3),
-    }
 
 
 async def ping_client(url: str, room: str, identity: str, samples: int, warmup: int) -> list[float]:
@@ -99,7 +80,7 @@ async def ping_phase(url: str, label: str, clients: int, samples: int) -> dict[s
     return {
         "clients": clients,
         "samples": len(times),
-        "rtt_ms": fine_percentiles(times),
+        "rtt_ms": percentiles(times, (50, 90, 99), 3),
         "pings_per_sec": round(len(times) / busy, 1),
     }
 
