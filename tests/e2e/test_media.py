@@ -17,6 +17,15 @@ pytestmark = pytest.mark.sdk
 NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
 
 
+async def _metric(server: TrackyardProcess, name: str) -> float:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(server.http_url + "/metrics")).text
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
 def _increasing(numbers: list[int]) -> bool:
     return all(b > a for a, b in itertools.pairwise(numbers))
 
@@ -201,8 +210,6 @@ async def test_unpublish_and_mute(server: TrackyardProcess, room_name: str) -> N
 
 
 async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
-    import httpx
-
     cfg = {"room": {"departure_timeout": 1}}
     with TrackyardProcess(cfg, env={"TRACKYARD_TEST_DROP_EVERY": "15"}) as lossy:
         async with connected(lossy.ws_url, "viewer", room_name) as viewer:
@@ -213,19 +220,12 @@ async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
             ):
                 (track, _, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
                 numbers = await read_numbers(track, 60, timeout=20)
-        async with httpx.AsyncClient(timeout=5) as client:
-            metrics = (await client.get(lossy.http_url + "/metrics")).text
+        assert await _metric(lossy, "trackyard_sfu_nacks_received_total") > 0
+        assert await _metric(lossy, "trackyard_sfu_retransmits_total") > 0
     # every 15th packet vanished, yet the decoded video runs on without long gaps
     assert _increasing(numbers)
     gaps = [b - a for a, b in itertools.pairwise(numbers)]
     assert max(gaps) <= 10, gaps
-
-    def counter(name: str) -> float:
-        line = next(x for x in metrics.splitlines() if x.startswith(name + " "))
-        return float(line.split()[1])
-
-    assert counter("trackyard_sfu_nacks_received_total") > 0
-    assert counter("trackyard_sfu_retransmits_total") > 0
 
 
 async def test_sockets_stay_inside_port_range(room_name: str) -> None:
@@ -261,15 +261,6 @@ async def test_h264_is_forwarded_when_offered(server: TrackyardProcess, room_nam
             (track, publication, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
             assert "h264" in publication.mime_type.lower()
             assert _increasing(await read_numbers(track, 10))
-
-
-async def _metric(server: TrackyardProcess, name: str) -> float:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(server.http_url + "/metrics")).text
-    line = next(x for x in text.splitlines() if x.startswith(name + " "))
-    return float(line.split()[1])
 
 
 async def test_idle_subscriber_mlines_are_reused(server: TrackyardProcess, room_name: str) -> None:
