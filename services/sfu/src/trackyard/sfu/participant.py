@@ -20,7 +20,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
-from trackyard.core import ids, keys, messages
+from trackyard.core import ids, keys, messages, mime
 from trackyard.core.bus import Bus, Envelope, publish_patiently
 from trackyard.sfu import rtphooks
 from trackyard.sfu import sdp as sdpparse
@@ -37,6 +37,8 @@ _RIDS = {
     models.VideoQuality.MEDIUM: "h",
     models.VideoQuality.HIGH: "f",
 }
+
+_NOT_MEDIA_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}  # never a track's primary codec
 
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
@@ -321,8 +323,11 @@ class Participant:
             encryption=req.encryption,
             stream=req.stream,
         )
+        kind = "video" if req.type == models.TrackType.VIDEO else "audio"
         for codec in req.simulcast_codecs:
-            info.codecs.add(mime_type=codec.codec, cid=codec.cid, layers=codec.layers)
+            info.codecs.add(
+                mime_type=mime.canonical(codec.codec, kind), cid=codec.cid, layers=codec.layers
+            )
         self.pending_tracks[req.cid] = info
         self.send(
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=info))
@@ -355,8 +360,9 @@ class Participant:
             if info is None or transceiver is None:
                 continue
             info.mid = section.mid
-            if section.codecs:
-                info.mime_type = f"{section.kind}/{section.codecs[0]}"
+            media_codecs = [c for c in section.codecs if c not in _NOT_MEDIA_CODECS]
+            if media_codecs:
+                info.mime_type = mime.canonical(media_codecs[0], section.kind)
             up = UpTrack(
                 section.kind,
                 track_sid=info.sid,
@@ -402,7 +408,7 @@ class Participant:
             rtc.SubscribedQuality(quality=q, enabled=q <= wanted)
             for q in (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQuality.HIGH)
         ]
-        codec = info.mime_type.split("/")[-1].lower() or "vp8"
+        codec = mime.short_name(info.mime_type) or "vp8"  # LiveKit's wire form here
         self.send(
             rtc.SignalResponse(
                 subscribed_quality_update=rtc.SubscribedQualityUpdate(
