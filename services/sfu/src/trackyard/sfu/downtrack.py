@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCRtpSender
 
 from trackyard.sfu import rtphooks
+from trackyard.sfu.connectionquality import LOSS_WEIGHT_AUDIO, LOSS_WEIGHT_VIDEO, StreamWindow
 from trackyard.sfu.rtphooks import (
     AnyRtcpPacket,
     CodecInfo,
@@ -157,6 +158,7 @@ class DownTrack:
         self.packets_lost = 0
         self.jitter = 0
         self.remb_bitrate: int | None = None
+        self._window_sent = 0
         self._sr_sent: dict[int, float] = {}
         self._rtx_min_interval = 0.03
 
@@ -219,6 +221,22 @@ class DownTrack:
             "jitter": self.jitter,
             "remb_bitrate": self.remb_bitrate,
         }
+
+    def quality_window(self) -> StreamWindow | None:
+        """What the subscriber reported for this copy since the previous call (None while
+        nothing is being sent: paused, or not started)."""
+        sent = self.packets_sent - self._window_sent
+        self._window_sent = self.packets_sent
+        if self.paused or not self._ready or self.current_layer < 0:
+            return None
+        clock = self.uptrack.clock_rate or 90000
+        return StreamWindow(
+            packets=sent,
+            loss_percent=100.0 * self.fraction_lost / 256,
+            rtt_ms=1000.0 * self.rtt if self.rtt is not None else 0.0,
+            jitter_ms=1000.0 * self.jitter / clock,
+            loss_weight=LOSS_WEIGHT_VIDEO if self._video else LOSS_WEIGHT_AUDIO,
+        )
 
     def set_layer_preference(
         self,

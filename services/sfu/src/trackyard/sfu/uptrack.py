@@ -49,6 +49,12 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCRtpTransceiver
 
 from trackyard.sfu import rtphooks
+from trackyard.sfu.audiolevel import AudioLevel
+from trackyard.sfu.connectionquality import (
+    LOSS_WEIGHT_AUDIO,
+    LOSS_WEIGHT_VIDEO,
+    StreamWindow,
+)
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
     AnyRtcpPacket,
@@ -131,6 +137,8 @@ class Layer:
         "ssrc",
         "stats",
         "width",
+        "window_expected",
+        "window_received",
     )
 
     def __init__(self, index: int, rid: str, quality: int, width: int, height: int) -> None:
@@ -154,6 +162,8 @@ class Layer:
         self.lsr_time = 0.0
         self.packets = 0
         self.bytes = 0
+        self.window_expected = 0  # ReceiveStats figures at the last quality window
+        self.window_received = 0
 
 
 class UpTrack:
@@ -172,6 +182,7 @@ class UpTrack:
         rtcp_interval: float = 1.0,
         remb_bitrate: int = 3_000_000,
         nack: bool = True,
+        audio_level: AudioLevel | None = None,
     ) -> None:
         if kind not in ("audio", "video"):
             raise ValueError(f"UpTrack kind must be audio or video, not {kind!r}")
@@ -184,6 +195,7 @@ class UpTrack:
         self.rtcp_interval = rtcp_interval
         self.remb_bitrate = remb_bitrate if kind == "video" else 0
         self.nack = nack and kind == "video"
+        self.audio_level = audio_level if kind == "audio" else None
         self.layers: list[Layer] = []
         self._specs = list(layers)
         self.codec: CodecInfo | None = None
@@ -576,6 +588,12 @@ class UpTrack:
                 if again:
                     await self._send_nack(layer, again)
 
+        audio_level = self.audio_level
+        if audio_level is not None:
+            level = packet.extensions.audio_level  # RFC 6464: (voice, -dBov)
+            if level is not None:
+                audio_level.observe(level[1], packet.timestamp, now)
+
         downtracks = self._downtracks
         if not size:  # padding only: let the DownTracks close the sequence gap
             for dt in downtracks:
@@ -645,6 +663,32 @@ class UpTrack:
         await rtphooks.send_rtcp(
             self._receiver.transport, rtcp_nack(self._rtcp_ssrc, layer.ssrc, lost)
         )
+
+    def quality_window(self) -> list[StreamWindow]:
+        """Each layer's reception since the previous call (for connection quality); layers
+        that are not expected to send (stopped by the publisher) are left out."""
+        weight = LOSS_WEIGHT_AUDIO if self.kind == "audio" else LOSS_WEIGHT_VIDEO
+        windows: list[StreamWindow] = []
+        for layer in self.layers:
+            stats = layer.stats
+            if stats is None or not stats.started:
+                continue
+            expected = stats.expected - layer.window_expected
+            received = stats.received - layer.window_received
+            layer.window_expected = stats.expected
+            layer.window_received = stats.received
+            if not layer.active and received == 0:
+                continue
+            lost = max(0, expected - received)
+            windows.append(
+                StreamWindow(
+                    packets=received,
+                    loss_percent=100.0 * lost / expected if expected > 0 else 0.0,
+                    jitter_ms=1000.0 * stats.jitter / stats.clock_rate,
+                    loss_weight=weight,
+                )
+            )
+        return windows
 
     # --- periodic: receiver reports, REMB, layer activity -------------------------------
 
