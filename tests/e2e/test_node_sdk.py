@@ -11,12 +11,14 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import rtc
+from livekit import api, rtc
 
+from tests.support.media import tone_audio
 from tests.support.sdk import EventWaiter, connected, token
 from tests.support.trackyard import TrackyardProcess
 
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.sdk
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 CLIENT = NODE_DIR / "client.mjs"
+OBSERVER = NODE_DIR / "observer.mjs"
 SDK_DIR = NODE_DIR / "node_modules" / "@livekit" / "rtc-node"
 TIMEOUT = 10.0
 NODE_TOTAL = 30.0
@@ -39,6 +42,19 @@ def _node_binary() -> str:
             " (scripts/bootstrap --test does)"
         )
     return node
+
+
+async def _start(node: str, script: Path, *args: str) -> NodeClient:
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(script),
+        *args,
+        cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+    )
+    return NodeClient(proc)
 
 
 class NodeClient:
@@ -64,11 +80,16 @@ class NodeClient:
                     self.events.append(ev)
                     self._changed.set()
 
-    async def wait(self, event: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    async def wait(
+        self,
+        event: str,
+        timeout: float = TIMEOUT,
+        pred: Callable[[dict[str, Any]], bool] = lambda ev: True,
+    ) -> dict[str, Any]:
         async def find() -> dict[str, Any]:
             while True:
                 for ev in self.events:
-                    if ev["event"] == event:
+                    if ev["event"] == event and pred(ev):
                         return ev
                 if self._reader.done():
                     raise AssertionError(f"node client ended before {event!r}: {self.report()}")
@@ -110,18 +131,7 @@ async def test_node_sdk_data_rpc_metadata(server: TrackyardProcess, room_name: s
             rpc_calls.append(inv)
             return f"py echoes: {inv.payload}"
 
-        proc = await asyncio.create_subprocess_exec(
-            node,
-            str(CLIENT),
-            server.ws_url,
-            token("node", room_name),
-            "py",
-            cwd=NODE_DIR,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )
-        client = NodeClient(proc)
+        client = await _start(node, CLIENT, server.ws_url, token("node", room_name), "py")
         try:
             # Both see each other.
             await client.wait("connected", TIMEOUT * 2)
@@ -174,6 +184,53 @@ async def test_node_sdk_data_rpc_metadata(server: TrackyardProcess, room_name: s
             }
             await client.wait("done")
             assert participant.identity == "node"
+        finally:
+            status = await client.finish()
+        assert status == 0, client.report()
+        assert not client.seen("error"), client.report()
+
+
+async def test_node_sdk_sees_kind_speakers_quality_and_revocation(
+    server: TrackyardProcess, room_name: str
+) -> None:
+    """The Node SDK raises what the node measures and decides: the peer's kind, the peer as
+    active speaker (its tone decoded in Node), connection quality, and a track unpublished
+    because an admin revoked canPublish."""
+    node = _node_binary()
+    async with connected(server.ws_url, "py", room_name, kind="agent") as py:
+        joined = EventWaiter(py, "participant_connected")
+        client = await _start(node, OBSERVER, server.ws_url, token("node", room_name), "py")
+        try:
+            await client.wait("connected", TIMEOUT * 2)
+            await joined.wait(lambda p: p.identity == "node")
+            peer = await client.wait("participant", pred=lambda ev: ev["identity"] == "py")
+            assert peer["kind"] == "AGENT"
+            async with tone_audio(py, 440.0) as pub:
+                energy = await client.wait("audio_energy", TIMEOUT * 2)
+                assert energy["sid"] == pub.sid and energy["mean_abs"] > 1000, energy
+                await client.wait("speakers", pred=lambda ev: ev["identities"] == ["py"])
+                for who in ("node", "py"):
+                    await client.wait(
+                        "quality",
+                        TIMEOUT * 2,
+                        pred=lambda ev, who=who: (
+                            ev["identity"] == who and ev["quality"] == "QUALITY_EXCELLENT"
+                        ),
+                    )
+                async with api.LiveKitAPI(server.http_url, "devkey", "secret") as lkapi:
+                    await lkapi.room.update_participant(
+                        api.UpdateParticipantRequest(
+                            room=room_name,
+                            identity="py",
+                            permission=api.ParticipantPermission(
+                                can_publish=False, can_subscribe=True, can_publish_data=True
+                            ),
+                        )
+                    )
+                gone = await client.wait("track_unpublished")
+                assert gone == {"event": "track_unpublished", "identity": "py", "sid": pub.sid}
+            await py.local_participant.publish_data(b"bye", reliable=True, topic="end")
+            await client.wait("done")
         finally:
             status = await client.finish()
         assert status == 0, client.report()
