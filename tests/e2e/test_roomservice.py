@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,15 +21,6 @@ async def lkapi(server: TrackyardProcess) -> AsyncIterator[api.LiveKitAPI]:
     client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
     yield client
     await client.aclose()
-
-
-def _limited_api(server: TrackyardProcess, **grants: object) -> api.LiveKitAPI:
-    tok = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(**grants)).to_jwt()
-    return (
-        api.LiveKitAPI.with_token(server.http_url, tok)
-        if hasattr(api.LiveKitAPI, "with_token")
-        else api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
-    )
 
 
 async def test_create_list_delete_room(lkapi: api.LiveKitAPI, room_name: str) -> None:
@@ -158,6 +150,20 @@ async def test_mute_published_track(
                 )
             )
         assert err.value.code == "not_found"
+        # remote unmute is off unless room.enable_remote_unmute (LiveKit's
+        # ErrRemoteUnmuteNoteEnabled: failed_precondition, 412)
+        with pytest.raises(api.TwirpError) as err:
+            await lkapi.room.mute_published_track(
+                api.MuteRoomTrackRequest(
+                    room=room_name, identity="speaker", track_sid=pub.sid, muted=False
+                )
+            )
+        assert (err.value.code, err.value.status) == ("failed_precondition", 412)
+        assert "remote unmute not enabled" in err.value.message
+        got = await lkapi.room.get_participant(
+            api.RoomParticipantIdentity(room=room_name, identity="speaker")
+        )
+        assert [t.muted for t in got.tracks] == [True]
 
 
 async def test_delete_room_disconnects_everyone(
@@ -171,9 +177,29 @@ async def test_delete_room_disconnects_everyone(
 
 
 async def test_unknown_room_and_participant(lkapi: api.LiveKitAPI, room_name: str) -> None:
+    # LiveKit lists the participants of an unknown room from its store: nobody, no error
+    listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room="no-such-room"))
+    assert list(listed.participants) == []
+    listed_rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=["no-such-room"]))
+    assert list(listed_rooms.rooms) == []  # ... and creates no room doing so
+    # a participant of an unknown room does not exist (LiveKit's ErrParticipantNotFound)
     with pytest.raises(api.TwirpError) as err:
-        await lkapi.room.list_participants(api.ListParticipantsRequest(room="no-such-room"))
+        await lkapi.room.get_participant(
+            api.RoomParticipantIdentity(room="no-such-room", identity="anyone")
+        )
     assert (err.value.code, err.value.status) == ("not_found", 404)
+    assert err.value.message.startswith("participant does not exist")
+    # room-addressed calls: LiveKit's ErrRoomNotFound
+    for room_call in (
+        lkapi.room.update_room_metadata(
+            api.UpdateRoomMetadataRequest(room="no-such-room", metadata="x")
+        ),
+        lkapi.room.send_data(api.SendDataRequest(room="no-such-room", data=b"x")),
+    ):
+        with pytest.raises(api.TwirpError) as err:
+            await room_call
+        assert (err.value.code, err.value.status) == ("not_found", 404)
+        assert err.value.message.startswith("requested room does not exist")
     await lkapi.room.create_room(api.CreateRoomRequest(name=room_name))
     for call in (
         lkapi.room.get_participant(api.RoomParticipantIdentity(room=room_name, identity="ghost")),
@@ -190,29 +216,83 @@ async def test_unknown_room_and_participant(lkapi: api.LiveKitAPI, room_name: st
         assert "ghost" in err.value.message
 
 
-async def test_grants_are_checked(server: TrackyardProcess, room_name: str) -> None:
-    async def call(grants: api.VideoGrants, method: str, body: bytes) -> httpx.Response:
-        tok = api.AccessToken(API_KEY, API_SECRET).with_grants(grants).to_jwt()
-        async with httpx.AsyncClient(timeout=10) as client:
-            return await client.post(
-                f"{server.http_url}/twirp/livekit.RoomService/{method}",
-                content=body,
-                headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/protobuf"},
-            )
+async def test_grants_are_checked(
+    server: TrackyardProcess, lkapi: api.LiveKitAPI, room_name: str
+) -> None:
+    """As LiveKit (pkg/service/auth.go): a missing grant is Twirp ``unauthenticated`` (401)
+    "permissions denied", not permission_denied/403; so are a missing or bad token."""
 
-    create = api.CreateRoomRequest(name=room_name).SerializeToString()
-    r = await call(api.VideoGrants(room_list=True), "CreateRoom", create)
-    assert r.status_code == 403 and r.json()["code"] == "permission_denied"
-    assert "roomCreate" in r.json()["msg"]
-    r = await call(api.VideoGrants(room_create=True), "ListRooms", b"")
-    assert r.status_code == 403 and "roomList" in r.json()["msg"]
-    r = await call(api.VideoGrants(room_create=True), "CreateRoom", create)
-    assert r.status_code == 200
-    lp = api.ListParticipantsRequest(room=room_name).SerializeToString()
-    r = await call(api.VideoGrants(room_admin=True, room="other-room"), "ListParticipants", lp)
-    assert r.status_code == 403 and "not for room" in r.json()["msg"]
-    r = await call(api.VideoGrants(room_admin=True, room=room_name), "ListParticipants", lp)
-    assert r.status_code == 200
+    def denied(err: api.TwirpError, missing: str) -> None:
+        assert (err.code, err.status) == ("unauthenticated", 401)
+        assert err.message.startswith("permissions denied") and missing in err.message
+
+    def client(**grants: object) -> api.LiveKitAPI:
+        tok = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(**grants))
+        return api.LiveKitAPI(server.http_url, token=tok.to_jwt())
+
+    create = api.CreateRoomRequest(name=room_name)
+    async with client(room_list=True) as lk:
+        with pytest.raises(api.TwirpError) as err:
+            await lk.room.create_room(create)
+        denied(err.value, "roomCreate")
+        with pytest.raises(api.TwirpError) as err:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+        denied(err.value, "roomCreate")
+    async with client(room_create=True) as lk:
+        with pytest.raises(api.TwirpError) as err:
+            await lk.room.list_rooms(api.ListRoomsRequest())
+        denied(err.value, "roomList")
+        assert (await lk.room.create_room(create)).name == room_name
+        with pytest.raises(api.TwirpError) as err:  # roomCreate is not roomAdmin
+            await lk.room.list_participants(api.ListParticipantsRequest(room=room_name))
+        denied(err.value, "roomAdmin")
+    async with client(room_admin=True, room="other-room") as lk:
+        for call in (
+            lk.room.list_participants(api.ListParticipantsRequest(room=room_name)),
+            lk.room.update_room_metadata(
+                api.UpdateRoomMetadataRequest(room=room_name, metadata="nope")
+            ),
+            _perform_rpc(lk, api.PerformRpcRequest(room=room_name, destination_identity="x")),
+        ):
+            with pytest.raises(api.TwirpError) as err:
+                await call
+            denied(err.value, "other-room")
+    async with client(room_admin=True, room=room_name) as lk:
+        listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room_name))
+        assert list(listed.participants) == []
+    listed_rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
+    assert [r.metadata for r in listed_rooms.rooms] == [""]  # the refused update did nothing
+
+    # no token, a header that is not Bearer, a token that is not a JWT, a wrong secret
+    base = f"{server.http_url}/twirp/livekit.RoomService/ListRooms"
+    forged = api.AccessToken(API_KEY, "not-the-secret").with_grants(api.VideoGrants(room_list=True))
+    async with httpx.AsyncClient(timeout=10) as http:
+        for headers, reason in (
+            ({}, "permissions denied"),
+            ({"Authorization": "Basic Zm9vOmJhcg=="}, "Must start with Bearer"),
+            ({"Authorization": "Bearer garbage"}, "not a JWT"),
+            ({"Authorization": f"Bearer {forged.to_jwt()}"}, "signature"),
+        ):
+            r = await http.post(base, json={}, headers=headers)
+            assert (r.status_code, r.json()["code"]) == (401, "unauthenticated"), headers
+            assert reason in r.json()["msg"]
+        # LiveKit also takes the token as an access_token parameter
+        good = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(room_list=True))
+        r = await http.post(base, json={}, params={"access_token": good.to_jwt()})
+        assert r.status_code == 200 and "rooms" in r.json()
+
+
+async def _perform_rpc(lk: api.LiveKitAPI, req: api.PerformRpcRequest) -> api.PerformRpcResponse:
+    """``RoomService.PerformRpc`` through livekit-api's own Twirp client and token signing
+    (livekit-api 1.2.2 has the message types but no ``perform_rpc`` method yet)."""
+    service = lk.room
+    return await service._client.request(
+        "RoomService",
+        "PerformRpc",
+        req,
+        service._auth_header(api.VideoGrants(room_admin=True, room=req.room)),
+        api.PerformRpcResponse,
+    )
 
 
 async def test_twirp_errors_and_json(server: TrackyardProcess, room_name: str) -> None:
@@ -268,3 +348,163 @@ async def test_twirp_errors_and_json(server: TrackyardProcess, room_name: str) -
         # the server still serves after all that
         r = await client.post(base + "ListRooms", json={}, headers=auth)
         assert r.status_code == 200 and room_name in [x["name"] for x in r.json()["rooms"]]
+
+
+async def test_perform_rpc(server: TrackyardProcess, lkapi: api.LiveKitAPI, room_name: str) -> None:
+    """Server-initiated RPC to a real SDK participant, errors mapped as LiveKit maps them
+    (protocol utils/data_channel_rpc.go PsrpcError, then psrpc -> Twirp)."""
+    async with (
+        connected(server.ws_url, "agent", room_name) as agent,
+        connected(server.ws_url, "bystander", room_name) as bystander,
+    ):
+        calls: list[rtc.RpcInvocationData] = []
+        release = asyncio.Event()
+
+        @agent.local_participant.register_rpc_method("echo")
+        async def echo(data: rtc.RpcInvocationData) -> str:
+            calls.append(data)
+            return f"echo:{data.payload}"
+
+        @agent.local_participant.register_rpc_method("size")
+        async def size(data: rtc.RpcInvocationData) -> str:
+            return str(len(data.payload))
+
+        @agent.local_participant.register_rpc_method("fail")
+        async def fail(data: rtc.RpcInvocationData) -> str:
+            raise rtc.RpcError(4042, "no such order", data="order-7")
+
+        @agent.local_participant.register_rpc_method("crash")
+        async def crash(data: rtc.RpcInvocationData) -> str:
+            raise ValueError("boom")
+
+        @agent.local_participant.register_rpc_method("stall")
+        async def stall(data: rtc.RpcInvocationData) -> str:
+            stalled.set()
+            await release.wait()
+            return "late"
+
+        stalled = asyncio.Event()
+        misdelivered: list[rtc.RpcInvocationData] = []
+
+        @bystander.local_participant.register_rpc_method("echo")
+        async def bystander_echo(data: rtc.RpcInvocationData) -> str:
+            misdelivered.append(data)
+            return "wrong participant"
+
+        def rpc(destination: str, method: str, payload: str = "", timeout_ms: int = 0) -> Any:
+            return _perform_rpc(
+                lkapi,
+                api.PerformRpcRequest(
+                    room=room_name,
+                    destination_identity=destination,
+                    method=method,
+                    payload=payload,
+                    response_timeout_ms=timeout_ms,
+                ),
+            )
+
+        async def fails(call: Any) -> api.TwirpError:
+            with pytest.raises(api.TwirpError) as err:
+                await asyncio.wait_for(call, 20)
+            return err.value
+
+        # success: the payload comes back; the handler saw the method, payload and timeout
+        resp = await asyncio.wait_for(rpc("agent", "echo", "hello", 5000), 20)
+        assert resp.payload == "echo:hello"
+        (call,) = calls
+        assert (call.method, call.payload) == ("echo", "hello")
+        assert 0 < call.response_timeout <= 5.0
+        resp = await asyncio.wait_for(rpc("agent", "size", "x" * 15360), 20)  # the 15 KiB max
+        assert resp.payload == "15360"
+        # a response over 15 KiB: the SDK's RESPONSE_PAYLOAD_TOO_LARGE (malformed, 400)
+        err = await fails(rpc("agent", "echo", "x" * 15360))
+        assert (err.code, err.status) == ("malformed", 400)
+        assert err.message == "RpcError 1504: Response payload too large"
+
+        # the handler's own error: its code and message (and data) reach the caller
+        err = await fails(rpc("agent", "fail"))
+        assert (err.code, err.status) == ("internal", 500)
+        assert err.message == "RpcError 4042: no such order: order-7"
+        # any other exception in the handler is APPLICATION_ERROR
+        err = await fails(rpc("agent", "crash"))
+        assert (err.code, err.status) == ("internal", 500)
+        assert err.message.startswith("RpcError 1500: ")
+        # no handler for the method: the SDK's UNSUPPORTED_METHOD
+        err = await fails(rpc("agent", "nope"))
+        assert (err.code, err.status) == ("invalid_argument", 400)
+        assert err.message == "RpcError 1400: Method not supported at destination"
+        # over 15 KiB of payload never leaves the server
+        err = await fails(rpc("agent", "echo", "x" * 15361))
+        assert (err.code, err.status) == ("malformed", 400)
+        assert err.message == "RpcError 1402: Request payload too large"
+        assert len(calls) == 2  # "echo" ran for "hello" and the oversized answer only
+        # unknown participant, unknown room, no destination
+        err = await fails(rpc("ghost", "echo"))
+        assert (err.code, err.status) == ("not_found", 404)
+        assert "ghost" in err.message
+        err = await fails(
+            _perform_rpc(
+                lkapi, api.PerformRpcRequest(room="no-such-room", destination_identity="agent")
+            )
+        )
+        assert (err.code, err.status) == ("not_found", 404)
+        err = await fails(rpc("", "echo"))
+        assert (err.code, err.status) == ("invalid_argument", 400)
+        assert err.message == "destination identity is required"
+
+        # a handler slower than the caller's timeout: RESPONSE_TIMEOUT (canceled, 408)
+        started = asyncio.get_running_loop().time()
+        err = await fails(rpc("agent", "stall", timeout_ms=1500))
+        elapsed = asyncio.get_running_loop().time() - started
+        assert (err.code, err.status) == ("canceled", 408)
+        assert err.message == "RpcError 1502: Response timeout"
+        assert 1.4 < elapsed < 8, elapsed
+
+        # the requests went to the destination only
+        assert misdelivered == []
+        resp = await asyncio.wait_for(rpc("bystander", "echo", "b"), 20)
+        assert resp.payload == "wrong participant" and len(misdelivered) == 1
+
+        # the participant leaves while its handler runs: RECIPIENT_DISCONNECTED (503)
+        stalled.clear()
+        pending = asyncio.ensure_future(rpc("agent", "stall", timeout_ms=15000))
+        gone = EventWaiter(bystander, "participant_disconnected")
+        await asyncio.wait_for(stalled.wait(), 10)
+        await asyncio.wait_for(agent.disconnect(), 10)
+        await gone.wait(lambda p: p.identity == "agent")
+        err = await fails(pending)
+        assert (err.code, err.status) == ("unavailable", 503)
+        assert err.message == "RpcError 1503: Recipient disconnected"
+        release.set()
+
+
+async def test_perform_rpc_unacknowledged(
+    server: TrackyardProcess, lkapi: api.LiveKitAPI, room_name: str
+) -> None:
+    """A participant whose replies the server drops (no canPublishData, as LiveKit drops its
+    data) never acks: CONNECTION_TIMEOUT after LiveKit's 2 s round-trip allowance."""
+    async with connected(server.ws_url, "mute-agent", room_name, can_publish_data=False) as agent:
+        invoked = asyncio.Event()
+
+        @agent.local_participant.register_rpc_method("echo")
+        async def echo(data: rtc.RpcInvocationData) -> str:
+            invoked.set()
+            return data.payload
+
+        with pytest.raises(api.TwirpError) as err:
+            await asyncio.wait_for(
+                _perform_rpc(
+                    lkapi,
+                    api.PerformRpcRequest(
+                        room=room_name,
+                        destination_identity="mute-agent",
+                        method="echo",
+                        payload="p",
+                        response_timeout_ms=8000,
+                    ),
+                ),
+                20,
+            )
+        assert (err.value.code, err.value.status) == ("canceled", 408)
+        assert err.value.message == "RpcError 1501: Connection timeout"
+        assert invoked.is_set()  # the request did arrive; only the answers were dropped

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEV_KEYS = {"devkey": "secret"}
 MIN_SECRET_LENGTH = 32
@@ -59,7 +66,12 @@ class RoomConfig(_Section):
     empty_timeout: int = Field(300, ge=0)  # seconds a room lives without ever being joined
     departure_timeout: int = Field(20, ge=0)  # seconds a room lives after its last leave
     max_participants: int = Field(0, ge=0)  # 0 = unlimited
-    max_metadata_size: int = Field(64000, ge=0)
+    # an admin may unmute a participant's track (MutePublishedTrack muted=false), as LiveKit
+    enable_remote_unmute: bool = False
+    # LiveKit's legacy spellings of limit.*: when set (non-zero) they win, as in LiveKit
+    max_metadata_size: int = Field(0, ge=0)
+    max_room_name_length: int = Field(0, ge=0)
+    max_participant_identity_length: int = Field(0, ge=0)
 
 
 class LoggingConfig(_Section):
@@ -86,14 +98,22 @@ class NodeSelectorConfig(_Section):
 
 
 class LimitConfig(_Section):
-    num_tracks: int = Field(0, ge=0)  # 0 = unlimited; nodes at or over it get no new rooms
+    """LiveKit's ``limit`` section, with LiveKit's defaults; 0 means unlimited throughout.
+
+    Sizes and lengths are counted in UTF-8 bytes, as LiveKit (Go ``len``) does. Checked in
+    :mod:`trackyard.core.limits`.
+    """
+
+    num_tracks: int = Field(0, ge=0)  # nodes at or over it get no new rooms
     bytes_per_sec: float = Field(0, ge=0)
+    # subscriptions per participant beyond these are not made
     subscription_limit_video: int = Field(0, ge=0)
     subscription_limit_audio: int = Field(0, ge=0)
-    max_metadata_size: int = Field(0, ge=0)
-    max_attributes_size: int = Field(0, ge=0)
-    max_room_name_length: int = Field(0, ge=0)
-    max_participant_identity_length: int = Field(0, ge=0)
+    max_metadata_size: int = Field(512 * 1024, ge=0)  # participant and room metadata
+    max_attributes_size: int = Field(64 * 1024, ge=0)  # all of a participant's keys + values
+    max_room_name_length: int = Field(256, ge=0)
+    max_participant_identity_length: int = Field(256, ge=0)
+    max_participant_name_length: int = Field(256, ge=0)
 
 
 class PrometheusConfig(_Section):
@@ -147,6 +167,15 @@ class Config(_Section):
     @classmethod
     def _keys_not_none(cls, v: Any) -> Any:
         return {} if v is None else v
+
+    @model_validator(mode="after")
+    def _legacy_room_limits(self) -> Config:
+        """``room.max_metadata_size`` & co. are LiveKit's old names of the limits: copy them."""
+        for key in ("max_metadata_size", "max_room_name_length", "max_participant_identity_length"):
+            value = getattr(self.room, key)
+            if value:
+                setattr(self.limit, key, value)
+        return self
 
     # -- construction -------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
-from trackyard.core import messages
+from trackyard.core import limits, messages
 from trackyard.core.noderpc import RpcError
+from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import LOSSY, RELIABLE, Participant
 from trackyard.sfu.room import JoinRefusedError, Room
 
@@ -50,15 +51,17 @@ async def handle(node: SfuNode, name: str, data: bytes) -> bytes:
 def _room(node: SfuNode, name: str) -> Room:
     room = node.rooms.get(name)
     if room is None or room.closed:
-        raise RpcError("not_found", f"room {name} not found")
+        raise RpcError("not_found", f"requested room does not exist: {name}")
     return room
 
 
 def _participant(node: SfuNode, room_name: str, identity: str) -> tuple[Room, Participant]:
-    room = _room(node, room_name)
-    participant = room.participants.get(identity)
-    if participant is None:
-        raise RpcError("not_found", f"participant {identity} not found in room {room_name}")
+    room = node.rooms.get(room_name)
+    participant = None if room is None or room.closed else room.participants.get(identity)
+    if room is None or participant is None:
+        raise RpcError(
+            "not_found", f"participant does not exist: {identity!r} in room {room_name!r}"
+        )
     return room, participant
 
 
@@ -85,7 +88,9 @@ async def delete_room(node: SfuNode, req: room_pb.DeleteRoomRequest) -> Message:
 
 @method("ListParticipants", room_pb.ListParticipantsRequest)
 async def list_participants(node: SfuNode, req: room_pb.ListParticipantsRequest) -> Message:
-    room = _room(node, req.room)
+    room = node.rooms.get(req.room)
+    if room is None or room.closed:  # as LiveKit: an unknown room lists nobody
+        return room_pb.ListParticipantsResponse()
     return room_pb.ListParticipantsResponse(
         participants=[p.info() for p in room.participants.values()]
     )
@@ -106,6 +111,12 @@ async def remove_participant(node: SfuNode, req: room_pb.RoomParticipantIdentity
 @method("MutePublishedTrack", room_pb.MuteRoomTrackRequest)
 async def mute_published_track(node: SfuNode, req: room_pb.MuteRoomTrackRequest) -> Message:
     _, participant = _participant(node, req.room, req.identity)
+    if not req.muted and not node.config.room.enable_remote_unmute:
+        # LiveKit's ErrRemoteUnmuteNoteEnabled (FailedPrecondition)
+        raise RpcError(
+            "failed_precondition",
+            "remote unmute not enabled: set room.enable_remote_unmute to allow it",
+        )
     info = await participant.set_track_muted(req.track_sid, req.muted)
     if info is None:
         raise RpcError("not_found", f"track {req.track_sid} not found on {req.identity}")
@@ -118,10 +129,18 @@ async def mute_published_track(node: SfuNode, req: room_pb.MuteRoomTrackRequest)
 
 @method("UpdateParticipant", room_pb.UpdateParticipantRequest)
 async def update_participant(node: SfuNode, req: room_pb.UpdateParticipantRequest) -> Message:
-    room, participant = _participant(node, req.room, req.identity)
-    limit = room.max_metadata_size
-    if limit and len(req.metadata.encode()) > limit:
-        raise RpcError("invalid_argument", f"metadata is larger than {limit} bytes")
+    _, participant = _participant(node, req.room, req.identity)
+    limit = node.config.limit
+    refusal = (
+        limits.check_name(limit, req.name)
+        or limits.check_metadata(limit, req.metadata)
+        # the participant's attributes as they would be after the update
+        or limits.check_attributes(
+            limit, limits.merged_attributes(participant.attributes, req.attributes)
+        )
+    )
+    if refusal:
+        raise RpcError("invalid_argument", refusal)
     participant.update_info(
         metadata=req.metadata if req.metadata else None,
         name=req.name if req.name else None,
@@ -166,11 +185,20 @@ async def send_data(node: SfuNode, req: room_pb.SendDataRequest) -> Message:
 @method("UpdateRoomMetadata", room_pb.UpdateRoomMetadataRequest)
 async def update_room_metadata(node: SfuNode, req: room_pb.UpdateRoomMetadataRequest) -> Message:
     room = _room(node, req.room)
-    limit = room.max_metadata_size
-    if limit and len(req.metadata.encode()) > limit:
-        raise RpcError("invalid_argument", f"metadata is larger than {limit} bytes")
+    refusal = limits.check_metadata(node.config.limit, req.metadata)
+    if refusal:
+        raise RpcError("invalid_argument", refusal)
     room.set_metadata(req.metadata)
     return room.info()
+
+
+@method("PerformRpc", room_pb.PerformRpcRequest)
+async def perform_rpc(node: SfuNode, req: room_pb.PerformRpcRequest) -> Message:
+    if not req.destination_identity:
+        raise RpcError("invalid_argument", "destination identity is required")
+    _, participant = _participant(node, req.room, req.destination_identity)
+    payload = await serverrpc.perform(participant, req.method, req.payload, req.response_timeout_ms)
+    return room_pb.PerformRpcResponse(payload=payload)
 
 
 @method("ValidateJoin", room_pb.RoomParticipantIdentity)

@@ -21,7 +21,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from trackyard.core import ids, keys, messages
+from trackyard.core import ids, keys, limits, messages
 from trackyard.core.auth import AuthError, Claims, check_join, verify_token
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, publish_patiently
 from trackyard.core.errors import BusUnavailableError
@@ -70,6 +70,16 @@ async def _authorize(edge: Edge, conn: HTTPConnection) -> tuple[Claims, str]:
         room = check_join(claims, conn.query_params.get("room"))
     except AuthError as exc:
         raise Refusal(exc.status, exc.reason) from None
+    refusal = limits.check_join(
+        edge.config.limit,
+        room=room,
+        identity=claims.identity,
+        name=claims.name,
+        metadata=claims.metadata,
+        attributes=claims.attributes,
+    )
+    if refusal:  # LiveKit answers these with 400 (ValidateConnectRequest, StartSession)
+        raise Refusal(400, refusal)
     return claims, room
 
 

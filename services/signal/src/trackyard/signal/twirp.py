@@ -1,7 +1,13 @@
 """The public RoomService API, Twirp over HTTP: ``POST /twirp/livekit.RoomService/<Method>``.
 
-Bodies are protobuf or JSON (answered in kind). Grants are checked here; the work happens on
-the node hosting the room (over the bus), except ListRooms, which reads the shared store.
+Bodies are protobuf or JSON (answered in kind). Grants and the stateless ``limit.*`` checks
+are done here; the work happens on the node hosting the room (over the bus), except ListRooms,
+which reads the shared store.
+
+Errors follow LiveKit (``pkg/service/roomservice.go``, ``auth.go``): a missing or bad token and
+a missing grant are all ``unauthenticated`` (401), LiveKit's "permissions denied" followed by
+what was missing; a limit is ``invalid_argument``; ListParticipants of a room that does not
+exist is an empty list.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from livekit.protocol import room as room_pb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from trackyard.core import limits, messages
 from trackyard.core.auth import AuthError, Claims, VideoGrants, verify_token
+from trackyard.core.config import LimitConfig
 from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
 from trackyard.core.noderpc import RpcError
 from trackyard.core.routing import PlacementError
@@ -60,6 +68,9 @@ class TwirpError(Exception):
 
 Grant = Callable[[VideoGrants, Message], str]  # returns a refusal, or "" when allowed
 
+PERMISSION_DENIED = "permissions denied"  # LiveKit's ErrPermissionDenied text
+DEFAULT_RPC_TIMEOUT_MS = 10_000  # LiveKit's DataChannelRpcDefaultResponseTimeout
+
 
 def _create(grants: VideoGrants, _req: Message) -> str:
     return "" if grants.room_create else "token lacks the roomCreate grant"
@@ -73,8 +84,8 @@ def _admin(grants: VideoGrants, req: Message) -> str:
     room = getattr(req, "room", "")
     if not grants.room_admin:
         return "token lacks the roomAdmin grant"
-    if not grants.room or grants.room != room:
-        return f"token's roomAdmin grant is not for room {room!r}"
+    if grants.room != room:
+        return f"token's roomAdmin grant is for room {grants.room!r}, not {room!r}"
     return ""
 
 
@@ -105,6 +116,18 @@ METHODS: dict[str, _Method] = {
     ),
     "SendData": _Method(room_pb.SendDataRequest, room_pb.SendDataResponse, _admin),
     "UpdateRoomMetadata": _Method(room_pb.UpdateRoomMetadataRequest, models.Room, _admin),
+    "PerformRpc": _Method(room_pb.PerformRpcRequest, room_pb.PerformRpcResponse, _admin),
+}
+
+# Methods addressing one participant: an unknown room means an unknown participant (LiveKit's
+# ErrParticipantNotFound), except that ListParticipants of an unknown room lists nobody.
+_PARTICIPANT_METHODS = {
+    "GetParticipant",
+    "RemoveParticipant",
+    "MutePublishedTrack",
+    "UpdateParticipant",
+    "UpdateSubscriptions",
+    "PerformRpc",
 }
 
 
@@ -120,8 +143,12 @@ async def handle(request: Request) -> Response:
         req = _decode(method.request, await request.body(), as_json)
         refusal = method.grant(claims.video, req)
         if refusal:
-            raise TwirpError("permission_denied", f"{name}: {refusal}")
-        resp = await _call(request.app.state.edge, name, method, req)
+            raise TwirpError("unauthenticated", f"{PERMISSION_DENIED}: {name}: {refusal}")
+        edge: Edge = request.app.state.edge
+        invalid = check_request(edge.config.limit, req)
+        if invalid:
+            raise TwirpError("invalid_argument", invalid)
+        resp = await _call(edge, name, method, req)
     except TwirpError as exc:
         TWIRP_REQUESTS.labels(name, exc.code).inc()
         log.info("room service error", method=name, code=exc.code, msg=exc.msg)
@@ -134,13 +161,45 @@ async def handle(request: Request) -> Response:
 
 
 def _claims(request: Request) -> Claims:
+    """The token from ``Authorization: Bearer`` or, as LiveKit, an ``access_token`` parameter."""
     header = request.headers.get("authorization", "")
-    if not header.lower().startswith("bearer "):
-        raise TwirpError("unauthenticated", "no access token: pass 'Authorization: Bearer <jwt>'")
+    if header:
+        if not header.lower().startswith("bearer "):
+            raise TwirpError(
+                "unauthenticated", "invalid authorization header. Must start with Bearer "
+            )
+        token = header[7:].strip()
+    else:
+        token = request.query_params.get("access_token", "")
+    if not token:
+        raise TwirpError(
+            "unauthenticated",
+            f"{PERMISSION_DENIED}: no access token: pass 'Authorization: Bearer <jwt>'",
+        )
     try:
-        return verify_token(header[7:].strip(), request.app.state.edge.keys)
+        return verify_token(token, request.app.state.edge.keys)
     except AuthError as exc:
         raise TwirpError("unauthenticated", exc.reason) from None
+
+
+def check_request(limit: LimitConfig, req: Message) -> str:
+    """The ``limit.*`` and argument checks LiveKit does before calling a node, or ``""``."""
+    if isinstance(req, room_pb.CreateRoomRequest):
+        return limits.check_room_name(limit, req.name) or limits.check_metadata(limit, req.metadata)
+    if isinstance(req, room_pb.UpdateRoomMetadataRequest):
+        return limits.check_metadata(limit, req.metadata)
+    if isinstance(req, room_pb.UpdateParticipantRequest):
+        # the node checks the participant's attributes as they would be after the update
+        return (
+            limits.check_name(limit, req.name)
+            or limits.check_metadata(limit, req.metadata)
+            or limits.check_attributes(limit, req.attributes)
+        )
+    if isinstance(req, room_pb.SendDataRequest) and len(req.nonce) not in (0, 16):
+        return f"nonce should be 16-bytes or not present, got: {len(req.nonce)} bytes"
+    if isinstance(req, room_pb.PerformRpcRequest) and not req.destination_identity:
+        return "destination identity is required"
+    return ""
 
 
 def _decode(kind: type[Message], body: bytes, as_json: bool) -> Message:
@@ -173,9 +232,17 @@ async def _call(edge: Edge, name: str, method: _Method, req: Message) -> Message
     except StoreUnavailableError as exc:
         raise TwirpError("unavailable", str(exc)) from None
     if placement is None:
-        raise TwirpError("not_found", f"room {room} not found")
+        if name == "ListParticipants":
+            return room_pb.ListParticipantsResponse()
+        if name in _PARTICIPANT_METHODS:
+            raise TwirpError("not_found", f"participant does not exist: no room {room}")
+        raise TwirpError("not_found", f"requested room does not exist: {room}")
+    timeout = messages.RPC_TIMEOUT_SECONDS
+    if isinstance(req, room_pb.PerformRpcRequest):
+        # the node answers within the participant's response timeout (LiveKit's default 10 s)
+        timeout += (req.response_timeout_ms or DEFAULT_RPC_TIMEOUT_MS) / 1000
     try:
-        data = await edge.rpc.call(placement.node_id, name, req.SerializeToString())
+        data = await edge.rpc.call(placement.node_id, name, req.SerializeToString(), timeout)
     except RpcError as exc:
         raise TwirpError(exc.code, exc.msg) from None
     except BusUnavailableError as exc:
