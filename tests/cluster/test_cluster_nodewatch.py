@@ -1,4 +1,5 @@
-"""The edge's node watch: a node counts as gone only after its record stayed away a while.
+"""The edge's node watch: a node counts as gone only after its record stayed away a while,
+or when its heartbeat lags its peers' (missed heartbeats).
 
 A Redis that restarted empty holds no node records until each node's next report; the watch
 must not send the clients of a live node away in that gap (seen in the Redis outage test).
@@ -18,15 +19,15 @@ GRACE = 0.3
 class FlakyStore(MemoryStore):
     down = False
 
-    async def get_node(self, node_id: str) -> NodeRecord | None:
+    async def list_nodes(self) -> list[NodeRecord]:
         if self.down:
             raise ConnectionError("store down")
-        return await super().get_node(node_id)
+        return await super().list_nodes()
 
 
 async def test_missing_record_evicts_only_after_grace() -> None:
     store = FlakyStore()
-    watch = NodeWatch(store, grace=GRACE)
+    watch = NodeWatch(store, grace=GRACE, dead_after=GRACE)
     evicted: list[str] = []
 
     async def evict(reason: str) -> None:
@@ -56,9 +57,37 @@ async def test_missing_record_evicts_only_after_grace() -> None:
     await watch.check_once()
     assert evicted == []
 
-    # Gone for longer than the grace: its sessions are sent away, once.
+    # Gone for longer than the grace once the store settled: its sessions are sent away, once.
+    await asyncio.sleep(GRACE + 0.05)
+    await watch.check_once()  # settled: the record's absence starts to count
+    assert evicted == []
     await asyncio.sleep(GRACE + 0.05)
     await watch.check_once()
-    assert evicted == ["host node ND_a is gone"]
+    assert evicted == ["host node ND_a is dead (record expired)"]
     watch.discard("ND_a", "SE_1")
     assert watch.idle.is_set()
+
+
+async def test_missed_heartbeats_evict_but_a_stalled_store_does_not() -> None:
+    """Dead = lagging the peers' heartbeats; everyone equally late (a stalled store) is not."""
+    store = FlakyStore()
+    watch = NodeWatch(store, grace=GRACE, dead_after=GRACE)
+    evicted: list[str] = []
+
+    async def evict(reason: str) -> None:
+        evicted.append(reason)
+
+    for node_id in ("ND_a", "ND_b"):
+        await store.put_node(NodeRecord(id=node_id), ttl=60)
+    watch.add("ND_a", "SE_1", evict)
+    await asyncio.sleep(GRACE + 0.05)  # nobody beat: both equally late
+    await watch.check_once()
+    assert evicted == []
+    await store.put_node(NodeRecord(id="ND_a"), ttl=60)
+    await store.put_node(NodeRecord(id="ND_b"), ttl=60)
+    await watch.check_once()
+    assert evicted == []
+    await asyncio.sleep(GRACE + 0.05)
+    await store.put_node(NodeRecord(id="ND_b"), ttl=60)  # only b beats: a lags by > GRACE
+    await watch.check_once()
+    assert evicted == ["host node ND_a is dead (missed heartbeats)"]

@@ -261,3 +261,37 @@ async def test_records_are_stored_as_bytes_in_hashes(
     assert await client.hget(keys.ROOMS, "bytes") == r.SerializeToString()
     p = await redis_store.claim_room("bytes", "ND_x")
     assert await client.hget(keys.PLACEMENTS, "bytes") == f"ND_x|{p.epoch}".encode()
+
+
+# liveness ---------------------------------------------------------------------------------
+
+
+async def test_node_heartbeats_on_the_store_clock(store: Store) -> None:
+    await store.put_node(node("ND_a"), ttl=30)
+    await asyncio.sleep(0.2)
+    await store.put_node(node("ND_b"), ttl=30)
+    ages = await store.node_heartbeats(["ND_a", "ND_b", "ND_never"])
+    assert set(ages) == {"ND_a", "ND_b"}
+    assert 0.15 <= ages["ND_a"] - ages["ND_b"] <= 1.0
+    assert 0 <= ages["ND_b"] < 0.5
+    await store.delete_node("ND_a")
+    assert set(await store.node_heartbeats(["ND_a", "ND_b"])) == {"ND_b"}
+    assert await store.node_heartbeats([]) == {}
+
+
+async def test_edge_registration_expires(store: Store) -> None:
+    assert not await store.edge_alive("ED_x")
+    await store.put_edge("ED_x", ttl=0.2)
+    assert await store.edge_alive("ED_x")
+    start = time.monotonic()
+    while await store.edge_alive("ED_x"):
+        assert time.monotonic() - start < 3, "edge registration did not expire"
+        await asyncio.sleep(0.02)
+
+
+async def test_generation_is_stable_until_the_store_forgets(store: Store) -> None:
+    first = await store.generation()
+    assert first and await store.generation() == first
+    if isinstance(store, RedisStore):  # Redis restarted empty: a new generation
+        await store._r.flushall()
+        assert await store.generation() not in ("", first)

@@ -9,6 +9,8 @@ ROOMS = PREFIX + "rooms"  # hash: room name -> models.Room bytes
 NODES = PREFIX + "nodes"  # sorted set: node id -> expiry (unix seconds)
 PLACEMENTS = PREFIX + "placements"  # hash: room name -> "node_id|epoch"
 EPOCHS = PREFIX + "epochs"  # hash: room name -> last epoch handed out
+HEARTBEATS = PREFIX + "heartbeats"  # hash: node id -> store clock (ms) of its last record write
+GENERATION = PREFIX + "generation"  # string: "<random>|<unix s>", made anew by an empty store
 
 
 def participants(room: str) -> str:
@@ -19,6 +21,11 @@ def participants(room: str) -> str:
 def node(node_id: str) -> str:
     """string with TTL: NodeRecord JSON"""
     return f"{PREFIX}node:{node_id}"
+
+
+def edge(edge_id: str) -> str:
+    """string with TTL: a signal edge's registration (its liveness for the nodes)"""
+    return f"{PREFIX}edge:{edge_id}"
 
 
 # bus channels (Redis streams) -----------------------------------------------------------

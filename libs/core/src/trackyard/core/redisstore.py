@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -55,6 +56,36 @@ end
 return 0
 """
 
+# KEYS: node record, node index, heartbeats. ARGV: node id, record JSON, ttl ms.
+# The heartbeat is stamped with Redis's clock, so staleness is judged on one clock.
+_PUT_NODE = """
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('ZADD', KEYS[2], (ms + ttl) / 1000, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ms)
+return ms
+"""
+
+# KEYS: heartbeats. ARGV: node ids. Returns {now_ms, beat_ms or false per id}.
+_BEATS = """
+local t = redis.call('TIME')
+local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+for i, id in ipairs(ARGV) do
+  out[i + 1] = redis.call('HGET', KEYS[1], id)
+end
+return out
+"""
+
+# KEYS: generation. ARGV: a fresh value, used only when the store has none.
+_GENERATION = """
+local g = redis.call('GET', KEYS[1])
+if g then return g end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
 # Never equal to a stored placement: used when ``replace`` names another room.
 _NO_MATCH = "\x00"
 
@@ -91,6 +122,9 @@ class RedisStore:
         self._owns_client = owns_client
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._put_node = client.register_script(_PUT_NODE)
+        self._beats = client.register_script(_BEATS)
+        self._generation = client.register_script(_GENERATION)
 
     @asynccontextmanager
     async def _guard(self, what: str) -> AsyncIterator[None]:
@@ -185,10 +219,11 @@ class RedisStore:
 
     async def put_node(self, record: NodeRecord, ttl: float) -> None:
         ttl_ms = max(1, round(ttl * 1000))
-        async with self._guard("put_node"), self._r.pipeline(transaction=True) as pipe:
-            pipe.set(keys.node(record.id), record.model_dump_json(), px=ttl_ms)
-            pipe.zadd(keys.NODES, {record.id: time.time() + ttl})
-            await pipe.execute()
+        async with self._guard("put_node"):
+            await self._put_node(
+                keys=[keys.node(record.id), keys.NODES, keys.HEARTBEATS],
+                args=[record.id, record.model_dump_json(), ttl_ms],
+            )
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         async with self._guard("get_node"):
@@ -213,7 +248,36 @@ class RedisStore:
         async with self._guard("delete_node"), self._r.pipeline(transaction=True) as pipe:
             pipe.delete(keys.node(node_id))
             pipe.zrem(keys.NODES, node_id)
+            pipe.hdel(keys.HEARTBEATS, node_id)
             await pipe.execute()
+
+    async def node_heartbeats(self, node_ids: list[str]) -> dict[str, float]:
+        if not node_ids:
+            return {}
+        async with self._guard("node_heartbeats"):
+            now_ms, *beats = await self._beats(keys=[keys.HEARTBEATS], args=list(node_ids))
+        return {
+            n: (int(now_ms) - int(b)) / 1000
+            for n, b in zip(node_ids, beats, strict=True)
+            if b is not None
+        }
+
+    # signal edges -----------------------------------------------------------------------
+
+    async def put_edge(self, edge_id: str, ttl: float) -> None:
+        async with self._guard("put_edge"):
+            await self._r.set(keys.edge(edge_id), b"1", px=max(1, round(ttl * 1000)))
+
+    async def edge_alive(self, edge_id: str) -> bool:
+        async with self._guard("edge_alive"):
+            return bool(await self._r.exists(keys.edge(edge_id)))
+
+    async def generation(self) -> str:
+        async with self._guard("generation"):
+            raw = await self._generation(
+                keys=[keys.GENERATION], args=[f"{uuid.uuid4().hex}|{int(time.time())}"]
+            )
+        return _raw(raw).decode()
 
     # lifecycle --------------------------------------------------------------------------
 

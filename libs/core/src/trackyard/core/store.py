@@ -9,6 +9,7 @@ Protobuf objects are stored whole, so a record read back equals the record writt
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +65,19 @@ class Store(Protocol):
     async def get_node(self, node_id: str) -> NodeRecord | None: ...
     async def list_nodes(self) -> list[NodeRecord]: ...
     async def delete_node(self, node_id: str) -> None: ...
+    async def node_heartbeats(self, node_ids: list[str]) -> dict[str, float]:
+        """Seconds since each node's last :meth:`put_node`, on the store's own clock (so
+        nodes' clocks need not agree). Nodes never written (or forgotten) are left out."""
+        ...
+
+    # signal edges -----------------------------------------------------------------------
+    async def put_edge(self, edge_id: str, ttl: float) -> None: ...
+    async def edge_alive(self, edge_id: str) -> bool: ...
+
+    async def generation(self) -> str:
+        """The store's identity: made once by the first caller to find none, so it changes
+        exactly when the store lost its data (a Redis restarted empty)."""
+        ...
 
     async def ping(self) -> bool:
         """True when the store answers right now."""
@@ -81,6 +95,9 @@ class MemoryStore:
         self._placements: dict[str, Placement] = {}
         self._epochs: dict[str, int] = {}
         self._nodes: dict[str, tuple[NodeRecord, float]] = {}
+        self._beats: dict[str, float] = {}
+        self._edges: dict[str, float] = {}
+        self._generation = f"{uuid.uuid4().hex}|{int(time.time())}"
 
     async def put_room(self, room: models.Room) -> None:
         self._rooms[room.name] = room.SerializeToString()
@@ -139,6 +156,7 @@ class MemoryStore:
 
     async def put_node(self, record: NodeRecord, ttl: float) -> None:
         self._nodes[record.id] = (record.model_copy(deep=True), time.monotonic() + ttl)
+        self._beats[record.id] = time.monotonic()
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         entry = self._nodes.get(node_id)
@@ -159,6 +177,20 @@ class MemoryStore:
 
     async def delete_node(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)
+        self._beats.pop(node_id, None)
+
+    async def node_heartbeats(self, node_ids: list[str]) -> dict[str, float]:
+        now = time.monotonic()
+        return {n: now - self._beats[n] for n in node_ids if n in self._beats}
+
+    async def put_edge(self, edge_id: str, ttl: float) -> None:
+        self._edges[edge_id] = time.monotonic() + ttl
+
+    async def edge_alive(self, edge_id: str) -> bool:
+        return self._edges.get(edge_id, 0.0) >= time.monotonic()
+
+    async def generation(self) -> str:
+        return self._generation
 
     async def ping(self) -> bool:
         return True

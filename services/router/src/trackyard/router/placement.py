@@ -1,12 +1,21 @@
-"""Room placement: which node hosts a room, decided once, atomically, with a fencing epoch."""
+"""Room placement: which node hosts a room, decided once, atomically, with a fencing epoch.
+
+A placement is replaced only when its node is dead by :mod:`trackyard.core.liveness` (record
+gone, or heartbeat lagging its peers by ``dead_after``). A room with no placement is not
+claimed while the store is settling after it restarted empty: live nodes re-assert their
+rooms within a heartbeat, and a join racing that waits (bounded by the grace) for the real
+host's claim instead of placing a second copy of the room elsewhere.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import structlog
 
 from trackyard.core.config import LimitConfig, NodeSelectorConfig
+from trackyard.core.liveness import StoreGeneration, stale_nodes
 from trackyard.core.node import NodeRecord
 from trackyard.core.routing import PlacementError
 from trackyard.core.store import Placement, Store
@@ -28,8 +37,14 @@ class Placer:
         selector_config: NodeSelectorConfig,
         limits: LimitConfig,
         region: str,
+        *,
+        dead_after: float = 2.0,
+        poll: float = 0.05,
     ) -> None:
         self._store = store
+        self._dead_after = dead_after
+        self._poll = poll
+        self.generation = StoreGeneration(dead_after)
         self._selector_config = selector_config
         self._limits = limits
         self._region = region
@@ -49,20 +64,43 @@ class Placer:
         return selector
 
     async def place(self, room: str, *, create: bool, region: str = "") -> Placement | None:
+        await self.generation.observe(self._store)
         current = await self._store.get_placement(room)
+        if current is None and self.generation.settling():
+            current = await self._await_reassertion(room)
         if current is not None:
-            if await self._store.get_node(current.node_id) is not None:
+            nodes, dead = await self._nodes()
+            if current.node_id not in dead and any(n.id == current.node_id for n in nodes):
                 return current  # a draining node keeps its active rooms
-            log.warning("room host is gone; placing anew", room=room, node=current.node_id)
-            node = self._choose(await self._store.list_nodes(), region)
+            log.warning("room host is dead; placing anew", room=room, node=current.node_id)
+            node = self._choose([n for n in nodes if n.id not in dead], region)
             return await self._store.claim_room(room, node.id, replace=current)
         if not create:
             return None
-        node = self._choose(await self._store.list_nodes(), region)
+        nodes, dead = await self._nodes()
+        node = self._choose([n for n in nodes if n.id not in dead], region)
         placement = await self._store.claim_room(room, node.id)
         if placement.node_id == node.id:
             log.info("room placed", room=room, node=node.id, epoch=placement.epoch)
         return placement
+
+    async def _await_reassertion(self, room: str) -> Placement | None:
+        """The store restarted empty a moment ago: the room may live on a node that has not
+        re-asserted it yet. Wait for its claim until the grace ends (no event to await: the
+        claim is another process's write)."""
+        log.info("store is settling; waiting for the room's host", room=room)
+        while (left := self.generation.remaining()) > 0:
+            await asyncio.sleep(min(self._poll, left))
+            current = await self._store.get_placement(room)
+            if current is not None:
+                return current
+        return None
+
+    async def _nodes(self) -> tuple[list[NodeRecord], set[str]]:
+        """Live node records and the ids among them that missed heartbeats."""
+        nodes = await self._store.list_nodes()
+        ages = await self._store.node_heartbeats([n.id for n in nodes])
+        return nodes, stale_nodes(ages, self._dead_after)
 
     def _choose(self, nodes: Sequence[NodeRecord], region: str) -> NodeRecord:
         try:
