@@ -36,6 +36,7 @@ async def run_all_in_one(config: Config) -> int:
     watcher = SignalWatcher(on_drain=drain, on_force=forced.set)
     watcher.install()
     await node.start()
+    edge.start()
     serving = asyncio.create_task(server.serve())
     log.info(
         "trackyard serving",
@@ -49,6 +50,7 @@ async def run_all_in_one(config: Config) -> int:
     code = 0 if not forced.is_set() else 1
     server.should_exit = True
     await node.stop()
+    await edge.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(serving, 5)
     await edge.rpc.close()

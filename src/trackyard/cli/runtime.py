@@ -45,7 +45,13 @@ async def list_nodes(config: Config) -> list[NodeRecord]:
 
 
 def make_placer(config: Config, store: Store) -> Placer:
-    return Placer(store, config.node_selector, config.limit, config.region)
+    return Placer(
+        store,
+        config.node_selector,
+        config.limit,
+        config.region,
+        dead_after=config.node.dead_after,
+    )
 
 
 class _DenialLogFilter(logging.Filter):

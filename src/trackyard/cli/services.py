@@ -110,7 +110,7 @@ async def run_signal(config: Config) -> int:
     SignalWatcher(
         on_drain=lambda: tasks.add(asyncio.create_task(drain())), on_force=forced.set
     ).install()
-    edge.nodewatch.start()
+    edge.start()
     serving = asyncio.create_task(server.serve())
     log.info(
         "signal edge serving",
@@ -122,7 +122,7 @@ async def run_signal(config: Config) -> int:
     waits = [asyncio.create_task(idle.wait()), asyncio.create_task(forced.wait())]
     await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
-    await edge.nodewatch.stop()
+    await edge.stop()
     await _finish(serving, waits)
     await edge.rpc.close()
     await router.close()

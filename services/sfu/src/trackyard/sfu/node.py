@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, Envelope, Subscription
 from trackyard.core.config import Config
+from trackyard.core.liveness import StoreGeneration
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
 from trackyard.core.noderpc import RpcError, reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
@@ -28,6 +29,7 @@ from trackyard.sfu.metrics import NodeCollector
 from trackyard.sfu.participant import Participant
 from trackyard.sfu.room import JoinRefusedError, Room
 from trackyard.sfu.rtpstats import TrafficCounters as MediaCounters
+from trackyard.sfu.sessions import SessionReaper
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +65,8 @@ class SfuNode:
         self._consumer: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self.log = log.bind(node=self.node_id)
+        self.generation = StoreGeneration(config.node.dead_after)
+        self.reaper = SessionReaper(self, self.generation)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -155,7 +159,9 @@ class SfuNode:
             region=self.config.region,
             state=self.state,
             started_at=self.started_at,
-            stats=self.stats() if fresh else self.last_stats,
+            stats=self.stats()
+            if fresh
+            else self.last_stats.model_copy(update={"updated_at": time.time()}),
         )
 
     def stats(self) -> NodeStats:
@@ -173,18 +179,33 @@ class SfuNode:
         )
         return self.last_stats
 
-    async def report(self) -> None:
+    async def report(self, *, fresh: bool = True) -> None:
         interval = self.config.node.stats_update_interval
         try:
-            await self.store.put_node(self.record(), ttl=max(3 * interval, 5.0))
+            await self.store.put_node(self.record(fresh=fresh), ttl=max(3 * interval, 5.0))
         except Exception as exc:
             self.log.warning("cannot write node record", error=str(exc))
 
     async def _report_loop(self) -> None:
+        """The heartbeat (record rewritten every ``heartbeat_interval``, fresh figures every
+        ``stats_update_interval``); placements re-asserted with each fresh figure and at once
+        when the store's generation changed (Redis restarted empty); dead edges' sessions."""
+        cfg = self.config.node
+        next_stats = time.monotonic() + cfg.stats_update_interval
         while True:
-            await asyncio.sleep(self.config.node.stats_update_interval)
-            await self.report()
-            await self.check_placements()
+            await asyncio.sleep(cfg.heartbeat_interval)
+            fresh = time.monotonic() >= next_stats
+            if fresh:
+                next_stats = time.monotonic() + cfg.stats_update_interval
+            await self.report(fresh=fresh)
+            before = self.generation.value
+            await self.generation.observe(self.store)
+            if fresh or self.generation.value != before:
+                await self.check_placements()
+            try:
+                await self.reaper.check_edges()
+            except Exception:
+                self.log.exception("cannot check signal edges")
 
     async def check_placements(self) -> None:
         """Re-assert our rooms in the store; close any room another node took over (fencing).
