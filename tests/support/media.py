@@ -45,13 +45,17 @@ def read_pattern(frame: rtc.VideoFrame) -> int | None:
 
 
 def tone_frame(
-    freq: float, start_sample: int, sample_rate: int = 48000, samples: int = 480
+    freq: float,
+    start_sample: int,
+    sample_rate: int = 48000,
+    samples: int = 480,
+    amplitude: int = 12000,
 ) -> rtc.AudioFrame:
     frame = rtc.AudioFrame.create(sample_rate, 1, samples)
     t = (np.arange(samples) + start_sample) / sample_rate
-    np.frombuffer(frame.data, dtype=np.int16)[:] = (np.sin(2 * np.pi * freq * t) * 12000).astype(
-        np.int16
-    )
+    np.frombuffer(frame.data, dtype=np.int16)[:] = (
+        np.sin(2 * np.pi * freq * t) * amplitude
+    ).astype(np.int16)
     return frame
 
 
@@ -94,8 +98,9 @@ async def pattern_video(
 
 @contextlib.asynccontextmanager
 async def tone_audio(
-    room: rtc.Room, freq: float = 440.0, name: str = "tone"
+    room: rtc.Room, freq: float = 440.0, name: str = "tone", amplitude: int = 12000
 ) -> AsyncIterator[rtc.LocalTrackPublication]:
+    """Publish a sine tone (``amplitude`` 0: digital silence) until the context ends."""
     source = rtc.AudioSource(48000, 1)
     track = rtc.LocalAudioTrack.create_audio_track(name, source)
     stop = asyncio.Event()
@@ -103,7 +108,9 @@ async def tone_audio(
     async def feed() -> None:
         pos = 0
         while not stop.is_set():
-            await source.capture_frame(tone_frame(freq, pos))  # paces itself (10 ms frames)
+            await source.capture_frame(
+                tone_frame(freq, pos, amplitude=amplitude)
+            )  # paces itself (10 ms frames)
             pos += 480
 
     feeder = asyncio.create_task(feed())

@@ -15,14 +15,17 @@ TIMEOUT = 10.0
 
 
 def token(identity: str, room: str, **grants: Any) -> str:
+    """A join token; ``name`` and ``kind`` (``"agent"``, ...) are claims, the rest grants."""
     grants.setdefault("can_update_own_metadata", True)
-    return (
+    tok = (
         api.AccessToken(API_KEY, API_SECRET)
         .with_identity(identity)
         .with_name(grants.pop("name", identity))
-        .with_grants(api.VideoGrants(room_join=True, room=room, **grants))
-        .to_jwt()
     )
+    kind = grants.pop("kind", None)
+    if kind is not None:
+        tok = tok.with_kind(kind)
+    return tok.with_grants(api.VideoGrants(room_join=True, room=room, **grants)).to_jwt()
 
 
 def admin_token(room: str = "") -> str:
@@ -66,12 +69,14 @@ class EventWaiter:
             self._cond.notify_all()
 
     async def wait(
-        self, pred: Callable[..., bool] = lambda *a: True, timeout: float = TIMEOUT
+        self, pred: Callable[..., bool] = lambda *a: True, timeout: float = TIMEOUT, since: int = 0
     ) -> tuple[Any, ...]:
+        """The first matching call, looking only at calls from index ``since`` on."""
+
         async def find() -> tuple[Any, ...]:
             async with self._cond:
                 while True:
-                    for call in self.calls:
+                    for call in self.calls[since:]:
                         if pred(*call):
                             return call
                     await self._cond.wait()

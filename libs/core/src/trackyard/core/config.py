@@ -74,6 +74,15 @@ class RoomConfig(_Section):
     max_participant_identity_length: int = Field(0, ge=0)
 
 
+class AudioConfig(_Section):
+    """Active-speaker detection, LiveKit's ``audio:`` keys and defaults."""
+
+    active_level: int = Field(35, ge=0, le=127)  # dBov (0 loudest) counted as speaking
+    min_percentile: int = Field(40, ge=0, le=100)  # % of a window spent over active_level
+    update_interval: int = Field(400, ge=10)  # ms between speaker updates
+    smooth_intervals: int = Field(2, ge=0)  # windows the reported level is averaged over
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     json_format: bool = Field(True, alias="json")
@@ -142,7 +151,16 @@ class NodeConfig(_Section):
 
     stats_update_interval: float = Field(2.0, gt=0)
     drain_deadline: float = Field(0, ge=0)  # seconds; 0 = wait for the last participant
+    connection_quality_interval: float = Field(5.0, gt=0)  # seconds (LiveKit's fixed 5 s)
     api_port: int = 7881  # the node's internal HTTP API (health, metrics)
+    # liveness (trackyard.core.liveness): nodes and edges write a heartbeat this often; a node
+    # whose heartbeat lags its peers' by dead_after is dead (also the grace after a Redis
+    # restart before missing records or placements mean anything)
+    heartbeat_interval: float = Field(0.5, gt=0)
+    dead_after: float = Field(2.0, gt=0)
+    # a participant whose edge died or whose peer connection failed leaves after this long
+    # unless it came back (LiveKit's disconnectCleanupDuration, 5 s)
+    reconnect_window: float = Field(5.0, ge=0)
 
 
 class Config(_Section):
@@ -155,6 +173,7 @@ class Config(_Section):
     rtc: RTCConfig = Field(default_factory=RTCConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     room: RoomConfig = Field(default_factory=RoomConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     node_selector: NodeSelectorConfig = Field(default_factory=NodeSelectorConfig)
     limit: LimitConfig = Field(default_factory=LimitConfig)

@@ -12,6 +12,7 @@ import enum
 import functools
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,12 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
-from trackyard.core import ids, keys, messages, mime
+from trackyard.core import ids, keys, limits, messages, mime
 from trackyard.core.bus import Bus, Envelope, publish_patiently
-from trackyard.sfu import rtphooks
+from trackyard.sfu import rtphooks, sdpcheck
 from trackyard.sfu import sdp as sdpparse
+from trackyard.sfu.audiolevel import AudioLevel, AudioLevelSettings
+from trackyard.sfu.connectionquality import QualityScorer, StreamWindow, to_mos
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.uptrack import LayerSpec, UpTrack
 
@@ -42,10 +45,21 @@ _NOT_MEDIA_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}  # never a track's pr
 
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
+DATA_QUEUE_LIMIT = 256  # data packets held per channel until the participant's channel opens
 OUTBOX_LIMIT = 2000  # signal responses queued for a slow edge before we give up on it
 INBOX_LIMIT = 2000
 
 PeerConnectionFactory = Callable[[], RTCPeerConnection]
+
+_KINDS = {  # the token's ``kind`` claim -> ParticipantInfo.Kind
+    "standard": models.ParticipantInfo.STANDARD,
+    "ingress": models.ParticipantInfo.INGRESS,
+    "egress": models.ParticipantInfo.EGRESS,
+    "sip": models.ParticipantInfo.SIP,
+    "agent": models.ParticipantInfo.AGENT,
+    "connector": models.ParticipantInfo.CONNECTOR,
+    "bridge": models.ParticipantInfo.BRIDGE,
+}
 
 
 class State(enum.Enum):
@@ -72,6 +86,7 @@ class Participant:
         self.metadata = start.metadata
         self.attributes = dict(start.attributes)
         self.kind = start.kind
+        self.edge_id = start.edge_id  # the signal edge holding the WebSocket (liveness)
         self.grants = start.grants
         self.permission = start.grants.permission()
         self.auto_subscribe = start.auto_subscribe
@@ -92,6 +107,12 @@ class Participant:
             RELIABLE: self.subscriber_pc.createDataChannel(RELIABLE, ordered=True),
             LOSSY: self.subscriber_pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0),
         }
+        # data for this participant before its channels open: held, not dropped
+        self._data_backlog: dict[str, deque[bytes]] = {
+            RELIABLE: deque(maxlen=DATA_QUEUE_LIMIT),
+            LOSSY: deque(maxlen=DATA_QUEUE_LIMIT),
+        }
+        self.quality = QualityScorer()
         self._offer_in_flight = False
         self._renegotiate = False
         self._offer_id = 0
@@ -245,9 +266,17 @@ class Participant:
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
         """The client (re)negotiates its publisher connection."""
-        await self.publisher_pc.setRemoteDescription(
-            RTCSessionDescription(sdp=offer.sdp, type="offer")
-        )
+        problem = sdpcheck.problem(offer.sdp, offer.type or "offer")
+        if problem or self.publisher_pc.signalingState == "closed":
+            await self._negotiation_failed("offer", problem or "publisher connection closed")
+            return
+        try:
+            await self.publisher_pc.setRemoteDescription(
+                RTCSessionDescription(sdp=offer.sdp, type="offer")
+            )
+        except Exception as exc:  # what the checks above did not foresee
+            await self._negotiation_failed("offer", f"{type(exc).__name__}: {exc}")
+            return
         # no await between here and attach: packets of a new m-line must reach its UpTrack
         self._bind_published_media(offer.sdp)
         answer = await self.publisher_pc.createAnswer()
@@ -267,13 +296,28 @@ class Participant:
                 "unexpected subscriber answer", state=self.subscriber_pc.signalingState
             )
             return
-        await self.subscriber_pc.setRemoteDescription(
-            RTCSessionDescription(sdp=answer.sdp, type="answer")
-        )
+        problem = sdpcheck.problem(answer.sdp, answer.type or "answer")
+        if problem:
+            await self._negotiation_failed("answer", problem)
+            return
+        try:
+            await self.subscriber_pc.setRemoteDescription(
+                RTCSessionDescription(sdp=answer.sdp, type="answer")
+            )
+        except Exception as exc:
+            await self._negotiation_failed("answer", f"{type(exc).__name__}: {exc}")
+            return
         self._offer_in_flight = False
         if self._renegotiate:
             self._renegotiate = False
             await self.negotiate_subscriber()
+
+    async def _negotiation_failed(self, what: str, problem: str) -> None:
+        """LiveKit's answer to a failed negotiation (IssueFullReconnect, NegotiateFailed):
+        ``leave{STATE_MISMATCH, RECONNECT}``; the client rejoins from scratch."""
+        self.log.warning("bad session description; client rejoins", sdp=what, problem=problem)
+        self.send_leave(models.DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.RECONNECT)
+        await self.room.remove(self, models.DisconnectReason.STATE_MISMATCH, notify=False)
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         try:
@@ -281,19 +325,29 @@ class Participant:
         except ValueError:
             self.log.warning("trickle with undecodable candidate")
             return
+        if not isinstance(init, dict):
+            self.log.warning("trickle candidate is not a JSON object")
+            return
         text = str(init.get("candidate") or "")
         if not text:
             return  # end-of-candidates
-        candidate = candidate_from_sdp(
-            text.split(":", 1)[1] if text.startswith("candidate:") else text
-        )
-        candidate.sdpMid = init.get("sdpMid")
-        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        text = text.split(":", 1)[1] if text.startswith("candidate:") else text
+        mid, index = init.get("sdpMid"), init.get("sdpMLineIndex")
+        problem = sdpcheck.candidate_problem(text)
+        if problem or not isinstance(mid, str | None) or not isinstance(index, int | None):
+            self.log.warning("malformed trickle candidate ignored", problem=problem or "sdpMid")
+            return
+        candidate = candidate_from_sdp(text)
+        candidate.sdpMid = mid
+        candidate.sdpMLineIndex = index
         pc = self.subscriber_pc if trickle.target == rtc.SUBSCRIBER else self.publisher_pc
-        if pc.remoteDescription is None:
+        if pc.remoteDescription is None or pc.signalingState == "closed":
             self.log.debug("candidate before remote description; ignored")
             return
-        await pc.addIceCandidate(candidate)
+        try:
+            await pc.addIceCandidate(candidate)
+        except Exception as exc:  # e.g. an sdpMid naming no m-line
+            self.log.warning("trickle candidate refused", error=f"{type(exc).__name__}: {exc}")
 
     async def _on_add_track(self, req: rtc.AddTrackRequest) -> None:
         refusal = self._publish_refusal(req)
@@ -333,11 +387,14 @@ class Participant:
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=info))
         )
 
+    def may_publish_source(self, source: models.TrackSource) -> bool:
+        allowed = self.permission.can_publish_sources
+        return self.permission.can_publish and (not allowed or source in allowed)
+
     def _publish_refusal(self, req: rtc.AddTrackRequest) -> str:
         if not self.permission.can_publish:
             return "not allowed to publish: token lacks canPublish"
-        allowed = list(self.permission.can_publish_sources)
-        if allowed and req.source not in allowed:
+        if not self.may_publish_source(req.source):
             name = models.TrackSource.Name(req.source)
             return f"not allowed to publish source {name}: not in canPublishSources"
         if req.cid in self.pending_tracks:
@@ -374,6 +431,7 @@ class Participant:
                 ],
                 counters=self.room.node.counters,
                 on_wanted_quality=functools.partial(self._on_wanted_quality, info.sid),
+                audio_level=AudioLevel(self._audio_settings) if section.kind == "audio" else None,
             )
             up.attach(transceiver, mid=section.mid, rids=section.rids)
             self.uptracks[info.sid] = up
@@ -430,6 +488,13 @@ class Participant:
             return False
         up = publisher.uptracks.get(track_sid)
         if up is None or up.closed:
+            return False
+        limit = self.room.node.config.limit  # LiveKit's subscription_limit_video/_audio
+        cap = (
+            limit.subscription_limit_video if up.kind == "video" else limit.subscription_limit_audio
+        )
+        if cap and sum(1 for d in self.downtracks.values() if d.kind == up.kind) >= cap:
+            self.log.info("subscription refused: limit reached", track=track_sid, limit=cap)
             return False
         stream_id = f"{publisher.sid}|{track_sid}"
         spare = next((dt for dt in self._spare if dt.can_rebind(up, stream_id)), None)
@@ -504,12 +569,28 @@ class Participant:
                 "not allowed to update own metadata: token lacks canUpdateOwnMetadata",
             )
             return
-        limit = self.room.max_metadata_size
-        if limit and len(req.metadata.encode()) > limit:
-            self._respond(
-                req.request_id,
-                rtc.RequestResponse.LIMIT_EXCEEDED,
-                f"metadata is larger than {limit} bytes",
+        # LiveKit's checkMetadataLimits and messages; attributes are counted as they would be
+        # after the update (an empty value deletes)
+        limit = self.room.node.config.limit
+        exceeded = ""
+        if limits.check_name(limit, req.name):
+            exceeded = "exceeds name length limit"
+        elif limits.check_metadata(limit, req.metadata):
+            exceeded = "exceeds metadata size limit"
+        elif limits.check_attributes(
+            limit, limits.merged_attributes(self.attributes, req.attributes)
+        ):
+            exceeded = "exceeds attributes size limit"
+        if exceeded:
+            self.send(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        request_id=req.request_id,
+                        reason=rtc.RequestResponse.LIMIT_EXCEEDED,
+                        message=exceeded,
+                        update_metadata=req,
+                    )
+                )
             )
             return
         self.update_info(
@@ -541,14 +622,33 @@ class Participant:
         if name is not None:
             self.name = name
         if attributes is not None:
-            for key, value in attributes.items():
-                if value:
-                    self.attributes[key] = value
-                else:
-                    self.attributes.pop(key, None)  # empty value deletes, as in LiveKit
+            self.attributes = limits.merged_attributes(self.attributes, attributes)
         if permission is not None:
             self.permission = permission
+            self._enforce_permission()
         self.room.participant_changed(self)
+
+    def _enforce_permission(self) -> None:
+        """A narrowed permission takes effect at once (as in LiveKit): tracks of sources no
+        longer allowed are unpublished (the client is told with ``track_unpublished``), and
+        losing canSubscribe ends every subscription; regaining it auto-subscribes again."""
+        for sid, info in list(self.tracks.items()):
+            if not self.may_publish_source(info.source):
+                self.log.info("permission revoked: unpublishing", track=sid)
+                self.send(
+                    rtc.SignalResponse(
+                        track_unpublished=rtc.TrackUnpublishedResponse(track_sid=sid)
+                    )
+                )
+                self.room.node.spawn(self.unpublish(sid))
+        for cid, info in list(self.pending_tracks.items()):
+            if not self.may_publish_source(info.source):
+                del self.pending_tracks[cid]
+        if not self.permission.can_subscribe:
+            for sid in list(self.downtracks):
+                self.room.node.spawn(self.unsubscribe(sid))
+        elif self.auto_subscribe:
+            self.room.node.spawn(self.room.subscribe_all(self))
 
     async def _on_subscription(self, req: rtc.UpdateSubscription) -> None:
         sids = list(req.track_sids) + [s for pt in req.participant_tracks for s in pt.track_sids]
@@ -580,9 +680,16 @@ class Participant:
         if self._offer_in_flight:
             self._renegotiate = True
             return
+        if self.subscriber_pc.signalingState == "closed":
+            return
         self._offer_in_flight = True
-        offer = await self.subscriber_pc.createOffer()
-        await self.subscriber_pc.setLocalDescription(offer)
+        try:
+            offer = await self.subscriber_pc.createOffer()
+            await self.subscriber_pc.setLocalDescription(offer)
+        except Exception:
+            if self.subscriber_pc.signalingState == "closed":
+                return  # the participant left while the offer was being made
+            raise
         self._offer_id += 1
         self.send(
             rtc.SignalResponse(
@@ -607,18 +714,92 @@ class Participant:
 
         @self.subscriber_pc.on("connectionstatechange")
         def _on_state() -> None:
-            if self.subscriber_pc.connectionState == "connected" and self.state is State.JOINED:
-                self.state = State.ACTIVE
-                self.room.participant_changed(self)
+            self._maybe_active()
+            self.room.node.reaper.transport_changed(self)
+
+        @self.publisher_pc.on("connectionstatechange")
+        def _on_publisher_state() -> None:
+            self.room.node.reaper.transport_changed(self)
+
+        for label, channel in self.subscriber_channels.items():
+            channel.on("open", functools.partial(self._on_channel_open, label))
+
+    def _on_channel_open(self, label: str) -> None:
+        backlog = self._data_backlog[label]
+        channel = self.subscriber_channels[label]
+        while backlog:
+            channel.send(backlog.popleft())
+        self._maybe_active()
+
+    def _maybe_active(self) -> None:
+        """ACTIVE means ready: media connected and both data channels open, so data sent to
+        a participant the moment it is announced ACTIVE reaches it."""
+        if (
+            self.state is State.JOINED
+            and self.subscriber_pc.connectionState == "connected"
+            and all(c.readyState == "open" for c in self.subscriber_channels.values())
+        ):
+            self.state = State.ACTIVE
+            self.room.participant_changed(self)
 
     # -- data -------------------------------------------------------------------------------
 
     def send_data(self, payload: bytes, label: str) -> bool:
+        """Send on the subscriber channel ``label``; held (bounded) until the channel opens."""
         channel = self.subscriber_channels.get(label)
-        if channel is None or channel.readyState != "open":
+        if channel is None or self.state is State.DISCONNECTED:
             return False
-        channel.send(payload)
+        if channel.readyState == "open":
+            channel.send(payload)
+            return True
+        if channel.readyState != "connecting":
+            return False
+        backlog = self._data_backlog[label]
+        if len(backlog) == backlog.maxlen:
+            self.log.warning("data backlog full before channel opened; oldest dropped", label=label)
+        backlog.append(payload)
         return True
+
+    # -- audio level and connection quality ------------------------------------------------
+
+    @property
+    def _audio_settings(self) -> AudioLevelSettings:
+        cfg = self.room.node.config.audio
+        return AudioLevelSettings(
+            active_level=cfg.active_level,
+            min_percentile=cfg.min_percentile,
+            update_interval_ms=cfg.update_interval,
+            smooth_intervals=cfg.smooth_intervals,
+        )
+
+    def audio_level(self, now: float) -> tuple[float, bool]:
+        """The loudest of its unmuted audio tracks: (linear level, speaking)."""
+        best = (0.0, False)
+        for sid, up in self.uptracks.items():
+            info = self.tracks.get(sid)
+            if up.audio_level is None or info is None or info.muted:
+                continue
+            level = up.audio_level.level(now)
+            if level[0] > best[0]:
+                best = level
+        return best
+
+    def connection_quality(self) -> rtc.ConnectionQualityInfo:
+        """Fold one window of every stream it sends and receives into its score."""
+        windows: list[StreamWindow] = []
+        for sid, up in self.uptracks.items():
+            received = up.quality_window()  # called while muted too: the next window starts now
+            info = self.tracks.get(sid)
+            if info is not None and not info.muted:
+                windows.extend(received)
+        for dt in self.downtracks.values():
+            window = dt.quality_window()
+            if window is not None:
+                windows.append(window)
+        score = self.quality.update(windows)
+        return rtc.ConnectionQualityInfo(
+            participant_sid=self.sid, quality=self.quality.quality, score=to_mos(score)
+        )
 
     def subscribed_count(self) -> int:
         return len(self.downtracks)
@@ -645,4 +826,5 @@ class Participant:
             permission=self.permission,
             is_publisher=bool(self.tracks),
             attributes=self.attributes,
+            kind=_KINDS.get(self.kind.lower(), models.ParticipantInfo.STANDARD),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from livekit.protocol import models, rtc
 
 from trackyard.core import ids, messages
 from trackyard.core.bus import Envelope
+from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import Participant, State
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ log = structlog.get_logger(__name__)
 
 SERVER_VERSION = "1.9.0"  # the SDKs require semver >= 1.8.0 when a version is given
 PROTOCOL_VERSION = 16
+SPEAKER_LEVEL_STEPS = 8  # levels are quantised (as LiveKit does) so noise sends no update
 
 
 class JoinRefusedError(Exception):
@@ -48,7 +51,6 @@ class Room:
         self.empty_timeout = empty_timeout
         self.departure_timeout = departure_timeout
         self.max_participants = max_participants
-        self.max_metadata_size = node.config.room.max_metadata_size
         self.metadata = metadata
         self.epoch = epoch
         self.participants: dict[str, Participant] = {}  # identity -> participant
@@ -57,6 +59,10 @@ class Room:
         self._close_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(room=name, room_sid=self.sid)
         self._arm_close_timer(self.empty_timeout)
+        self._monitors = (
+            node.spawn(self._speakers_loop()),
+            node.spawn(self._quality_loop()),
+        )
 
     # -- snapshot ---------------------------------------------------------------------------
 
@@ -110,10 +116,7 @@ class Room:
         self.participant_changed(participant, bump=False)
         await participant.negotiate_subscriber()
         if participant.auto_subscribe:
-            for other in list(self.participants.values()):
-                if other is not participant:
-                    for track_sid in list(other.uptracks):
-                        await participant.subscribe(other, track_sid)
+            await self.subscribe_all(participant)
         self.node.on_participant_joined(self, participant)
         self.log.info("participant joined", participant=participant.identity, psid=participant.sid)
         return participant
@@ -177,6 +180,7 @@ class Room:
             return
         self.closed = True
         self._cancel_close_timer()
+        self._stop_monitors()
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, notify=True)
         await self.node.on_room_closed(self)
@@ -186,6 +190,7 @@ class Room:
         """Give the room up: release it, and send everyone to reconnect (they land elsewhere)."""
         self.closed = True
         self._cancel_close_timer()
+        self._stop_monitors()
         await self.node.on_room_closed(self)
         for participant in list(self.participants.values()):
             participant.send_leave(
@@ -193,6 +198,11 @@ class Room:
             )
             await self.remove(participant, models.DisconnectReason.STATE_MISMATCH, notify=False)
         self.log.info("room evicted", reason=reason)
+
+    def _stop_monitors(self) -> None:
+        for task in self._monitors:
+            if task is not asyncio.current_task():
+                task.cancel()
 
     def _arm_close_timer(self, seconds: int) -> None:
         self._cancel_close_timer()
@@ -249,6 +259,8 @@ class Room:
         except Exception:
             sender.log.warning("undecodable data packet dropped", size=len(raw))
             return
+        if serverrpc.intercept(sender, packet):
+            return  # the ack/response to a server call (RoomService.PerformRpc)
         packet.participant_identity = sender.identity
         packet.participant_sid = sender.sid
         if packet.HasField("user"):
@@ -311,6 +323,13 @@ class Room:
                 continue
             await participant.subscribe(found[0], track_sid)
 
+    async def subscribe_all(self, participant: Participant) -> None:
+        """Subscribe ``participant`` to every track published in the room."""
+        for other in list(self.participants.values()):
+            if other is not participant:
+                for track_sid in list(other.uptracks):
+                    await participant.subscribe(other, track_sid)
+
     def on_track_setting(self, participant: Participant, req: rtc.UpdateTrackSettings) -> None:
         participant.set_track_preference(req)
 
@@ -320,3 +339,64 @@ class Room:
             if info is not None:
                 return p, info
         return None
+
+    # -- active speakers and connection quality ----------------------------------------------
+
+    def active_speakers(self, now: float) -> list[models.SpeakerInfo]:
+        """Who is speaking, loudest first, levels quantised."""
+        speakers = []
+        for p in self.participants.values():
+            level, active = p.audio_level(now)
+            if active and not p.hidden:
+                quantised = math.ceil(level * SPEAKER_LEVEL_STEPS) / SPEAKER_LEVEL_STEPS
+                speakers.append(models.SpeakerInfo(sid=p.sid, level=quantised, active=True))
+        speakers.sort(key=lambda s: -s.level)
+        return speakers
+
+    async def _speakers_loop(self) -> None:
+        """Every ``audio.update_interval``: send who started, changed or stopped speaking."""
+        interval = self.node.config.audio.update_interval / 1000
+        last: dict[str, float] = {}
+        while not self.closed:
+            await asyncio.sleep(interval)
+            speakers = self.active_speakers(time.monotonic())
+            now = {s.sid: s.level for s in speakers}
+            changed = [s for s in speakers if last.get(s.sid) != s.level]
+            changed += [
+                models.SpeakerInfo(sid=sid, level=0.0, active=False)
+                for sid in last
+                if sid not in now
+            ]
+            last = now
+            if changed:
+                self.broadcast(
+                    rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=changed))
+                )
+
+    async def _quality_loop(self) -> None:
+        """Every window: when anyone's quality changed (or someone new is scored), each active
+        participant gets its own quality and that of the publishers it subscribes to."""
+        interval = self.node.config.node.connection_quality_interval
+        last: dict[str, rtc.ConnectionQualityInfo] = {}
+        while not self.closed:
+            await asyncio.sleep(interval)
+            active = [p for p in self.participants.values() if p.state is State.ACTIVE]
+            now = {p.sid: p.connection_quality() for p in active}
+            changed = any(
+                sid not in last or last[sid].quality != info.quality for sid, info in now.items()
+            )
+            last = now
+            if not changed:
+                continue
+            for p in active:
+                publishers = {p.sid}
+                for track_sid in p.downtracks:
+                    found = self.find_track(track_sid)
+                    if found is not None:
+                        publishers.add(found[0].sid)
+                updates = [now[sid] for sid in publishers if sid in now]
+                p.send(
+                    rtc.SignalResponse(
+                        connection_quality=rtc.ConnectionQualityUpdate(updates=updates)
+                    )
+                )
