@@ -19,7 +19,7 @@ import pytest
 from livekit import api, rtc
 
 from tests.support.media import tone_audio
-from tests.support.sdk import EventWaiter, connected, token
+from tests.support.sdk import EventWaiter, connected, perform_rpc, token
 from tests.support.trackyard import TrackyardProcess
 
 pytestmark = pytest.mark.sdk
@@ -227,8 +227,25 @@ async def test_node_sdk_sees_kind_speakers_quality_and_revocation(
                             ),
                         )
                     )
-                gone = await client.wait("track_unpublished")
-                assert gone == {"event": "track_unpublished", "identity": "py", "sid": pub.sid}
+                    gone = await client.wait("track_unpublished")
+                    assert gone == {
+                        "event": "track_unpublished",
+                        "identity": "py",
+                        "sid": pub.sid,
+                    }
+                    # the server calls the Node participant's RPC method (RoomService.PerformRpc)
+                    answer = await perform_rpc(
+                        lkapi,
+                        api.PerformRpcRequest(
+                            room=room_name,
+                            destination_identity="node",
+                            method="node.echo",
+                            payload="from the server",
+                        ),
+                    )
+                    assert answer.payload == "node echoes: from the server"
+                    invoked = await client.wait("rpc_invoked")
+                    assert invoked["payload"] == "from the server"
             await py.local_participant.publish_data(b"bye", reliable=True, topic="end")
             await client.wait("done")
         finally:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from livekit import api, rtc
 
-from tests.support.sdk import EventWaiter, connected
+from tests.support.sdk import EventWaiter, connected, perform_rpc
 from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
 
 pytestmark = pytest.mark.sdk
@@ -252,7 +252,7 @@ async def test_grants_are_checked(
             lk.room.update_room_metadata(
                 api.UpdateRoomMetadataRequest(room=room_name, metadata="nope")
             ),
-            _perform_rpc(lk, api.PerformRpcRequest(room=room_name, destination_identity="x")),
+            perform_rpc(lk, api.PerformRpcRequest(room=room_name, destination_identity="x")),
         ):
             with pytest.raises(api.TwirpError) as err:
                 await call
@@ -280,19 +280,6 @@ async def test_grants_are_checked(
         good = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(room_list=True))
         r = await http.post(base, json={}, params={"access_token": good.to_jwt()})
         assert r.status_code == 200 and "rooms" in r.json()
-
-
-async def _perform_rpc(lk: api.LiveKitAPI, req: api.PerformRpcRequest) -> api.PerformRpcResponse:
-    """``RoomService.PerformRpc`` through livekit-api's own Twirp client and token signing
-    (livekit-api 1.2.2 has the message types but no ``perform_rpc`` method yet)."""
-    service = lk.room
-    return await service._client.request(
-        "RoomService",
-        "PerformRpc",
-        req,
-        service._auth_header(api.VideoGrants(room_admin=True, room=req.room)),
-        api.PerformRpcResponse,
-    )
 
 
 async def test_twirp_errors_and_json(server: TrackyardProcess, room_name: str) -> None:
@@ -350,7 +337,7 @@ async def test_twirp_errors_and_json(server: TrackyardProcess, room_name: str) -
         assert r.status_code == 200 and room_name in [x["name"] for x in r.json()["rooms"]]
 
 
-async def test_perform_rpc(server: TrackyardProcess, lkapi: api.LiveKitAPI, room_name: str) -> None:
+async def testperform_rpc(server: TrackyardProcess, lkapi: api.LiveKitAPI, room_name: str) -> None:
     """Server-initiated RPC to a real SDK participant, errors mapped as LiveKit maps them
     (protocol utils/data_channel_rpc.go PsrpcError, then psrpc -> Twirp)."""
     async with (
@@ -392,7 +379,7 @@ async def test_perform_rpc(server: TrackyardProcess, lkapi: api.LiveKitAPI, room
             return "wrong participant"
 
         def rpc(destination: str, method: str, payload: str = "", timeout_ms: int = 0) -> Any:
-            return _perform_rpc(
+            return perform_rpc(
                 lkapi,
                 api.PerformRpcRequest(
                     room=room_name,
@@ -443,7 +430,7 @@ async def test_perform_rpc(server: TrackyardProcess, lkapi: api.LiveKitAPI, room
         assert (err.code, err.status) == ("not_found", 404)
         assert "ghost" in err.message
         err = await fails(
-            _perform_rpc(
+            perform_rpc(
                 lkapi, api.PerformRpcRequest(room="no-such-room", destination_identity="agent")
             )
         )
@@ -493,7 +480,7 @@ async def test_perform_rpc_unacknowledged(
 
         with pytest.raises(api.TwirpError) as err:
             await asyncio.wait_for(
-                _perform_rpc(
+                perform_rpc(
                     lkapi,
                     api.PerformRpcRequest(
                         room=room_name,

@@ -82,3 +82,16 @@ class EventWaiter:
                     await self._cond.wait()
 
         return await asyncio.wait_for(find(), timeout)
+
+
+async def perform_rpc(lk: api.LiveKitAPI, req: api.PerformRpcRequest) -> api.PerformRpcResponse:
+    """``RoomService.PerformRpc`` through livekit-api's own Twirp client and token signing
+    (livekit-api 1.2.2 has the message types but no ``perform_rpc`` method yet)."""
+    service = lk.room
+    return await service._client.request(
+        "RoomService",
+        "PerformRpc",
+        req,
+        service._auth_header(api.VideoGrants(room_admin=True, room=req.room)),
+        api.PerformRpcResponse,
+    )
