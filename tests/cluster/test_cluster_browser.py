@@ -21,7 +21,9 @@ from tests.support.sdk import EventWaiter, connected
 
 pytestmark = pytest.mark.sdk
 
-cluster = cluster_fixture(sfu_regions=["us-east"], edge_regions=["us-east", "us-east"])
+cluster = cluster_fixture(
+    sfu_regions=["us-east"], edge_regions=["us-east", "us-east"], routers_count=1
+)
 browser = browser_fixture()
 ROOM = "browser-bridged"
 

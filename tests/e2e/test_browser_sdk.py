@@ -7,10 +7,13 @@ picture drawn from its <video> element), not only on SDK events.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.browser import MEDIA_CALL as CALL
-from tests.support.browser import MEDIA_MS, Browser, browser_fixture
+from tests.support.browser import MEDIA_MS, Browser, BrowserError, browser_fixture
+from tests.support.sdk import token
 from tests.support.trackyard import TrackyardProcess
 
 pytestmark = pytest.mark.sdk
@@ -208,3 +211,16 @@ async def test_data_rpc_and_leave(
         # Nobody got their own data back.
         assert {ev["from"] for ev in await a.call("eventsOf", "data", 0)} == {"ben"}
         assert {ev["from"] for ev in await b.call("eventsOf", "data", 0)} == {"ann"}
+
+
+async def test_forged_token_is_refused_at_once(
+    server: TrackyardProcess, browser: Browser, room_name: str
+) -> None:
+    # The SDK fetches /rtc/v1/validate cross-origin after the failed upgrade: the 401 and its
+    # reason must be readable there, or the SDK retries instead of failing.
+    forged = token("mallory", room_name)[:-4] + "AAAA"
+    async with browser.pages("x") as (page,):
+        started = time.monotonic()
+        with pytest.raises(BrowserError, match="invalid access token"):
+            await page.call("connect", server.ws_url, forged, {}, timeout=CALL)
+        assert time.monotonic() - started < 10
