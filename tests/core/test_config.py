@@ -47,7 +47,7 @@ def test_file_and_env_overrides(tmp_path: Path) -> None:
     assert cfg.port == 9000
     assert cfg.redis.address == "10.1.1.1:6379" and cfg.redis.enabled
     assert cfg.region == "eu"
-    assert cfg.keys == {"k1": secret, "k2": secret}
+    assert cfg.keys == {"k2": secret}  # LIVEKIT_KEYS replaces the config's keys, as in LiveKit
 
 
 def test_livekit_config_env_holds_yaml() -> None:
@@ -55,9 +55,11 @@ def test_livekit_config_env_holds_yaml() -> None:
     assert cfg.port == 7999 and cfg.keys == DEV_KEYS
 
 
-def test_short_secret_refused_outside_dev() -> None:
-    with pytest.raises(ConfigError, match=r"keys\.k: secret is shorter than 32"):
-        Config.load(env={"LIVEKIT_KEYS": "k: short"})
+def test_short_secret_reported_outside_dev() -> None:
+    """LiveKit logs an error for a secret under 32 characters and starts anyway."""
+    cfg = Config.load(env={"LIVEKIT_KEYS": "k: short, k2: " + "x" * 32})
+    assert cfg.short_secret_keys == ["k"]
+    assert Config.load(dev=True, env={"LIVEKIT_KEYS": "k: short"}).short_secret_keys == []
     with pytest.raises(ConfigError, match="no API keys"):
         Config.load(env={})
 
@@ -65,8 +67,12 @@ def test_short_secret_refused_outside_dev() -> None:
 def test_key_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys.yaml"
     keys.write_text("fromfile: " + "x" * 40 + "\n")
-    cfg = Config.load(env={"LIVEKIT_CONFIG": f"key_file: {keys}"})
-    assert cfg.keys == {"fromfile": "x" * 40}
+    keys.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"key_file: .* must not be accessible by others"):
+        Config.load(env={"LIVEKIT_CONFIG": f"key_file: {keys}"})
+    keys.chmod(0o600)
+    cfg = Config.load(env={"LIVEKIT_CONFIG": f"key_file: {keys}\nkeys: {{other: {'y' * 32}}}"})
+    assert cfg.keys == {"fromfile": "x" * 40}  # the key file replaces the other keys
 
 
 def test_parse_keys() -> None:

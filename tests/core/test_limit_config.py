@@ -39,7 +39,11 @@ def test_unknown_or_negative_limit_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"limit\.max_metadata_sise: unknown config key"):
         Config.from_yaml("limit: {max_metadata_sise: 1}")
     with pytest.raises(ConfigError, match=r"limit\.max_participant_name_length"):
-        Config.from_yaml("limit: {max_participant_name_length: -1}")
+        Config.from_yaml("limit: {max_participant_name_length: lots}")
+    # LiveKit: -1 disables a limit (we spell "no limit" 0)
+    assert Config.from_yaml("limit: {max_participant_name_length: -1}").limit == LimitConfig(
+        max_participant_name_length=0
+    )
 
 
 def test_sizes_are_utf8_bytes_and_zero_is_unlimited() -> None:
