@@ -10,7 +10,7 @@ host's claim instead of placing a second copy of the room elsewhere.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -69,7 +69,8 @@ class Placer:
         if current is None and self.generation.settling():
             current = await self._await_reassertion(room)
         if current is not None:
-            nodes, dead = await self._nodes()
+            host = current.node_id
+            nodes, dead = await self._nodes(lambda ns: any(n.id == host for n in ns))
             if current.node_id not in dead and any(n.id == current.node_id for n in nodes):
                 return current  # a draining node keeps its active rooms
             log.warning("room host is dead; placing anew", room=room, node=current.node_id)
@@ -77,7 +78,7 @@ class Placer:
             return await self._store.claim_room(room, node.id, replace=current)
         if not create:
             return None
-        nodes, dead = await self._nodes()
+        nodes, dead = await self._nodes(bool)
         node = self._choose([n for n in nodes if n.id not in dead], region)
         placement = await self._store.claim_room(room, node.id)
         if placement.node_id == node.id:
@@ -96,9 +97,16 @@ class Placer:
                 return current
         return None
 
-    async def _nodes(self) -> tuple[list[NodeRecord], set[str]]:
-        """Live node records and the ids among them that missed heartbeats."""
+    async def _nodes(
+        self, enough: Callable[[list[NodeRecord]], bool]
+    ) -> tuple[list[NodeRecord], set[str]]:
+        """Live node records and the ids among them that missed heartbeats. While the store
+        is settling, records missing now may come back with the nodes' next heartbeat: wait
+        (bounded by the grace) until ``enough`` of them are there."""
         nodes = await self._store.list_nodes()
+        while not enough(nodes) and (left := self.generation.remaining()) > 0:
+            await asyncio.sleep(min(self._poll, left))
+            nodes = await self._store.list_nodes()
         ages = await self._store.node_heartbeats([n.id for n in nodes])
         return nodes, stale_nodes(ages, self._dead_after)
 

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import structlog
 from aiortc import RTCPeerConnection
 from livekit.protocol import models
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
@@ -24,6 +25,7 @@ from trackyard.core.noderpc import RpcError, reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.store import Store
 from trackyard.sfu import portrange, roomapi, rtphooks
+from trackyard.sfu.agents import dispatcher_for, room_agents_from_config
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.metrics import NodeCollector
 from trackyard.sfu.participant import Participant
@@ -200,6 +202,8 @@ class SfuNode:
             await self.report(fresh=fresh)
             before = self.generation.value
             await self.generation.observe(self.store)
+            if self.generation.value != before:
+                await self.report(fresh=False)  # the store forgot us too: at once, again
             if fresh or self.generation.value != before:
                 await self.check_placements()
             try:
@@ -251,6 +255,7 @@ class SfuNode:
         departure_timeout: int = 0,
         max_participants: int = 0,
         metadata: str = "",
+        agents: Sequence[RoomAgentDispatch] = (),
     ) -> Room | None:
         room = self.rooms.get(name)
         if room is not None and not room.closed:
@@ -271,9 +276,11 @@ class SfuNode:
         self.rooms[name] = room
         await self.store.put_room(room.info())
         room.log.info("room created")
+        dispatcher_for(self).room_started(room, agents)
         return room
 
     async def on_room_closed(self, room: Room) -> None:
+        await dispatcher_for(self).room_closed(room)
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._room_locks.pop(room.name, None)
@@ -284,9 +291,13 @@ class SfuNode:
             room.log.warning("cannot release room in store", error=str(exc))
 
     def on_participant_joined(self, room: Room, participant: Participant) -> None:
-        pass
+        dispatcher_for(self).participant_joined(room, participant)
+
+    def on_track_published(self, room: Room, participant: Participant) -> None:
+        dispatcher_for(self).track_published(room, participant)
 
     def on_participant_left(self, room: Room, participant: Participant) -> None:
+        dispatcher_for(self).participant_left(room, participant)
         self._check_drained()
 
     # -- bus --------------------------------------------------------------------------------
@@ -320,7 +331,11 @@ class SfuNode:
             return
         try:
             async with self.room_lock(start.room):
-                room = await self.ensure_room(start.room, create=self.config.room.auto_create)
+                room = await self.ensure_room(
+                    start.room,
+                    create=self.config.room.auto_create,
+                    agents=room_agents_from_config(start.room_config),
+                )
                 if room is None:
                     raise JoinRefusedError(404, f"room {start.room} does not exist")
                 await room.join(start)
