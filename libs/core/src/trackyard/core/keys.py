@@ -11,6 +11,8 @@ PLACEMENTS = PREFIX + "placements"  # hash: room name -> "node_id|epoch"
 EPOCHS = PREFIX + "epochs"  # hash: room name -> last epoch handed out
 HEARTBEATS = PREFIX + "heartbeats"  # hash: node id -> store clock (ms) of its last record write
 GENERATION = PREFIX + "generation"  # string: "<random>|<unix s>", made anew by an empty store
+AGENT_WORKERS = PREFIX + "agent_workers"  # hash: worker id -> agentmessages.WorkerRecord JSON
+AGENT_JOBS = PREFIX + "agent_jobs"  # hash: job id -> agentmessages.JobRecord JSON
 
 
 def participants(room: str) -> str:
@@ -44,3 +46,8 @@ def session_channel(session_id: str) -> str:
 def reply_channel(caller_id: str) -> str:
     """Replies to API calls made by one process."""
     return f"{PREFIX}bus:reply:{caller_id}"
+
+
+def agent_channel(edge_id: str) -> str:
+    """Inbound to a signal edge's agent hub: job offers and terminations for its workers."""
+    return f"{PREFIX}bus:agents:{edge_id}"

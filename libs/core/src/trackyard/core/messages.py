@@ -46,6 +46,7 @@ class SessionStart(BaseModel):
     sdk_version: str = ""
     edge_id: str = ""
     placement_epoch: int = 0
+    room_config: str = ""  # the token's roomConfig claim (JSON), used if this join creates the room
 
 
 class SessionClosed(BaseModel):

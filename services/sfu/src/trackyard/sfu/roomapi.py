@@ -75,6 +75,7 @@ async def create_room(node: SfuNode, req: room_pb.CreateRoomRequest) -> Message:
             departure_timeout=req.departure_timeout,
             max_participants=req.max_participants,
             metadata=req.metadata,
+            agents=list(req.agents),
         )
     assert room is not None
     return room.info()

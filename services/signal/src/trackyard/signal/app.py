@@ -11,6 +11,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from trackyard.core.metrics import metrics_endpoint
 from trackyard.signal import rtc, twirp
+from trackyard.signal.agents import dispatchapi, hub
 from trackyard.signal.edge import Edge
 
 
@@ -34,6 +35,8 @@ def create_app(edge: Edge) -> FastAPI:
             Route("/rtc/validate", rtc.validate),
             WebSocketRoute("/rtc", rtc.rtc_socket),
             Route(twirp.PREFIX + "{method}", twirp.handle, methods=["POST"]),
+            Route(dispatchapi.PREFIX + "{method}", dispatchapi.handle, methods=["POST"]),
+            WebSocketRoute("/agent", hub.agent_socket),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),

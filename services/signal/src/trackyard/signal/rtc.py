@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from trackyard.core import ids, keys, limits, messages
+from trackyard.core.agentmessages import room_config_from_token
 from trackyard.core.auth import AuthError, Claims, check_join, verify_token
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, publish_patiently
 from trackyard.core.errors import BusUnavailableError
@@ -161,6 +162,7 @@ async def rtc_socket(ws: WebSocket) -> None:
             sdk_version=ws.query_params.get("version", ""),
             edge_id=edge.edge_id,
             placement_epoch=placement.epoch,
+            room_config=room_config_from_token(_token(ws)),
         )
         try:
             await edge.bus.publish(
