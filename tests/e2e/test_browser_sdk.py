@@ -104,6 +104,9 @@ async def test_adaptive_stream_and_dynacast(
         back = await hider.call("waitStats", "alice", "camera", BIG, MEDIA_MS, timeout=CALL)
         assert back["framesDecoded"] > quiet["last"]["framesDecoded"]
         await pub.call("waitActiveLayers", ["q", "h", "f"], MEDIA_MS, timeout=CALL)
+        # every subscribed_quality_update reached a track the publisher's SDK knew
+        dropped = [m for m in browser.log if "quality update for unknown track" in str(m)]
+        assert not dropped, dropped
 
 
 async def test_mute_unmute_unpublish_republish(

@@ -45,6 +45,10 @@ _NOT_MEDIA_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}  # never a track's pr
 
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
+# The publisher's SDK drops a subscribed_quality_update for a track it has not registered yet
+# (it registers after our answer is applied), so the first updates of a new track are held
+# this long and only the latest is sent (LiveKit holds its first dynacast update too).
+QUALITY_HOLD = 2.0
 DATA_QUEUE_LIMIT = 256  # data packets held per channel until the participant's channel opens
 OUTBOX_LIMIT = 2000  # signal responses queued for a slow edge before we give up on it
 INBOX_LIMIT = 2000
@@ -113,6 +117,7 @@ class Participant:
             LOSSY: deque(maxlen=DATA_QUEUE_LIMIT),
         }
         self.quality = QualityScorer()
+        self._quality_held: dict[str, list[int | None]] = {}  # track sid -> held updates
         self._offer_in_flight = False
         self._renegotiate = False
         self._offer_id = 0
@@ -434,6 +439,10 @@ class Participant:
                 audio_level=AudioLevel(self._audio_settings) if section.kind == "audio" else None,
             )
             up.attach(transceiver, mid=section.mid, rids=section.rids)
+            self._quality_held[info.sid] = []
+            asyncio.get_running_loop().call_later(
+                QUALITY_HOLD, self._release_wanted_quality, info.sid
+            )
             self.uptracks[info.sid] = up
             self.tracks[info.sid] = info
             published.append(info)
@@ -458,6 +467,18 @@ class Participant:
 
     def _on_wanted_quality(self, track_sid: str, quality: int | None) -> None:
         """Tell the publisher which simulcast layers anyone wants (it may stop the others)."""
+        held = self._quality_held.get(track_sid)
+        if held is not None:
+            held[:] = [quality]
+            return
+        self._send_wanted_quality(track_sid, quality)
+
+    def _release_wanted_quality(self, track_sid: str) -> None:
+        held = self._quality_held.pop(track_sid, None)
+        if held:
+            self._send_wanted_quality(track_sid, held[-1])
+
+    def _send_wanted_quality(self, track_sid: str, quality: int | None) -> None:
         info = self.tracks.get(track_sid)
         if info is None or info.type != models.TrackType.VIDEO:
             return
