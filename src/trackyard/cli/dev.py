@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 
 import structlog
 
-from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
+from trackyard.cli.runtime import (
+    Servers,
+    SignalWatcher,
+    http_server,
+    make_placer,
+    make_store_and_bus,
+)
 from trackyard.core.config import Config
 from trackyard.sfu.node import SfuNode
 from trackyard.signal.app import create_app
@@ -23,10 +28,13 @@ async def run_all_in_one(config: Config) -> int:
     node = SfuNode(config, store, bus)
     placer = make_placer(config, store)
     edge = Edge(config=config, store=store, bus=bus, router=placer)
-    host = config.bind_addresses[0] if config.bind_addresses else "127.0.0.1"
+    addresses = config.listen_addresses()
     server = http_server(
-        create_app(edge), host, config.port, ws_max_size=2 * config.signal.max_message_size
+        create_app(edge), "", config.port, ws_max_size=2 * config.signal.max_message_size
     )
+    servers = Servers()
+    servers.add(server, addresses, config.port)
+    servers.add_metrics(config)
     forced = asyncio.Event()
 
     def drain() -> None:
@@ -37,10 +45,12 @@ async def run_all_in_one(config: Config) -> int:
     watcher.install()
     await node.start()
     edge.start()
-    serving = asyncio.create_task(server.serve())
+    serving = servers.start()
     log.info(
         "trackyard serving",
-        url=f"ws://{host}:{config.port}",
+        url=f"ws://{addresses[0] or '0.0.0.0'}:{config.port}",
+        listen=[a or "*" for a in addresses],
+        metrics_port=config.prometheus.port or None,
         node=node.node_id,
         keys=list(config.keys),
         pid=os.getpid(),
@@ -48,11 +58,10 @@ async def run_all_in_one(config: Config) -> int:
     waits = [asyncio.create_task(node.drained.wait()), asyncio.create_task(forced.wait()), serving]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 0 if not forced.is_set() else 1
-    server.should_exit = True
+    servers.request_stop()
     await node.stop()
     await edge.stop()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(serving, 5)
+    await servers.stop()
     await edge.rpc.close()
     await bus.close()
     await store.close()

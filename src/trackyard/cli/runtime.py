@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +88,103 @@ def http_server(app: Any, host: str, port: int, *, ws_max_size: int = 16 << 20) 
         lifespan="off",
     )
     return QuietServer(cfg)
+
+
+def bind_sockets(addresses: list[str], port: int) -> list[socket.socket]:
+    """Listening TCP sockets on every address; ``""`` means every interface (IPv6 dual-stack
+    where the host has it). ``::1`` is skipped where the host has no IPv6 loopback."""
+    out: list[socket.socket] = []
+    try:
+        for address in addresses:
+            if address in ("", "::"):
+                if socket.has_dualstack_ipv6():
+                    try:
+                        out.append(
+                            socket.create_server(
+                                ("", port), family=socket.AF_INET6, dualstack_ipv6=True
+                            )
+                        )
+                        continue
+                    except OSError as exc:
+                        if exc.errno != errno.EADDRNOTAVAIL:
+                            raise
+                out.append(socket.create_server(("0.0.0.0", port), reuse_port=False))
+                continue
+            family = (
+                socket.AF_INET6
+                if ipaddress.ip_address(address.strip("[]")).version == 6
+                else socket.AF_INET
+            )
+            try:
+                out.append(socket.create_server((address.strip("[]"), port), family=family))
+            except OSError as exc:
+                if address == "::1" and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    log.info("no IPv6 loopback; not listening on ::1", port=port)
+                    continue
+                raise
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    for sock in out:
+        sock.setblocking(False)
+    return out
+
+
+async def serve(server: uvicorn.Server, addresses: list[str], port: int) -> None:
+    """Run ``server`` on every address of ``addresses`` (see :func:`bind_sockets`)."""
+    await server.serve(sockets=bind_sockets(addresses, port))
+
+
+class Servers:
+    """The HTTP listeners of one process, bound up front (a port in use fails start-up)."""
+
+    def __init__(self) -> None:
+        self._servers: list[tuple[uvicorn.Server, list[socket.socket]]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def add(self, server: uvicorn.Server, addresses: list[str], port: int) -> None:
+        self._servers.append((server, bind_sockets(addresses, port)))
+
+    def add_metrics(self, config: Config) -> None:
+        found = metrics_server(config)
+        if found is not None:
+            self.add(*found)
+
+    def start(self) -> asyncio.Task[None]:
+        """Serve all; the returned task ends when the first listener stops."""
+        self.tasks = [
+            asyncio.create_task(server.serve(sockets=socks)) for server, socks in self._servers
+        ]
+        return asyncio.create_task(self._first())
+
+    async def _first(self) -> None:
+        await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+
+    def request_stop(self) -> None:
+        for server, _ in self._servers:
+            server.should_exit = True
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self.request_stop()
+        if self.tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), timeout)
+
+
+def metrics_server(config: Config) -> tuple[uvicorn.Server, list[str], int] | None:
+    """The Prometheus listener on ``prometheus.port`` (basic auth when a username is set),
+    or None when no port is configured."""
+    if not config.prometheus.port:
+        return None
+    from trackyard.core.metrics import metrics_app
+
+    app = metrics_app(config.prometheus.username, config.prometheus.password)
+    return (
+        http_server(app, "", config.prometheus.port),
+        config.listen_addresses(),
+        (config.prometheus.port),
+    )
 
 
 @dataclass

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
-from trackyard.cli.runtime import SignalWatcher, http_server, make_placer, make_store_and_bus
+from trackyard.cli.runtime import (
+    Servers,
+    SignalWatcher,
+    http_server,
+    make_placer,
+    make_store_and_bus,
+)
 from trackyard.core.config import Config
 from trackyard.router.app import create_app as router_app
 from trackyard.router.client import HttpRouter
@@ -21,7 +26,9 @@ log = structlog.get_logger(__name__)
 
 
 def _host(config: Config) -> str:
-    return config.bind_addresses[0] if config.bind_addresses else "127.0.0.1"
+    """The address others reach this process at (the first listen address)."""
+    first = config.listen_addresses()[0]
+    return first or "127.0.0.1"
 
 
 async def run_sfu(config: Config) -> int:
@@ -33,12 +40,15 @@ async def run_sfu(config: Config) -> int:
     store, bus = make_store_and_bus(config)
     host = _host(config)
     node = SfuNode(config, store, bus, address=f"{host}:{config.node.api_port}")
-    server = http_server(sfu_app(node), host, config.node.api_port)
+    server = http_server(sfu_app(node), "", config.node.api_port)
+    servers = Servers()
+    servers.add(server, config.listen_addresses(), config.node.api_port)
+    servers.add_metrics(config)
     forced = asyncio.Event()
     watcher = SignalWatcher(on_drain=lambda: node.spawn(node.drain()), on_force=forced.set)
     watcher.install()
     await node.start()
-    serving = asyncio.create_task(server.serve())
+    serving = servers.start()
     log.info(
         "sfu serving",
         node=node.node_id,
@@ -49,9 +59,9 @@ async def run_sfu(config: Config) -> int:
     done_waits = [asyncio.create_task(node.drained.wait()), asyncio.create_task(forced.wait())]
     await asyncio.wait([*done_waits, serving], return_when=asyncio.FIRST_COMPLETED)
     code = 1 if forced.is_set() else 0
-    server.should_exit = True
+    servers.request_stop()
     await node.stop()
-    await _finish(serving, done_waits)
+    await _finish(servers, serving, done_waits)
     await bus.close()
     await store.close()
     log.info("sfu stopped", node=node.node_id, code=code)
@@ -62,7 +72,10 @@ async def run_router(config: Config) -> int:
     store, bus = make_store_and_bus(config)
     placer = make_placer(config, store)  # refuses bad node_selector config here
     app = router_app(placer, store)
-    server = http_server(app, config.router.bind_address, config.router.port)
+    server = http_server(app, "", config.router.port)
+    servers = Servers()
+    servers.add(server, [config.router.bind_address], config.router.port)
+    servers.add_metrics(config)
     stop = asyncio.Event()
 
     def drain() -> None:
@@ -70,7 +83,7 @@ async def run_router(config: Config) -> int:
         stop.set()
 
     SignalWatcher(on_drain=drain, on_force=stop.set).install()
-    serving = asyncio.create_task(server.serve())
+    serving = servers.start()
     log.info(
         "router serving",
         url=f"http://{config.router.bind_address}:{config.router.port}",
@@ -79,8 +92,7 @@ async def run_router(config: Config) -> int:
     )
     waits = [asyncio.create_task(stop.wait())]
     await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    await _finish(serving, waits)
+    await _finish(servers, serving, waits)
     await bus.close()
     await store.close()
     return 0
@@ -96,8 +108,11 @@ async def run_signal(config: Config) -> int:
     edge = Edge(config=config, store=store, bus=bus, router=router)
     host = _host(config)
     server = http_server(
-        signal_app(edge), host, config.port, ws_max_size=2 * config.signal.max_message_size
+        signal_app(edge), "", config.port, ws_max_size=2 * config.signal.max_message_size
     )
+    servers = Servers()
+    servers.add(server, config.listen_addresses(), config.port)
+    servers.add_metrics(config)
     forced = asyncio.Event()
     idle = asyncio.Event()
 
@@ -111,7 +126,7 @@ async def run_signal(config: Config) -> int:
         on_drain=lambda: tasks.add(asyncio.create_task(drain())), on_force=forced.set
     ).install()
     edge.start()
-    serving = asyncio.create_task(server.serve())
+    serving = servers.start()
     log.info(
         "signal edge serving",
         url=f"ws://{host}:{config.port}",
@@ -121,9 +136,9 @@ async def run_signal(config: Config) -> int:
     )
     waits = [asyncio.create_task(idle.wait()), asyncio.create_task(forced.wait())]
     await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
+    servers.request_stop()
     await edge.stop()
-    await _finish(serving, waits)
+    await _finish(servers, serving, waits)
     await edge.rpc.close()
     await router.close()
     await bus.close()
@@ -131,8 +146,10 @@ async def run_signal(config: Config) -> int:
     return 1 if forced.is_set() else 0
 
 
-async def _finish(serving: asyncio.Task[None], waits: Sequence[asyncio.Task[Any]]) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(serving, 5)
+async def _finish(
+    servers: Servers, serving: asyncio.Task[None], waits: Sequence[asyncio.Task[Any]]
+) -> None:
+    await servers.stop()
+    serving.cancel()
     for task in waits:
         task.cancel()
