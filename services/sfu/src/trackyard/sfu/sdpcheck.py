@@ -18,6 +18,29 @@ _ADDRESS = re.compile(r"^IN (IP4|IP6) ([^ ]+)$")
 _FORBIDDEN_PT = set(range(72, 77))  # RTCP packet types (aiortc's FORBIDDEN_PAYLOAD_TYPES)
 _SETUP = {"active", "passive", "actpass"}
 _TYPES = {"offer", "answer"}
+_VALUED = {  # attributes aiortc reads a value from (the rest may stand alone)
+    "fingerprint",
+    "setup",
+    "extmap",
+    "rtpmap",
+    "fmtp",
+    "sctpmap",
+    "rtcp-fb",
+    "rtcp",
+    "ssrc",
+    "ssrc-group",
+    "candidate",
+    "max-message-size",
+    "sctp-port",
+    "group",
+    "msid-semantic",
+    "ice-ufrag",
+    "ice-pwd",
+    "mid",
+    "msid",
+    "ice-options",
+}
+_FMTP_INTS = {"apt", "max-fr", "max-fs", "maxplaybackrate", "minptime", "stereo", "useinbandfec"}
 _CANDIDATE = re.compile(
     r"^\S+ \d+ \S+ \d+ \S+ \d+ typ \S+( .*)?$"  # foundation component proto prio addr port typ
 )
@@ -29,13 +52,14 @@ def _int(text: str, what: str, lo: int = 0, hi: int = 2**32 - 1) -> str:
     return ""
 
 
-def _attr(line: str) -> tuple[str, str]:
-    body = line[2:]
-    name, sep, value = body.partition(":")
-    return name, value if sep else ""
+def _attr(line: str) -> tuple[str, str | None]:
+    name, sep, value = line[2:].partition(":")
+    return name, value if sep else None
 
 
-def _check_attr(name: str, value: str, kind: str, pts: set[int]) -> str:
+def _check_attr(name: str, value: str | None, kind: str, pts: set[int]) -> str:
+    if value is None:  # "a=name" without a colon: aiortc reads None and fails on some
+        return f"a={name} needs a value" if name in _VALUED else ""
     if name == "fingerprint":
         if len(value.split()) != 2:
             return "a=fingerprint needs an algorithm and a value"
@@ -66,6 +90,11 @@ def _check_attr(name: str, value: str, kind: str, pts: set[int]) -> str:
         problem = _int(fmt, f"a={name} format", 0, 65535)
         if not problem and name == "fmtp" and int(fmt) not in pts:
             return f"a=fmtp for payload type {fmt} without a=rtpmap"
+        if not problem and name == "fmtp":
+            for param in value.partition(" ")[2].split(";"):
+                key, eq, val = param.partition("=")
+                if eq and key in _FMTP_INTS and not re.fullmatch(r"-?[0-9]+", val.strip()):
+                    return f"a=fmtp parameter {key} is not an integer: {val[:20]!r}"
         return problem
     elif name == "rtcp-fb":
         if len(value.split(" ", 2)) < 2:
@@ -75,7 +104,9 @@ def _check_attr(name: str, value: str, kind: str, pts: set[int]) -> str:
     elif name == "sctp-port":
         return _int(value, "a=sctp-port", 0, 65535)
     elif name == "rtcp":
-        port, _, host = value.partition(" ")
+        port, sep, host = value.partition(" ")
+        if sep and not host:
+            return "a=rtcp has a space but no address"
         problem = _int(port, "a=rtcp port", 0, 65535)
         if not problem and host and not _ADDRESS.match(host):
             return f"a=rtcp address is not 'IN IP4|IP6 <address>': {host[:40]!r}"
