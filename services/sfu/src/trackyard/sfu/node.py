@@ -24,6 +24,7 @@ from trackyard.core.node import NodeRecord, NodeState, NodeStats
 from trackyard.core.noderpc import RpcError, reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.store import Store
+from trackyard.core.webhook import WebhookNotifier
 from trackyard.sfu import portrange, roomapi, rtphooks
 from trackyard.sfu.agents import dispatcher_for, room_agents_from_config
 from trackyard.sfu.downtrack import DownTrack
@@ -67,6 +68,8 @@ class SfuNode:
         self._consumer: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self.log = log.bind(node=self.node_id)
+        self.webhooks = WebhookNotifier.from_config(config)  # None without webhook.urls
+        self._announced: set[str] = set()  # participant sids sent as participant_joined
         self.generation = StoreGeneration(config.node.dead_after)
         self.reaper = SessionReaper(self, self.generation)
 
@@ -74,6 +77,8 @@ class SfuNode:
 
     async def start(self) -> None:
         rtphooks.check_aiortc_internals()  # fail at start-up, not on the first packet
+        if self.webhooks is not None:
+            self.webhooks.start()
         DownTrack.drop_every = int(os.environ.get("TRACKYARD_TEST_DROP_EVERY", "0") or 0)
         self._collector = NodeCollector(self.counters, self)
         REGISTRY.register(self._collector)
@@ -101,6 +106,8 @@ class SfuNode:
         if self._collector is not None:
             REGISTRY.unregister(self._collector)
             self._collector = None
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # delivers what the closing rooms raised, bounded
         self.log.info("sfu node stopped")
 
     async def drain(self) -> None:
@@ -276,10 +283,14 @@ class SfuNode:
         self.rooms[name] = room
         await self.store.put_room(room.info())
         room.log.info("room created")
+        if self.webhooks is not None:
+            self.webhooks.notify("room_started", room=room.info())
         dispatcher_for(self).room_started(room, agents)
         return room
 
     async def on_room_closed(self, room: Room) -> None:
+        if self.webhooks is not None:
+            self.webhooks.notify("room_finished", room=room.info())
         await dispatcher_for(self).room_closed(room)
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
@@ -296,7 +307,40 @@ class SfuNode:
     def on_track_published(self, room: Room, participant: Participant) -> None:
         dispatcher_for(self).track_published(room, participant)
 
+    # -- webhooks (LiveKit's events; each raised on the node hosting the room: once) ---------
+
+    def on_participant_active(self, room: Room, participant: Participant) -> None:
+        """LiveKit's participant_joined: sent when the participant is ACTIVE (connected)."""
+        if self.webhooks is not None:
+            self._announced.add(participant.sid)
+            self.webhooks.notify(
+                "participant_joined", room=room.info(), participant=participant.info()
+            )
+
+    def webhook_track(
+        self, name: str, room: Room, publisher: Participant, info: models.TrackInfo
+    ) -> None:
+        """``track_published`` / ``track_unpublished`` (participant: sid and identity only)."""
+        if self.webhooks is not None:
+            who = models.ParticipantInfo(sid=publisher.sid, identity=publisher.identity)
+            self.webhooks.notify(name, room=room.info(), participant=who, track=info)
+
+    def _webhook_left(self, room: Room, participant: Participant) -> None:
+        if self.webhooks is None:
+            return
+        # its tracks go with it; never connected: LiveKit's participant_connection_aborted
+        for info in list(participant.tracks.values()):
+            self.webhook_track("track_unpublished", room, participant, info)
+        connected = participant.sid in self._announced
+        self._announced.discard(participant.sid)
+        self.webhooks.notify(
+            "participant_left" if connected else "participant_connection_aborted",
+            room=room.info(),
+            participant=participant.info(),
+        )
+
     def on_participant_left(self, room: Room, participant: Participant) -> None:
+        self._webhook_left(room, participant)
         dispatcher_for(self).participant_left(room, participant)
         self._check_drained()
 
