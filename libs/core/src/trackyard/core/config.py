@@ -270,7 +270,7 @@ class PrometheusConfig(_Section):
 
 class URLNotifierConfig(_Section):
     num_workers: int = Field(10, ge=1)  # concurrent deliveries
-    queue_size: int = Field(100, ge=1)  # events held; beyond it the oldest are dropped
+    queue_size: int = Field(100, ge=1)  # events held; when full, new events are dropped
 
 
 class WebhookFilterConfig(_Section):
