@@ -762,6 +762,7 @@ class Participant:
         ):
             self.state = State.ACTIVE
             self.room.participant_changed(self)
+            self.room.node.on_participant_active(self.room, self)
 
     # -- data -------------------------------------------------------------------------------
 

@@ -288,6 +288,7 @@ class Room:
 
     def on_track_published(self, publisher: Participant, info: models.TrackInfo) -> None:
         """Everyone who auto-subscribes gets the new track."""
+        self.node.webhook_track("track_published", self, publisher, info)
         self.log.info(
             "track published",
             participant=publisher.identity,
@@ -298,8 +299,10 @@ class Room:
         for p in list(self.participants.values()):
             if p is not publisher and p.auto_subscribe:
                 self.node.spawn(p.subscribe(publisher, info.sid))
+        self.node.on_track_published(self, publisher)
 
     async def on_track_unpublished(self, publisher: Participant, info: models.TrackInfo) -> None:
+        self.node.webhook_track("track_unpublished", self, publisher, info)
         for p in list(self.participants.values()):
             if p is not publisher:
                 await p.unsubscribe(info.sid)
