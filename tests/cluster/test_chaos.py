@@ -14,8 +14,13 @@ restart never interrupts media between clients already in a room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import random
 import time
+from collections.abc import Awaitable, Callable
 
+import httpx
 import pytest
 import websockets
 
@@ -178,3 +183,211 @@ async def _join_and_see(url: str, identity: str, room: str, others: list[str]) -
     async with video_peer(url, identity, room) as n:
         for other in others:
             await n.log.back_after(other, 0.0, count=FRAMES, timeout=20)
+
+
+FUZZ_SEED = 8
+FUZZ_SIGNAL = 1500  # SignalRequests with hostile content, plus the undecodable frames
+FUZZ_TWIRP = 1500
+TWIRP_METHODS = [
+    "CreateRoom",
+    "ListRooms",
+    "DeleteRoom",
+    "ListParticipants",
+    "GetParticipant",
+    "RemoveParticipant",
+    "MutePublishedTrack",
+    "UpdateParticipant",
+    "UpdateSubscriptions",
+    "SendData",
+    "UpdateRoomMetadata",
+]
+
+
+def _junk_text(rng: random.Random, limit: int = 200) -> str:
+    alphabet = "abcXYZ019 :/=\\{}[]\"'\x00\r\n\t\u00e9\u2603"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randrange(limit)))
+
+
+def _hostile_request(rng: random.Random, sdp: str, sids: list[str]) -> bytes:
+    """One SignalRequest that decodes but carries nonsense (or, sometimes, undecodable bytes)."""
+    from livekit.protocol import models
+    from livekit.protocol import rtc as pb
+
+    from tests.sfu.test_sdpcheck import _mutate
+
+    pick = rng.randrange(12)
+    sid = rng.choice([*sids, "TR_nope", "", _junk_text(rng, 20)])
+    if pick == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))  # not protobuf
+    if pick == 1:
+        desc = pb.SessionDescription(type="offer", sdp=_mutate(rng, sdp), id=rng.randrange(9))
+        return pb.SignalRequest(offer=desc).SerializeToString()
+    if pick == 2:
+        desc = pb.SessionDescription(type="answer", sdp=_mutate(rng, sdp), id=rng.randrange(9))
+        return pb.SignalRequest(answer=desc).SerializeToString()
+    if pick == 3:
+        init = rng.choice(
+            [
+                _junk_text(rng),
+                json.dumps({"candidate": _junk_text(rng, 60), "sdpMid": rng.choice(["0", 7])}),
+                json.dumps([1, 2]),
+                json.dumps({"candidate": "candidate:1 1 udp 1 10.9.9.9 9 typ host", "sdpMid": "9"}),
+            ]
+        )
+        return pb.SignalRequest(
+            trickle=pb.TrickleRequest(candidateInit=init, target=rng.randrange(3))
+        ).SerializeToString()
+    if pick == 4:
+        req = pb.AddTrackRequest(
+            cid=_junk_text(rng, 30),
+            name=_junk_text(rng, 30),
+            type=rng.randrange(4),
+            source=rng.randrange(7),
+            width=rng.randrange(1 << 16),
+            height=rng.randrange(1 << 16),
+        )
+        return pb.SignalRequest(add_track=req).SerializeToString()
+    if pick == 5:
+        return pb.SignalRequest(
+            mute=pb.MuteTrackRequest(sid=sid, muted=rng.random() < 0.5)
+        ).SerializeToString()
+    if pick == 6:
+        return pb.SignalRequest(
+            subscription=pb.UpdateSubscription(track_sids=[sid], subscribe=rng.random() < 0.5)
+        ).SerializeToString()
+    if pick == 7:
+        return pb.SignalRequest(
+            track_setting=pb.UpdateTrackSettings(
+                track_sids=[sid],
+                disabled=rng.random() < 0.5,
+                quality=rng.randrange(4),
+                width=rng.randrange(1 << 20),
+                height=rng.randrange(1 << 20),
+            )
+        ).SerializeToString()
+    if pick == 8:
+        return pb.SignalRequest(
+            update_metadata=pb.UpdateParticipantMetadata(
+                metadata=_junk_text(rng, 2000),
+                name=_junk_text(rng, 50),
+                attributes={_junk_text(rng, 10): _junk_text(rng, 10)},
+                request_id=rng.randrange(1 << 31),
+            )
+        ).SerializeToString()
+    if pick == 9:
+        return pb.SignalRequest(
+            ping_req=pb.Ping(timestamp=rng.randrange(1 << 62))
+        ).SerializeToString()
+    if pick == 10:
+        q = models.VideoQuality
+        return pb.SignalRequest(
+            update_layers=pb.UpdateVideoLayers(
+                track_sid=sid, layers=[models.VideoLayer(quality=q.HIGH, width=rng.randrange(9))]
+            )
+        ).SerializeToString()
+    return pb.SignalRequest(
+        simulate=pb.SimulateScenario(speaker_update=rng.randrange(5))
+    ).SerializeToString()
+
+
+async def _fuzz_signal(url: str, room: str, rng: random.Random, sdp: str, sids: list[str]) -> int:
+    """Send FUZZ_SIGNAL hostile frames as participant f, rejoining whenever we are thrown out."""
+    sent = rejoins = 0
+    while sent < FUZZ_SIGNAL:
+        rejoins += 1
+        assert rejoins < FUZZ_SIGNAL // 3, "rejoined too often"
+        async with websockets.connect(
+            f"{url}/rtc?access_token={token('f', room)}", open_timeout=10
+        ) as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while sent < FUZZ_SIGNAL:
+                    await ws.send(_hostile_request(rng, sdp, sids))
+                    sent += 1
+                    with contextlib.suppress(TimeoutError):  # read what the node answers
+                        while True:
+                            await asyncio.wait_for(ws.recv(), 0.001)
+    return rejoins
+
+
+async def _fuzz_twirp(base: str, room: str, rng: random.Random) -> dict[int, int]:
+    from livekit.protocol import room as room_pb
+
+    from tests.support.sdk import admin_token
+
+    headers = {"Authorization": f"Bearer {admin_token(room)}"}
+    statuses: dict[int, int] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(FUZZ_TWIRP):
+            method = rng.choice(TWIRP_METHODS)
+            kind = rng.randrange(4)
+            if kind == 0:
+                body, ctype = (
+                    bytes(rng.randrange(256) for _ in range(rng.randrange(80))),
+                    "application/protobuf",
+                )
+            elif kind == 1:
+                good = room_pb.ListParticipantsRequest(room=room).SerializeToString()
+                body, ctype = good[: rng.randrange(len(good) + 1)] + b"\xff", "application/protobuf"
+            elif kind == 2:
+                body, ctype = _junk_text(rng).encode("utf-8", "replace"), "application/json"
+            else:
+                doc = {
+                    "room": rng.choice([room, "", 7, None]),
+                    "identity": rng.choice(["a", [], "zz"]),
+                }
+                body, ctype = json.dumps(doc).encode(), "application/json"
+            resp = await http.post(
+                f"{base}/twirp/livekit.RoomService/{method}",
+                content=body,
+                headers={**headers, "Content-Type": ctype},
+            )
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+    return statuses
+
+
+async def test_seeded_fuzzer_while_two_keep_media(cluster: Cluster) -> None:
+    """Thousands of hostile signal frames, session descriptions and Twirp bodies from a
+    seeded, bounded fuzzer; meanwhile a and b keep decoding each other's video."""
+    from tests.sfu.test_sdpcheck import _offer
+
+    room = "chaos-fuzz"
+    e0, e1 = cluster.edges
+    rng = random.Random(FUZZ_SEED)
+    sdp = await _offer()
+    async with video_peer(e0.ws_url, "a", room) as a, video_peer(e1.ws_url, "b", room) as b:
+        await all_see_media([a, b], 0.0, count=FRAMES, timeout=15)
+        sids = [
+            pub.sid
+            for p in a.room.remote_participants.values()
+            for pub in p.track_publications.values()
+        ]
+        start = time.monotonic()
+        rejoins, statuses = await asyncio.gather(
+            _fuzz_signal(e0.ws_url, room, rng, sdp, sids),
+            _fuzz_twirp(e1.http_url, room, random.Random(FUZZ_SEED + 1)),
+        )
+        end = time.monotonic()
+        assert 500 not in statuses, statuses
+        assert set(statuses) <= {200, 400, 403, 404, 409, 413, 415, 501, 503}, statuses
+        for p, q in ((a, b), (b, a)):
+            gap = p.log.max_gap(q.identity, start, end)
+            assert gap < 1.5, f"{p.identity} lost {q.identity}'s media for {gap:.2f}s"
+        await all_see_media([a, b], end, count=FRAMES, timeout=10)
+        await eventually(
+            lambda: participant_identities(e0, room),
+            timeout=1,
+            what="ListParticipants",
+        )
+        await eventually(
+            _only(e0, room, ["a", "b"]), timeout=5, what="f to be gone once its socket closed"
+        )
+        print(f"fuzz: {FUZZ_SIGNAL} frames, {rejoins} joins, twirp {statuses}, {end - start:.1f}s")
+        _alive(cluster)
+    _no_errors(cluster)
+
+
+def _only(edge: object, room: str, names: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await participant_identities(edge, room) == names  # type: ignore[arg-type]
+
+    return check

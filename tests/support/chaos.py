@@ -146,6 +146,15 @@ _BAD_LOG = re.compile(
 )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def bad_log_lines(text: str) -> list[str]:
-    """Lines reporting an error that no fault should cause in a Trackyard process."""
-    return [line[:300] for line in text.splitlines() if _BAD_LOG.search(line)]
+    """Lines reporting an error that no fault should cause in a Trackyard process, each
+    with the 25 lines that follow it (the traceback)."""
+    lines = _ANSI.sub("", text).splitlines()
+    return [
+        "\n".join(line[:300] for line in lines[i : i + 25])
+        for i, line in enumerate(lines)
+        if _BAD_LOG.search(line)
+    ][:3]
