@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.metrics import prometheus_config
 from tests.support.trackyard import TrackyardProcess
 
 DEV_CONFIG = {
@@ -14,7 +15,7 @@ DEV_CONFIG = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[TrackyardProcess]:
-    with TrackyardProcess(DEV_CONFIG) as proc:
+    with TrackyardProcess({**DEV_CONFIG, **prometheus_config()}) as proc:
         yield proc
         assert proc.alive(), f"server died during the module:\n{proc.logs()}"
 

@@ -9,6 +9,7 @@ import pytest
 from livekit import rtc
 
 from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio
+from tests.support.metrics import metric, prometheus_config
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
 
@@ -18,12 +19,8 @@ NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, sim
 
 
 async def _metric(server: TrackyardProcess, name: str) -> float:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(server.http_url + "/metrics")).text
-    line = next(x for x in text.splitlines() if x.startswith(name + " "))
-    return float(line.split()[1])
+    """Read from the server's ``prometheus.port`` (the public port serves no metrics)."""
+    return await metric(server, name)
 
 
 def _increasing(numbers: list[int]) -> bool:
@@ -210,7 +207,7 @@ async def test_unpublish_and_mute(server: TrackyardProcess, room_name: str) -> N
 
 
 async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
-    cfg = {"room": {"departure_timeout": 1}}
+    cfg = {"room": {"departure_timeout": 1}, **prometheus_config()}
     with TrackyardProcess(cfg, env={"TRACKYARD_TEST_DROP_EVERY": "15"}) as lossy:
         async with connected(lossy.ws_url, "viewer", room_name) as viewer:
             subscribed = EventWaiter(viewer, "track_subscribed")
@@ -222,6 +219,12 @@ async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
                 numbers = await read_numbers(track, 60, timeout=20)
         assert await _metric(lossy, "trackyard_sfu_nacks_received_total") > 0
         assert await _metric(lossy, "trackyard_sfu_retransmits_total") > 0
+        # the same under LiveKit's names
+        assert await metric(lossy, "livekit_nack_total", direction="outgoing") > 0
+        retransmitted = await metric(
+            lossy, "livekit_packet_total", direction="outgoing", transmission="retransmit"
+        )
+        assert retransmitted > 0
     # every 15th packet vanished, yet the decoded video runs on without long gaps
     assert _increasing(numbers)
     gaps = [b - a for a, b in itertools.pairwise(numbers)]

@@ -1,4 +1,4 @@
-"""The router's internal HTTP API: ``POST /place`` plus health and metrics."""
+"""The router's internal HTTP API: ``POST /place`` plus health (metrics: ``prometheus.port``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import Counter
 from pydantic import BaseModel
 
+from trackyard.core import metrics
 from trackyard.core.errors import StoreUnavailableError
-from trackyard.core.metrics import metrics_endpoint
 from trackyard.core.routing import PlacementError
 from trackyard.core.store import Store
 from trackyard.router.placement import Placer
@@ -63,5 +63,9 @@ def create_app(placer: Placer, store: Store) -> FastAPI:
             return PlainTextResponse("store unreachable", status_code=503)
         return PlainTextResponse("ok")
 
-    app.add_route("/metrics", metrics_endpoint)
+    async def probe() -> tuple[bool, bool]:
+        draining = bool(app.state.draining)
+        return (not draining and await store.ping()), draining
+
+    metrics.add_readiness_probe("router", probe)
     return app

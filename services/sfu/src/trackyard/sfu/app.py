@@ -1,11 +1,10 @@
-"""The SFU node's own HTTP endpoints: liveness, readiness, metrics."""
+"""The SFU node's own HTTP endpoints: liveness, readiness (metrics: ``prometheus.port``)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from trackyard.core.metrics import metrics_endpoint
 from trackyard.core.node import NodeState
 from trackyard.sfu.node import SfuNode
 
@@ -31,5 +30,4 @@ def create_app(node: SfuNode) -> FastAPI:
     async def record() -> JSONResponse:
         return JSONResponse(node.record(fresh=False).model_dump(mode="json"))
 
-    app.add_route("/metrics", metrics_endpoint)
     return app

@@ -392,6 +392,8 @@ class DownTrack:
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (_RTCP_PSFB_PLI, _RTCP_PSFB_FIR):
                 self.plis_received += 1
+                if self.counters is not None:
+                    self.counters.plis_received += 1
                 if self._current >= 0:
                     self.uptrack.request_keyframe(self._current)
             elif packet.fmt == _RTCP_PSFB_APP:
@@ -545,6 +547,7 @@ class DownTrack:
             self.retransmits += 1
             if self.counters is not None:
                 self.counters.retransmits += 1
+                self.counters.retransmit_bytes += len(data) - self._hist_hlen[i]
             rtphooks.send_rtp_nowait(transport, out)
 
 

@@ -22,8 +22,13 @@ class TrafficCounters:
     packets_out: int = 0
     bytes_out: int = 0
     retransmits: int = 0
-    nacks_received: int = 0
+    retransmit_bytes: int = 0
+    nacks_received: int = 0  # NACK packets from subscribers
+    plis_received: int = 0  # PLI/FIR from subscribers
+    nacks_sent: int = 0  # NACK packets sent to publishers
     plis_sent: int = 0
+    forwarded: int = 0  # received packets fanned out to at least one DownTrack
+    forward_ns: int = 0  # summed time from arrival to the last DownTrack's send, of those
 
 
 class ReceiveStats:

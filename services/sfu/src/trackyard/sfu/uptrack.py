@@ -635,6 +635,9 @@ class UpTrack:
                 dt._forward(index, packet, keyframe, desc)
             except Exception:
                 dt._failed()
+        if downtracks and counters is not None:  # LiveKit's forward latency
+            counters.forwarded += 1
+            counters.forward_ns += int((time.monotonic() - now) * 1e9)
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpSrPacket):
@@ -660,6 +663,8 @@ class UpTrack:
     async def _send_nack(self, layer: Layer, lost: list[int]) -> None:
         if layer.ssrc is None or self._receiver is None:
             return
+        if self.counters is not None:
+            self.counters.nacks_sent += 1
         await rtphooks.send_rtcp(
             self._receiver.transport, rtcp_nack(self._rtcp_ssrc, layer.ssrc, lost)
         )

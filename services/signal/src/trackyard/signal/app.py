@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from trackyard.core.metrics import metrics_endpoint
+from trackyard.core import metrics
 from trackyard.signal import rtc, twirp
 from trackyard.signal.agents import dispatchapi, hub
 from trackyard.signal.edge import Edge
+from trackyard.signal.metrics import TwirpMetrics
 
 
 async def healthz(_request: Request) -> Response:
@@ -39,18 +40,24 @@ def create_app(edge: Edge) -> FastAPI:
             WebSocketRoute("/agent", hub.agent_socket),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
         ],
         # Browser pages call these endpoints from any origin, as with LiveKit.
         middleware=[
+            Middleware(TwirpMetrics),
             Middleware(
                 CORSMiddleware,
                 allow_origins=["*"],
                 allow_methods=["*"],
                 allow_headers=["*"],
                 max_age=3600,
-            )
+            ),
         ],
     )
     app.state.edge = edge
+
+    async def probe() -> tuple[bool, bool]:
+        return (await edge.ready())[0], edge.draining
+
+    metrics.set_node_id(edge.edge_id, replace=False)  # an SFU node in the process wins
+    metrics.add_readiness_probe("signal", probe)
     return app

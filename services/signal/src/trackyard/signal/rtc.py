@@ -30,7 +30,7 @@ from trackyard.core.noderpc import RpcError
 from trackyard.core.routing import PlacementError
 from trackyard.core.store import Placement
 from trackyard.signal.edge import Edge
-from trackyard.signal.metrics import JOIN_SECONDS, SESSIONS, SIGNAL_MESSAGES
+from trackyard.signal.metrics import SESSIONS, SIGNAL_MESSAGES, record_join
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +192,7 @@ async def rtc_socket(ws: WebSocket) -> None:
     await ws.accept()
     await ws.send_bytes(first.data)
     join_seconds = time.perf_counter() - started
-    JOIN_SECONDS.observe(join_seconds)
+    record_join(join_seconds, start.protocol)
     SESSIONS.inc()
     slog = log.bind(room=room, participant=claims.identity, session=session_id, node=node_id)
     slog.info("session started", join_ms=round(join_seconds * 1000, 3))
