@@ -10,6 +10,6 @@ COPY src src
 RUN uv sync --frozen --no-dev && useradd --system --uid 1000 trackyard
 USER trackyard
 ENV PATH=/app/.venv/bin:$PATH
-EXPOSE 7880 7881 7890 50000-60000/udp
+EXPOSE 7880 7881 7890 6789 50000-60000/udp
 ENTRYPOINT ["trackyard"]
 CMD ["dev", "--bind", "0.0.0.0"]
