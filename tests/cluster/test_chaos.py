@@ -186,8 +186,8 @@ async def _join_and_see(url: str, identity: str, room: str, others: list[str]) -
 
 
 FUZZ_SEED = 8
-FUZZ_SIGNAL = 1500  # SignalRequests with hostile content, plus the undecodable frames
-FUZZ_TWIRP = 1500
+FUZZ_SIGNAL = 1200  # SignalRequests with hostile content, plus the undecodable frames
+FUZZ_TWIRP = 600
 TWIRP_METHODS = [
     "CreateRoom",
     "ListRooms",
@@ -215,7 +215,8 @@ def _hostile_request(rng: random.Random, sdp: str, sids: list[str]) -> bytes:
 
     from tests.sfu.test_sdpcheck import _mutate
 
-    pick = rng.randrange(12)
+    # frames that end the session (undecodable bytes, a bad offer) are rarer: each costs a join
+    pick = rng.choices(range(12), weights=[1, 1, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8])[0]
     sid = rng.choice([*sids, "TR_nope", "", _junk_text(rng, 20)])
     if pick == 0:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))  # not protobuf
@@ -310,11 +311,13 @@ async def _fuzz_signal(url: str, room: str, rng: random.Random, sdp: str, sids: 
 
 
 async def _fuzz_twirp(base: str, room: str, rng: random.Random) -> dict[int, int]:
+    """Malformed bodies for every RoomService method. Well-formed ones name another room:
+    a valid DeleteRoom or RemoveParticipant of the media room would be obeyed, rightly."""
     from livekit.protocol import room as room_pb
 
     from tests.support.sdk import admin_token
 
-    headers = {"Authorization": f"Bearer {admin_token(room)}"}
+    headers = {"Authorization": f"Bearer {admin_token()}"}
     statuses: dict[int, int] = {}
     async with httpx.AsyncClient(timeout=10) as http:
         for _ in range(FUZZ_TWIRP):
@@ -332,7 +335,7 @@ async def _fuzz_twirp(base: str, room: str, rng: random.Random) -> dict[int, int
                 body, ctype = _junk_text(rng).encode("utf-8", "replace"), "application/json"
             else:
                 doc = {
-                    "room": rng.choice([room, "", 7, None]),
+                    "room": rng.choice([f"{room}-x", "", 7, None]),
                     "identity": rng.choice(["a", [], "zz"]),
                 }
                 body, ctype = json.dumps(doc).encode(), "application/json"
@@ -367,8 +370,7 @@ async def test_seeded_fuzzer_while_two_keep_media(cluster: Cluster) -> None:
             _fuzz_twirp(e1.http_url, room, random.Random(FUZZ_SEED + 1)),
         )
         end = time.monotonic()
-        assert 500 not in statuses, statuses
-        assert set(statuses) <= {200, 400, 403, 404, 409, 413, 415, 501, 503}, statuses
+        assert all(200 <= code < 500 for code in statuses), statuses
         for p, q in ((a, b), (b, a)):
             gap = p.log.max_gap(q.identity, start, end)
             assert gap < 1.5, f"{p.identity} lost {q.identity}'s media for {gap:.2f}s"

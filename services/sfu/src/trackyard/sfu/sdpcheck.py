@@ -18,6 +18,7 @@ _ADDRESS = re.compile(r"^IN (IP4|IP6) ([^ ]+)$")
 _FORBIDDEN_PT = set(range(72, 77))  # RTCP packet types (aiortc's FORBIDDEN_PAYLOAD_TYPES)
 _SETUP = {"active", "passive", "actpass"}
 _TYPES = {"offer", "answer"}
+_DIRECTIONS = {"sendrecv", "sendonly", "recvonly", "inactive"}
 _VALUED = {  # attributes aiortc reads a value from (the rest may stand alone)
     "fingerprint",
     "setup",
@@ -177,7 +178,14 @@ def problem(sdp: str, kind: str) -> str:
                         return problem
                     if int(fmt) in _FORBIDDEN_PT:
                         return f"line {number}: payload type {fmt} is reserved for RTCP"
-            media.append({"ice-ufrag": False, "ice-pwd": False, "fingerprint": False})
+            media.append(
+                {
+                    "ice-ufrag": False,
+                    "ice-pwd": False,
+                    "fingerprint": False,
+                    "direction": kind_of not in ("audio", "video"),
+                }
+            )
             pts = set()
         elif line.startswith("c="):
             if not _ADDRESS.match(line[2:]):
@@ -188,6 +196,8 @@ def problem(sdp: str, kind: str) -> str:
                 if not value:
                     return f"line {number}: a={name} is empty"
                 (media[-1] if media else session_ice)[name] = True
+            elif name in _DIRECTIONS and media:
+                media[-1]["direction"] = True
             elif name == "fingerprint":
                 if media:
                     media[-1]["fingerprint"] = True
@@ -203,4 +213,6 @@ def problem(sdp: str, kind: str) -> str:
                 return f"media section {index} has no a={attr}"
         if not (section["fingerprint"] or session_fp):
             return f"media section {index} has no DTLS a=fingerprint"
+        if not section["direction"]:
+            return f"media section {index} has no direction (a=sendrecv|sendonly|recvonly|inactive)"
     return ""
