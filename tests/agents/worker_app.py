@@ -8,7 +8,7 @@ Its entrypoint joins the room, publishes a sine tone (frequency from the job's m
 ``<identity>|<job id>|<job type>``. ``--load`` is the load it reports (over 0.5 it reports
 itself FULL); ``--decline`` makes it refuse every job offer (without terminating the job, so the
 server offers it to another worker). It prints one JSON line per
-event (``registered``, ``job``, ``published``) on stdout for the tests.
+event (``registered``, ``offer``, ``job``, ``published``, ``ended``) on stdout for the tests.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ def emit(event: str, **fields: object) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     meta = json.loads(ctx.job.metadata) if ctx.job.metadata.startswith("{") else {}
     freq = float(meta.get("tone", os.environ.get("AGENT_TONE", "440")))
+
+    async def ended(reason: str = "") -> None:
+        emit("ended", job=ctx.job.id, room=ctx.job.room.name, reason=reason)
+
+    ctx.add_shutdown_callback(ended)
     await ctx.connect()
     room = ctx.room
     identity = room.local_participant.identity

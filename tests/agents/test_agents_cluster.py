@@ -1,0 +1,112 @@
+"""LiveKit Agents against the cluster (real Redis, routers, SFU nodes, signal edges): the
+worker registry lives in the store and the availability handshake rides the bus, so a room on
+any node gets its jobs from workers registered on any edge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from livekit import api, rtc
+
+from tests.agents.support import AgentWorker
+from tests.support.cluster import Cluster, cluster_fixture
+from tests.support.media import dominant_tone
+from tests.support.sdk import TIMEOUT, EventWaiter, token
+from tests.support.trackyard import API_KEY, API_SECRET
+from trackyard.core import keys
+
+pytestmark = [pytest.mark.sdk, pytest.mark.redis]
+
+cluster = cluster_fixture(
+    sfu_regions=["us-east", "us-east"], edge_regions=["us-east", "us-east"], routers_count=1
+)
+
+
+@pytest.fixture
+async def lk(cluster: Cluster) -> AsyncIterator[api.LiveKitAPI]:
+    client = api.LiveKitAPI(cluster.edges[1].http_url, API_KEY, API_SECRET)
+    yield client
+    await client.aclose()
+
+
+def _registered_edges(cluster: Cluster) -> dict[str, str]:
+    """worker id -> edge id, as the store holds the registry."""
+    with cluster.redis_client() as r:
+        raw = r.hgetall(keys.AGENT_WORKERS)
+    return {k.decode(): json.loads(v)["edge_id"] for k, v in raw.items()}
+
+
+async def _agent_tone_via(
+    cluster: Cluster, edge: int, room: str, identity: str, expect: float
+) -> str:
+    """Join ``room`` through edge ``edge``; hear the agent's tone; return its identity."""
+    client = rtc.Room()
+    subs = EventWaiter(client, "track_subscribed")
+    await asyncio.wait_for(
+        client.connect(cluster.edges[edge].ws_url, token(identity, room)), TIMEOUT
+    )
+    try:
+        (track, _, who) = await subs.wait(
+            lambda t, p, w: w.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, 45
+        )
+        freq = await dominant_tone(track)
+        assert abs(freq - expect) < 15, freq
+        return str(who.identity)
+    finally:
+        await asyncio.wait_for(client.disconnect(), TIMEOUT)
+
+
+async def test_room_on_any_node_gets_a_worker_registered_on_another_edge(
+    cluster: Cluster, lk: api.LiveKitAPI
+) -> None:
+    async with AgentWorker(cluster.edges[0].ws_url, "--agent-name", "far", "--tone", "520") as w:
+        assert _registered_edges(cluster)[w.worker_id]  # in the shared store
+        rooms = ["agents-far-a", "agents-far-b"]
+        for room in rooms:
+            await lk.room.create_room(api.CreateRoomRequest(name=room))
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="far", room=room)
+            )
+            await w.wait("job", timeout=40, room=room)
+            assert cluster.host_index(room) is not None  # hosted on one of the nodes
+            identity = await _agent_tone_via(cluster, 1, room, f"listener-{room}", 520)
+            (dispatch,) = [d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name]
+            (job,) = dispatch.state.jobs
+            assert job.state.participant_identity == identity
+            assert job.state.status == api.JobStatus.JS_RUNNING
+        for room in rooms:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+
+
+async def test_full_worker_on_one_edge_is_skipped_for_a_free_one_on_another(
+    cluster: Cluster, lk: api.LiveKitAPI
+) -> None:
+    async with (
+        AgentWorker(cluster.edges[0].ws_url, "--agent-name", "cap", "--load", "0.9") as full,
+        AgentWorker(cluster.edges[1].ws_url, "--agent-name", "cap", "--tone", "610") as free,
+    ):
+        edges = _registered_edges(cluster)
+        assert edges[full.worker_id] != edges[free.worker_id]
+        room = "agents-cap"
+        await lk.agent_dispatch.create_dispatch(  # creates the room, as LiveKit's does
+            api.CreateAgentDispatchRequest(agent_name="cap", room=room)
+        )
+        await free.wait("job", timeout=40, room=room)
+        assert not full.seen("offer")
+        await _agent_tone_via(cluster, 0, room, "capper", 610)
+        await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+
+
+async def test_room_close_terminates_the_job(cluster: Cluster, lk: api.LiveKitAPI) -> None:
+    async with AgentWorker(cluster.edges[0].ws_url, "--agent-name", "closer") as w:
+        room = "agents-closing"
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="closer", room=room)
+        )
+        job = await w.wait("published", timeout=40, room=room)
+        await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+        await w.wait("ended", timeout=20, job=job["job"])
+        assert await lk.agent_dispatch.list_dispatch(room) == []
