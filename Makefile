@@ -20,5 +20,6 @@ bench:
 	scripts/bootstrap
 	scripts/netns .venv/bin/python -m benchmarks.join_latency
 	scripts/netns .venv/bin/python -m benchmarks.signal_bridge
+	scripts/netns .venv/bin/python -m benchmarks.agent_dispatch
 	.venv/bin/python -m benchmarks.placement
 	.venv/bin/python -m benchmarks.forwarding
