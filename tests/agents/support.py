@@ -116,3 +116,57 @@ class AgentWorker:
 
     async def __aexit__(self, *_exc: object) -> None:
         await asyncio.to_thread(self.stop)
+
+
+class Balancer:
+    """A TCP load balancer in front of signal edges: one public port, a switchable target.
+    Connections to a target that died are cut (as a real balancer's would be)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> Balancer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def switch(self, target_port: int) -> None:
+        self.target_port = target_port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._links.difference_update((writer, up_writer))
+
+    async def close_links(self) -> None:
+        """Cut every open connection (their edge died)."""
+        for w in list(self._links):
+            w.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self.close_links()

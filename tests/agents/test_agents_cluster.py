@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit import api, rtc
 
-from tests.agents.support import AgentWorker
+from tests.agents.support import AgentWorker, Balancer
 from tests.support.cluster import Cluster, cluster_fixture
 from tests.support.media import dominant_tone
 from tests.support.sdk import TIMEOUT, EventWaiter, token
-from tests.support.trackyard import API_KEY, API_SECRET
+from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
 from trackyard.core import keys
 
 pytestmark = [pytest.mark.sdk, pytest.mark.redis]
@@ -110,3 +110,63 @@ async def test_room_close_terminates_the_job(cluster: Cluster, lk: api.LiveKitAP
         await lk.room.delete_room(api.DeleteRoomRequest(room=room))
         await w.wait("ended", timeout=20, job=job["job"])
         assert await lk.agent_dispatch.list_dispatch(room) == []
+
+
+def _extra_edge(cluster: Cluster) -> TrackyardProcess:
+    cfg = cluster.base_config()
+    cfg["region"] = "us-east"
+    cfg["router"] = {"urls": cluster.router_urls}
+    proc = TrackyardProcess(cfg, command="signal")
+    proc.start()
+    return proc
+
+
+async def test_worker_whose_edge_dies_re_registers_elsewhere_and_its_job_goes_on(
+    cluster: Cluster, lk: api.LiveKitAPI
+) -> None:
+    """Worker and job reach the cluster through a balancer, first to an edge that then dies
+    (kill -9); the balancer sends them to another edge. The worker registers again (a new
+    worker id, LiveKit's way) and reports its running job (MigrateJobRequest); the job's
+    participant rejoins and goes on: still RUNNING, its tone heard again."""
+    edge = _extra_edge(cluster)
+    balancer = await Balancer(edge.port).start()
+    room = "agents-edge-death"
+    watcher = rtc.Room()
+    subs = EventWaiter(watcher, "track_subscribed")
+    try:
+        async with AgentWorker(balancer.ws_url, "--agent-name", "mover", "--tone", "470") as w:
+            first_id = w.worker_id
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="mover", room=room)
+            )
+            published = await w.wait("published", timeout=40, room=room)
+            await asyncio.wait_for(
+                watcher.connect(cluster.edges[1].ws_url, token("watcher", room)), TIMEOUT
+            )
+            (track, _, _) = await subs.wait(lambda t, p, x: x.identity == published["identity"], 30)
+            assert abs(await dominant_tone(track) - 470) < 15
+            seen = len(subs.calls)
+
+            balancer.switch(cluster.edges[0].port)
+            Cluster.kill(edge)
+            await balancer.close_links()
+            again = await asyncio.to_thread(
+                w.wait_sync,
+                lambda e: e.get("event") == "registered" and e["worker_id"] != first_id,
+                60,
+            )
+            edges = _registered_edges(cluster)
+            assert edges.get(again["worker_id"]), edges
+            (track2, _, _) = await subs.wait(
+                lambda t, p, x: x.identity == published["identity"], 60, since=seen
+            )
+            assert abs(await dominant_tone(track2) - 470) < 15
+            (dispatch,) = [d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name]
+            (job,) = dispatch.state.jobs
+            assert job.state.status == api.JobStatus.JS_RUNNING, job.state
+            assert not w.seen("ended")
+    finally:
+        await asyncio.wait_for(watcher.disconnect(), TIMEOUT)
+        await balancer.close()
+        edge.stop()
+        await lk.room.delete_room(api.DeleteRoomRequest(room=room))

@@ -129,13 +129,19 @@ class AgentDispatcher:
         if state is None:
             return
         state.published.discard(participant.identity)
-        job_id = state.by_identity.pop(participant.identity, None)
+        job_id = state.by_identity.get(participant.identity)
         if job_id is not None and job_id in state.jobs:
-            self.node.spawn(
-                self._terminate(
-                    state, job_id, agent.JobStatus.JS_FAILED, "agent worker left the room"
-                )
-            )
+            self.node.spawn(self._agent_left(room, state, participant.identity, job_id))
+
+    async def _agent_left(self, room: Room, state: _RoomAgents, identity: str, job_id: str) -> None:
+        """The job's participant left: the job failed (LiveKit's AGENT_LEFT_ROOM), unless the
+        same identity took its place (a rejoin replacing a session whose edge died), which
+        happens before this task first runs."""
+        if room.participants.get(identity) is not None and not room.closed:
+            return
+        state.by_identity.pop(identity, None)
+        failed = agent.JobStatus.JS_FAILED
+        await self._terminate(state, job_id, failed, "agent worker left the room")
 
     async def room_closed(self, room: Room) -> None:
         state = self.rooms.pop(room.name, None)
