@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -170,3 +171,36 @@ async def test_worker_whose_edge_dies_re_registers_elsewhere_and_its_job_goes_on
         await balancer.close()
         edge.stop()
         await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+
+
+async def test_a_draining_edge_sends_its_workers_elsewhere(
+    cluster: Cluster, lk: api.LiveKitAPI
+) -> None:
+    """SIGTERM on the worker's edge: the edge keeps serving its client (so it stays up) but
+    closes its worker sockets (LiveKit's DrainConnections); the worker registers again through
+    the balancer, on another edge, while the draining one still runs."""
+    edge = _extra_edge(cluster)
+    balancer = await Balancer(edge.port).start()
+    room = "agents-edge-drain"
+    client = rtc.Room()
+    try:
+        # a client session through the edge keeps the draining edge up
+        await asyncio.wait_for(client.connect(edge.ws_url, token("stayer", room)), TIMEOUT)
+        async with AgentWorker(balancer.ws_url, "--agent-name", "drainee") as w:
+            first_id = w.worker_id
+            assert _registered_edges(cluster)[first_id]
+            balancer.switch(cluster.edges[0].port)
+            edge.signal(signal.SIGTERM)
+            again = await asyncio.to_thread(
+                w.wait_sync,
+                lambda e: e.get("event") == "registered" and e["worker_id"] != first_id,
+                30,
+            )
+            assert edge.alive(), "the draining edge should still serve its client"
+            edges = _registered_edges(cluster)
+            assert first_id not in edges  # the draining edge removed its worker
+            assert again["worker_id"] in edges
+    finally:
+        await asyncio.wait_for(client.disconnect(), TIMEOUT)
+        await balancer.close()
+        edge.stop()

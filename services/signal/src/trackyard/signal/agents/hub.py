@@ -162,13 +162,14 @@ class AgentHub:
             return
         self.start()
         await ws.accept()
-        worker = await self._handshake(ws, claims.api_key)
+        try:
+            worker = await self._handshake(ws, claims.api_key)
+        except WorkerGone:
+            worker = None
         if worker is None:
             with contextlib.suppress(Exception):
                 await ws.close(1008, "no registration")
             return
-        self.workers[worker.record.worker_id] = worker
-        await self._publish(worker)
         self.log.info(
             "worker registered",
             worker=worker.record.worker_id,
@@ -231,21 +232,28 @@ class AgentHub:
                 version=reg.version,
             )
             worker = Worker(ws, record, api_key, secret, permission)
-            await worker.send(
-                agent.ServerMessage(
-                    register=agent.RegisterWorkerResponse(
-                        worker_id=record.worker_id,
-                        server_info=models.ServerInfo(
-                            edition=models.ServerInfo.Standard,
-                            version=SERVER_VERSION,
-                            protocol=16,
-                            agent_protocol=AGENT_PROTOCOL,
-                            region=self.edge.config.region,
-                            node_id=self.edge.edge_id,
-                        ),
+            # in the registry before the worker learns its id: visible cluster-wide at once
+            self.workers[record.worker_id] = worker
+            await self._publish(worker)
+            try:
+                await worker.send(
+                    agent.ServerMessage(
+                        register=agent.RegisterWorkerResponse(
+                            worker_id=record.worker_id,
+                            server_info=models.ServerInfo(
+                                edition=models.ServerInfo.Standard,
+                                version=SERVER_VERSION,
+                                protocol=16,
+                                agent_protocol=AGENT_PROTOCOL,
+                                region=self.edge.config.region,
+                                node_id=self.edge.edge_id,
+                            ),
+                        )
                     )
                 )
-            )
+            except WorkerGone:
+                await self._unregister(worker)
+                raise
             return worker
 
     async def _on_message(self, worker: Worker, msg: agent.WorkerMessage) -> None:
