@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 
+import jwt
 import pytest
 import websockets
 from livekit import api, rtc
@@ -259,3 +260,97 @@ async def test_worker_killed_ends_its_job_as_livekit_does(
         job = await asyncio.wait_for(failed(), 15)
         assert job.state.error == "agent worker left the room"
         assert job.state.ended_at > 0
+
+
+async def test_room_with_only_its_agent_left_closes_and_ends_the_job(
+    server: TrackyardProcess, room_name: str, lk: api.LiveKitAPI
+) -> None:
+    """As LiveKit: agents do not hold a room open (departure_timeout runs when the last
+    non-agent leaves); closing the room ends the job."""
+    async with AgentWorker(server.ws_url, "--agent-name", "lingerer") as worker:
+        async with connected(server.ws_url, "gina", room_name) as gina:
+            joins = EventWaiter(gina, "participant_connected")
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="lingerer", room=room_name)
+            )
+            agent_p = await _agent_joins(gina, joins)
+        ended = await worker.wait("ended", timeout=20, room=room_name)
+        assert ended["job"]
+        assert await _dispatches(lk, room_name) == []
+        rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
+        assert not rooms.rooms, f"room kept open by {agent_p.identity}"
+
+
+async def test_worker_protocol_message_by_message(
+    server: TrackyardProcess, room_name: str, lk: api.LiveKitAPI
+) -> None:
+    """The wire protocol without the framework: register, ping, status, availability,
+    assignment (its token), job status."""
+    from livekit.protocol import agent as agent_pb
+
+    grant = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(agent=True))
+    async with websockets.connect(
+        server.ws_url + "/agent", additional_headers={"Authorization": f"Bearer {grant.to_jwt()}"}
+    ) as ws:
+
+        async def send(**msg: object) -> None:
+            await ws.send(agent_pb.WorkerMessage(**msg).SerializeToString())  # type: ignore[arg-type]
+
+        async def recv() -> agent_pb.ServerMessage:
+            raw = await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert isinstance(raw, bytes)
+            return agent_pb.ServerMessage.FromString(raw)
+
+        await send(
+            register=agent_pb.RegisterWorkerRequest(
+                type=agent_pb.JobType.JT_ROOM, agent_name="raw", version="test"
+            )
+        )
+        reg = (await recv()).register
+        assert reg.worker_id.startswith("AW_") and reg.server_info.version
+        await send(ping=agent_pb.WorkerPing(timestamp=1234))
+        assert (await recv()).pong.last_timestamp == 1234
+        await send(
+            update_worker=agent_pb.UpdateWorkerStatus(
+                status=agent_pb.WorkerStatus.WS_AVAILABLE, load=0.1
+            )
+        )
+        await lk.room.create_room(api.CreateRoomRequest(name=room_name))
+        created = await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="raw", room=room_name, metadata="m")
+        )
+        job = (await recv()).availability.job
+        assert job.id.startswith("AJ_") and job.type == agent_pb.JobType.JT_ROOM
+        assert job.room.name == room_name and job.agent_name == "raw" and job.metadata == "m"
+        assert job.dispatch_id == created.id
+        await send(
+            availability=agent_pb.AvailabilityResponse(
+                job_id=job.id,
+                available=True,
+                participant_identity="raw-agent",
+                participant_name="Raw",
+                participant_attributes={"a": "b"},
+            )
+        )
+        assignment = (await recv()).assignment
+        assert assignment.job.id == job.id
+        claims = jwt.decode(assignment.token, options={"verify_signature": False})
+        assert claims["sub"] == "raw-agent" and claims["name"] == "Raw"
+        assert claims["kind"] == "agent"
+        assert claims["video"]["agent"] is True and claims["video"]["room"] == room_name
+        assert claims["attributes"] == {"a": "b", "lk.agent_name": "raw"}
+        (dispatch,) = [d for d in await _dispatches(lk, room_name) if d.id == created.id]
+        assert dispatch.state.jobs[0].state.status == api.JobStatus.JS_RUNNING
+        await send(
+            update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JobStatus.JS_SUCCESS)
+        )
+
+        async def succeeded() -> None:
+            while True:
+                (d,) = [d for d in await _dispatches(lk, room_name) if d.id == created.id]
+                if d.state.jobs[0].state.status == api.JobStatus.JS_SUCCESS:
+                    return
+                await asyncio.sleep(0.05)  # polling the public API (no event for it)
+
+        await asyncio.wait_for(succeeded(), TIMEOUT)
+    await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
