@@ -67,7 +67,7 @@ async def test_room_on_any_node_gets_a_worker_registered_on_another_edge(
         assert _registered_edges(cluster)[w.worker_id]  # in the shared store
         rooms = ["agents-far-a", "agents-far-b"]
         for room in rooms:
-            await lk.room.create_room(api.CreateRoomRequest(name=room))
+            await lk.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=60))
             await lk.agent_dispatch.create_dispatch(
                 api.CreateAgentDispatchRequest(agent_name="far", room=room)
             )

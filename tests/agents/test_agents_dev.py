@@ -173,7 +173,7 @@ async def test_full_worker_is_skipped_and_a_declining_one_retried(
         # one at a time: a worker with a job being accepted answers "not available" to the
         # next offer (livekit-agents reserves a slot), which would be a fair decline too
         for room in rooms:
-            await lk.room.create_room(api.CreateRoomRequest(name=room))
+            await lk.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=60))
             await lk.agent_dispatch.create_dispatch(
                 api.CreateAgentDispatchRequest(agent_name="pool", room=room)
             )
