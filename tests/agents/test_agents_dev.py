@@ -354,3 +354,41 @@ async def test_worker_protocol_message_by_message(
 
         await asyncio.wait_for(succeeded(), TIMEOUT)
     await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+
+
+async def test_participant_jobs_for_every_non_agent_participant(
+    server: TrackyardProcess, room_name: str, lk: api.LiveKitAPI
+) -> None:
+    """JT_PARTICIPANT workers (the Python framework only offers ROOM and PUBLISHER, so this
+    one speaks the protocol itself): one job per participant that joins, none for agents."""
+    from livekit.protocol import agent as agent_pb
+
+    grant = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(agent=True))
+    async with websockets.connect(
+        server.ws_url + "/agent", additional_headers={"Authorization": f"Bearer {grant.to_jwt()}"}
+    ) as ws:
+        register = agent_pb.RegisterWorkerRequest(
+            type=agent_pb.JobType.JT_PARTICIPANT, agent_name="each"
+        )
+        await ws.send(agent_pb.WorkerMessage(register=register).SerializeToString())
+        reply = agent_pb.ServerMessage.FromString(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[arg-type]
+        assert reply.register.worker_id
+        await lk.room.create_room(api.CreateRoomRequest(name=room_name, empty_timeout=60))
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="each", room=room_name)
+        )
+        async with (
+            connected(server.ws_url, "hank", room_name),
+            connected(server.ws_url, "bot", room_name, kind="agent"),
+            connected(server.ws_url, "ivy", room_name),
+        ):
+            seen = []
+            for _ in range(2):
+                msg = agent_pb.ServerMessage.FromString(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[arg-type]
+                job = msg.availability.job
+                assert job.type == agent_pb.JobType.JT_PARTICIPANT
+                seen.append(job.participant.identity)
+                decline = agent_pb.AvailabilityResponse(job_id=job.id, available=False)
+                await ws.send(agent_pb.WorkerMessage(availability=decline).SerializeToString())
+            assert sorted(seen) == ["hank", "ivy"]  # not the agent "bot"
+    await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
