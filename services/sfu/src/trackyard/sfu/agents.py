@@ -215,6 +215,8 @@ class AgentDispatcher:
                 )
                 return
             attempted.add(worker.worker_id)
+            if not await self._edge_alive(worker.edge_id):
+                continue  # its edge died; its record has not expired yet
             try:
                 data = await self.rpc.call(
                     keys.agent_channel(worker.edge_id),
@@ -255,6 +257,12 @@ class AgentDispatcher:
                 identity=job.state.participant_identity,
             )
             return
+
+    async def _edge_alive(self, edge_id: str) -> bool:
+        try:
+            return await self.node.store.edge_alive(edge_id)
+        except Exception:
+            return True  # let the call itself find out
 
     # -- ending -----------------------------------------------------------------------------
 
