@@ -253,6 +253,12 @@ class ChannelRpcClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._bus.delete(self._reply_channel)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RpcError("unavailable", "caller closed"))
 
     async def call(
         self,

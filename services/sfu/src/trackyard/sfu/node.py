@@ -98,6 +98,7 @@ class SfuNode:
                     await task
         if self._sub is not None:
             await self._sub.close()
+        await dispatcher_for(self).rpc.close()
         with contextlib.suppress(Exception):
             await self.store.delete_node(self.node_id)
             await self.bus.delete(keys.node_channel(self.node_id))
