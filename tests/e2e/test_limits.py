@@ -44,13 +44,6 @@ def server() -> Iterator[TrackyardProcess]:
         assert proc.alive(), f"server died during the module:\n{proc.logs()}"
 
 
-@pytest.fixture
-async def lkapi(server: TrackyardProcess) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
-    yield client
-    await client.aclose()
-
-
 @contextlib.asynccontextmanager
 async def joined(
     server: TrackyardProcess, identity: str, room: str, **attrs: str

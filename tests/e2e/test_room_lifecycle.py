@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from livekit import api, rtc
 
 from tests.support.sdk import connected, token
-from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
+from tests.support.trackyard import TrackyardProcess
 
 pytestmark = pytest.mark.sdk
 
@@ -19,13 +19,6 @@ def server() -> Iterator[TrackyardProcess]:
     cfg = {"room": {"auto_create": False, "empty_timeout": 1, "departure_timeout": 1}}
     with TrackyardProcess(cfg) as proc:
         yield proc
-
-
-@pytest.fixture
-async def lkapi(server: TrackyardProcess) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
-    yield client
-    await client.aclose()
 
 
 async def _room_names(lkapi: api.LiveKitAPI) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,13 +13,6 @@ from tests.support.sdk import EventWaiter, connected, perform_rpc
 from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
 
 pytestmark = pytest.mark.sdk
-
-
-@pytest.fixture
-async def lkapi(server: TrackyardProcess) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
-    yield client
-    await client.aclose()
 
 
 async def test_create_list_delete_room(lkapi: api.LiveKitAPI, room_name: str) -> None:
