@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import structlog
 import typer
 
+from trackyard.cli.drain import describe_deadline, drain_command
 from trackyard.core.auth import VideoGrants, create_token
 from trackyard.core.config import FLAG_PATHS, Config, ConfigError
 from trackyard.core.logging import setup_logging
@@ -308,7 +309,7 @@ def nodes(config: ConfigOpt = None) -> None:
     records = asyncio.run(list_nodes(cfg))
     typer.echo(
         f"{'NODE':<16} {'REGION':<10} {'STATE':<14} {'ADDRESS':<22} {'CPU':>5} {'SYSLOAD':>7} "
-        f"{'ROOMS':>5} {'CLIENTS':>7} {'TRACKS':>6} {'AGE':>5}"
+        f"{'ROOMS':>5} {'CLIENTS':>7} {'TRACKS':>6} {'AGE':>5}  DRAIN DEADLINE"
     )
     now = time.time()
     for r in records:
@@ -316,8 +317,12 @@ def nodes(config: ConfigOpt = None) -> None:
         typer.echo(
             f"{r.id:<16} {r.region or '-':<10} {r.state.value:<14} {r.address or '-':<22} "
             f"{s.cpu_load:>5.2f} {s.sysload:>7.2f} {s.rooms:>5} {s.clients:>7} "
-            f"{s.tracks_in + s.tracks_out:>6} {now - s.updated_at:>4.1f}s"
+            f"{s.tracks_in + s.tracks_out:>6} {now - s.updated_at:>4.1f}s  "
+            f"{describe_deadline(r.model_dump(mode='json'), now)}"
         )
+
+
+cli.command("drain")(drain_command)
 
 
 @token_app.command("create")

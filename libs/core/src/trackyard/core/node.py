@@ -44,6 +44,8 @@ class NodeRecord(BaseModel):
     address: str = ""  # internal address (host:port) of the node's HTTP API
     region: str = ""
     state: NodeState = NodeState.SERVING
+    # while draining with a deadline: when (epoch seconds) its participants are moved elsewhere
+    drain_deadline_at: float | None = None
     started_at: float = Field(default_factory=time.time)
     stats: NodeStats = Field(default_factory=NodeStats)
 

@@ -58,6 +58,8 @@ class SfuNode:
         self.started_at = time.time()
         self.draining = asyncio.Event()  # set on the first drain signal
         self.drained = asyncio.Event()  # set when draining and the last participant left
+        self.drain_deadline_at: float | None = None  # epoch seconds, while a deadline runs
+        self._deadline_task: asyncio.Task[Any] | None = None
         self.collector = StatsCollector()
         self.counters = MediaCounters()  # media plane totals; the stats loop makes rates
         self._collector: NodeCollector | None = None
@@ -111,21 +113,36 @@ class SfuNode:
             await self.webhooks.stop()  # delivers what the closing rooms raised, bounded
         self.log.info("sfu node stopped")
 
-    async def drain(self) -> None:
+    async def drain(self, deadline: float | None = None) -> None:
         """Take no new rooms; keep the active ones; ``drained`` fires when the last one empties.
 
         With ``node.drain_deadline`` set, participants still here at the deadline are sent to
         reconnect (their rooms are released, so they are placed anew on another node).
+        ``deadline`` (seconds from now; 0 = none) overrides it (the drain API); on a node
+        already draining it replaces the running deadline.
         """
         if self.state is NodeState.SHUTTING_DOWN:
+            if deadline is not None:
+                self._set_drain_deadline(deadline)
+                await self.report(fresh=False)
             return
         self.state = NodeState.SHUTTING_DOWN
         self.draining.set()
-        self.log.info("draining", rooms=len(self.rooms), participants=len(self.sessions))
+        seconds = self.config.node.drain_deadline if deadline is None else deadline
+        self.log.info(
+            "draining", rooms=len(self.rooms), participants=len(self.sessions), deadline=seconds
+        )
+        self._set_drain_deadline(seconds)
         await self.report()
         self._check_drained()
-        if self.config.node.drain_deadline and not self.drained.is_set():
-            self.spawn(self._drain_deadline(self.config.node.drain_deadline))
+
+    def _set_drain_deadline(self, seconds: float) -> None:
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
+            self._deadline_task = None
+        self.drain_deadline_at = time.time() + seconds if seconds else None
+        if seconds:
+            self._deadline_task = self.spawn(self._drain_deadline(seconds))
 
     async def _drain_deadline(self, seconds: float) -> None:
         try:
@@ -157,6 +174,8 @@ class SfuNode:
             (rtc_cfg.port_range_start, rtc_cfg.port_range_end),
             rtc_cfg.node_ip,
             list(rtc_cfg.stun_servers),
+            turn_servers=rtc_cfg.turn_servers if self.config.node.use_turn_servers else (),
+            turn_name=self.node_id,
         )
 
     # -- stats ------------------------------------------------------------------------------
@@ -168,6 +187,7 @@ class SfuNode:
             address=self.address,
             region=self.config.region,
             state=self.state,
+            drain_deadline_at=self.drain_deadline_at,
             started_at=self.started_at,
             stats=self.stats()
             if fresh

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.wrappers_pb2 import StringValue
 from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
 
-from trackyard.core import limits, messages
+from trackyard.core import admin, limits, messages
 from trackyard.core.noderpc import RpcError
 from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import LOSSY, RELIABLE, Participant
@@ -200,6 +201,14 @@ async def perform_rpc(node: SfuNode, req: room_pb.PerformRpcRequest) -> Message:
     _, participant = _participant(node, req.room, req.destination_identity)
     payload = await serverrpc.perform(participant, req.method, req.payload, req.response_timeout_ms)
     return room_pb.PerformRpcResponse(payload=payload)
+
+
+@method(admin.DRAIN_METHOD, StringValue)
+async def drain_node(node: SfuNode, req: StringValue) -> Message:
+    """The drain API: drain as on SIGTERM, with an optional deadline override."""
+    request = admin.decode_drain(req.SerializeToString())
+    await node.drain(request.deadline)
+    return admin.record_reply(node.record(fresh=False))
 
 
 @method("ValidateJoin", room_pb.RoomParticipantIdentity)

@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from trackyard.core import metrics
-from trackyard.signal import rtc, twirp
+from trackyard.signal import adminapi, rtc, twirp
 from trackyard.signal.agents import dispatchapi, hub
 from trackyard.signal.edge import Edge
 from trackyard.signal.metrics import TwirpMetrics
@@ -38,6 +38,8 @@ def create_app(edge: Edge) -> FastAPI:
             Route(twirp.PREFIX + "{method}", twirp.handle, methods=["POST"]),
             Route(dispatchapi.PREFIX + "{method}", dispatchapi.handle, methods=["POST"]),
             WebSocketRoute("/agent", hub.agent_socket),
+            Route(adminapi.PREFIX + "nodes", adminapi.list_nodes),
+            Route(adminapi.PREFIX + "nodes/{node_id}/drain", adminapi.drain, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],
