@@ -131,6 +131,51 @@ def _port_range(value: Any) -> Any:
     return value
 
 
+# TURN credential lifetimes, as LiveKit (``pkg/config/config.go``): a ``secret`` entry's
+# ``ttl`` of 0 means 4 h, a negative one 5 min, and none exceeds 24 h
+TURN_DEFAULT_TTL = 14400
+TURN_FALLBACK_TTL = 300
+TURN_MAX_TTL = 24 * 60 * 60
+
+
+class TURNServerConfig(_Section):
+    """One entry of LiveKit's ``rtc.turn_servers``: a TURN server handed to clients (and, with
+    ``node.use_turn_servers``, used by the node). Credentials: a shared ``secret`` (or
+    ``secret_file``) for ephemeral TURN REST credentials (coturn's ``use-auth-secret``), or a
+    static ``username`` + ``credential``. Secret files are read at start-up
+    (:meth:`Config.load_turn_secrets`), as LiveKit does."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    # udp -> turn:...?transport=udp, tcp (LiveKit's default) -> ?transport=tcp,
+    # tls -> turns:...?transport=tcp
+    protocol: Literal["udp", "tcp", "tls"] = "tcp"
+    username: str = ""
+    credential: str = ""
+    secret: str = ""
+    secret_file: str = ""
+    ttl: int = 0  # seconds; see TURN_DEFAULT_TTL
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return "tcp"
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: int) -> int:
+        return min(value, TURN_MAX_TTL)
+
+    @property
+    def credential_ttl(self) -> int:
+        """Seconds a generated credential is valid (LiveKit's defaulting and clamping)."""
+        if self.ttl == 0:
+            return TURN_DEFAULT_TTL
+        return TURN_FALLBACK_TTL if self.ttl < 0 else min(self.ttl, TURN_MAX_TTL)
+
+
 class RTCConfig(_Section):
     port_range_start: int = Field(50000, ge=1, le=65535)
     port_range_end: int = Field(60000, ge=1, le=65535)
@@ -141,6 +186,8 @@ class RTCConfig(_Section):
     # form is accepted; the IPv4 address is advertised.
     node_ip: str = ""
     stun_servers: list[str] = Field(default_factory=list)
+    # TURN servers for clients (JoinResponse/ReconnectResponse ice_servers), LiveKit's shape
+    turn_servers: list[TURNServerConfig] = Field(default_factory=list)
     # packets kept per forwarded stream to answer NACKs
     packet_buffer_size: int = Field(500, ge=16)
 
@@ -324,6 +371,10 @@ class NodeConfig(_Section):
     # a participant whose edge died or whose peer connection failed leaves after this long
     # unless it came back (LiveKit's disconnectCleanupDuration, 5 s)
     reconnect_window: Seconds = Field(5.0, ge=0)
+    # the node's own peer connections gather relay candidates through the first usable
+    # rtc.turn_servers entry (udp/tcp; aiortc takes one TURN server). Off by default: a node
+    # is reachable on node_ip, and each allocation costs a round trip at every join
+    use_turn_servers: bool = False
 
 
 # LiveKit config keys Trackyard knows but does not act on (``pkg/config/config.go`` and the
@@ -365,7 +416,6 @@ LIVEKIT_UNSUPPORTED: frozenset[str] = frozenset(
         "rtc.sctp_fast_rtx_wnd",
         "rtc.sctp_cwnd_ca_step",
         "rtc.force_tcp",
-        "rtc.turn_servers",
         "rtc.enable_warp",
         "rtc.strict_acks",
         "rtc.packet_buffer_size_video",
@@ -612,7 +662,37 @@ class Config(_Section):
             data["development"] = True
         cfg = cls.from_mapping(data, strict=strict, lenient=lenient)
         cfg._resolve_keys(named.get("keys"))
+        cfg.load_turn_secrets()
         return cfg
+
+    def load_turn_secrets(self) -> None:
+        """LiveKit's ``LoadTURNSecrets``: each ``rtc.turn_servers`` entry gets its ``secret``
+        (trimmed; an inline one wins over ``secret_file``, a file must not be accessible by
+        others and must not be empty) and must end up with a secret or username + credential."""
+        for i, server in enumerate(self.rtc.turn_servers):
+            where = f"rtc.turn_servers.{i}"
+            secret = server.secret.strip()
+            if not secret and server.secret_file:
+                path = Path(os.path.expanduser(os.path.expandvars(server.secret_file)))
+                try:
+                    if path.stat().st_mode & stat.S_IRWXO:
+                        raise ConfigError(
+                            f"{where}.secret_file: {path} must not be accessible by others "
+                            "(chmod 600)"
+                        )
+                    secret = path.read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"{where}.secret_file: cannot read {server.secret_file}: {exc.strerror}"
+                    ) from None
+                if not secret:
+                    raise ConfigError(f"{where}.secret_file: {path} is empty")
+            server.secret = secret
+            if not secret and not (server.username and server.credential):
+                raise ConfigError(
+                    f"{where}: TURN server {server.host!r} has no usable credentials: set "
+                    "secret/secret_file, or username and credential"
+                )
 
     def _resolve_keys(self, keys_text: str | None) -> None:
         """LiveKit's order: ``--keys``/``LIVEKIT_KEYS`` replace the config's keys; a key file

@@ -9,7 +9,9 @@ connections only:
   on ``node_ip`` when it is an address of this host, else on the wildcard address (a public
   IP in front of a 1:1 NAT); without it, aioice's own choice of host addresses;
 - STUN: server-reflexive candidates only when STUN servers are configured (``iceServers=[]``
-  otherwise, so aiortc's default public STUN server is never contacted).
+  otherwise, so aiortc's default public STUN server is never contacted);
+- TURN: relay candidates only when ``turn_servers`` are passed (``node.use_turn_servers``);
+  aiortc uses the first one, with credentials made for ``turn_name``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import errno
 import ipaddress
 import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
 
+from trackyard.core import turn
+from trackyard.core.config import TURNServerConfig
 from trackyard.sfu import rtphooks
 
 __all__ = ["PortRangePolicy", "make_peer_connection", "stun_urls"]
@@ -102,6 +106,8 @@ def make_peer_connection(
     stun_servers: list[str],
     *,
     decode_unattached: bool = False,
+    turn_servers: Sequence[TURNServerConfig] = (),
+    turn_name: str = "",
 ) -> RTCPeerConnection:
     """An ``RTCPeerConnection`` for the SFU: max-bundle, ICE sockets inside ``port_range``,
     ``node_ip`` advertised when set, STUN only if configured, MID-aware RTP routing, and
@@ -109,8 +115,14 @@ def make_peer_connection(
     to is dropped, not decoded (``decode_unattached=True`` keeps aiortc's decoding: for test
     clients)."""
     rtphooks.install_simulcast_extensions()
+    ice_servers = [RTCIceServer(urls=url) for url in stun_urls(stun_servers)]
+    for server in turn_servers:
+        username, credential = turn.turn_credentials(server, turn_name)
+        ice_servers.append(
+            RTCIceServer(urls=turn.turn_url(server), username=username, credential=credential)
+        )
     config = RTCConfiguration(
-        iceServers=[RTCIceServer(urls=url) for url in stun_urls(stun_servers)],
+        iceServers=ice_servers,
         bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
     )
     pc = RTCPeerConnection(config)

@@ -295,6 +295,8 @@ def _needs() -> list[_Need]:
             "aioice.ice.server_reflexive_candidate",
         ),
         _Need(aioice.turn, "UDP_SOCKET_BUFFER_SIZE", "attr", "aioice.turn.UDP_SOCKET_BUFFER_SIZE"),
+        _Need(aioice.ice, "relayed_candidate", "attr", "aioice.ice.relayed_candidate"),
+        _Need((ice_conn, "__init__"), "turn_server", "uses", "aioice.Connection.turn_server"),
         # simulcast negotiation
         _Need(HEADER_EXTENSIONS, "video", "key", "aiortc.codecs.HEADER_EXTENSIONS['video']"),
     ]
@@ -641,7 +643,8 @@ async def _gather_with_policy(
     addresses: list[str],
     timeout: int = 5,
 ) -> list[aioice.candidate.Candidate]:
-    """aioice's ``get_component_candidates`` with sockets from ``policy`` (no TURN)."""
+    """aioice's ``get_component_candidates`` with sockets from ``policy`` (TURN: one relay
+    candidate when the connection has a TURN server)."""
     loop = asyncio.get_running_loop()
     candidates: list[aioice.candidate.Candidate] = []
     protocols: list[aioice.ice.StunProtocol] = []
@@ -686,6 +689,26 @@ async def _gather_with_policy(
                     candidates.append(task.result()[0])
             for task in pending:
                 task.cancel()
+    if connection.turn_server:  # a relay candidate, as aioice gathers it
+        try:
+            relayed, relay_protocol = await asyncio.wait_for(
+                aioice.ice.relayed_candidate(
+                    component=component,
+                    hide_related_address=False,
+                    protocol_factory=lambda: aioice.ice.StunProtocol(connection),
+                    turn_server=connection.turn_server,
+                    turn_username=connection.turn_username,
+                    turn_password=connection.turn_password,
+                    turn_ssl=connection.turn_ssl,
+                    turn_transport=connection.turn_transport,
+                ),
+                timeout,
+            )
+        except Exception:  # an unreachable or refusing TURN server leaves the host candidates
+            pass
+        else:
+            candidates.append(relayed)
+            connection._protocols.append(relay_protocol)
     return candidates
 
 
