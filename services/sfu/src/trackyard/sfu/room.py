@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 from livekit.protocol import models, rtc
 
-from trackyard.core import ids, messages
+from trackyard.core import ids, messages, turn
 from trackyard.core.bus import Envelope
 from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import Participant, State
@@ -108,8 +108,9 @@ class Room:
         participant = Participant(self, start, self.node.bus, self.node.make_peer_connection)
         self.participants[participant.identity] = participant
         self.node.sessions[participant.session_id] = participant
-        self._ever_joined = True
-        self._cancel_close_timer()
+        if not _dependent(participant):  # agents alone keep no room open (LiveKit)
+            self._ever_joined = True
+            self._cancel_close_timer()
         participant.start()
         participant.send(rtc.SignalResponse(join=self._join_response(participant)))
         participant.state = State.JOINED
@@ -133,6 +134,7 @@ class Room:
             server_version=SERVER_VERSION,
             server_region=cfg.region,
             subscriber_primary=True,
+            ice_servers=turn.ice_servers(cfg.rtc, participant.sid),
             ping_interval=cfg.signal.ping_interval,
             ping_timeout=cfg.signal.ping_timeout,
             server_info=models.ServerInfo(
@@ -172,7 +174,7 @@ class Room:
             participant=participant.identity,
             reason=models.DisconnectReason.Name(reason),
         )
-        if not self.participants:
+        if not self._has_independent():
             self._arm_close_timer(self.departure_timeout)
 
     async def close(self, reason: models.DisconnectReason) -> None:
@@ -217,8 +219,11 @@ class Room:
             self._close_timer.cancel()
             self._close_timer = None
 
+    def _has_independent(self) -> bool:
+        return any(not _dependent(p) for p in self.participants.values())
+
     async def _close_if_idle(self) -> None:
-        if not self.participants and not self.closed:
+        if not self._has_independent() and not self.closed:
             await self.close(models.DisconnectReason.ROOM_CLOSED)
 
     # -- updates ----------------------------------------------------------------------------
@@ -403,3 +408,8 @@ class Room:
                         connection_quality=rtc.ConnectionQualityUpdate(updates=updates)
                     )
                 )
+
+
+def _dependent(participant: Participant) -> bool:
+    """Agents and egress (LiveKit's ``IsDependent``): they neither open nor hold a room."""
+    return participant.kind.lower() in ("agent", "egress")
