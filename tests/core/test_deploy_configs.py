@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,18 @@ def _compose() -> dict[str, Any]:
     return data
 
 
+def _interpolate(text: str) -> str:
+    """Compose's ``${VAR:-default}`` with nothing set in the environment."""
+    assert "${" not in re.sub(r"\$\{\w+:-[^}]*\}", "", text), text
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
 def _trackyard_services() -> dict[str, tuple[dict[str, Any], Config]]:
     out = {}
     for name, service in _compose()["services"].items():
         env = service.get("environment") or {}
         if "LIVEKIT_CONFIG" in env:
-            cfg = Config.load(env={"LIVEKIT_CONFIG": env["LIVEKIT_CONFIG"]})
+            cfg = Config.load(env={"LIVEKIT_CONFIG": _interpolate(env["LIVEKIT_CONFIG"])})
             out[name] = (service, cfg)
     return out
 
@@ -106,6 +113,23 @@ def test_compose_host_network_processes_do_not_collide() -> None:
     assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges)), ranges
 
 
+def test_compose_coturn_accepts_the_sfus_turn_credentials() -> None:
+    coturn = _compose()["services"]["coturn"]
+    assert coturn["network_mode"] == "host"
+    args = _coturn_args([_interpolate(a) for a in coturn["command"]])
+    assert "use-auth-secret" in args
+    relay = (int(args["min-port"]), int(args["max-port"]))
+    sfus = [cfg for svc, cfg in _trackyard_services().values() if svc["command"] == ["sfu"]]
+    assert sfus
+    for cfg in sfus:
+        assert {s.protocol for s in cfg.rtc.turn_servers} == {"udp", "tcp"}
+        for server in cfg.rtc.turn_servers:
+            assert server.secret == args["static-auth-secret"]
+            assert server.port == int(args["listening-port"])
+            assert server.host == args["external-ip"]
+        assert relay[1] < cfg.rtc.port_range_start or relay[0] > cfg.rtc.port_range_end
+
+
 def test_compose_edges_find_routers_of_the_cluster() -> None:
     services = _trackyard_services()
     for name, (svc, cfg) in services.items():
@@ -129,9 +153,24 @@ def _k8s_docs() -> list[dict[str, Any]]:
     return docs
 
 
+TURN_SECRET_PATH = "/etc/trackyard/turn-secret"  # the projected Secret key in every pod
+
+
+def _k8s_secret() -> dict[str, str]:
+    secret = next(d for d in _k8s_docs() if d["kind"] == "Secret")
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
 def _k8s_config() -> Config:
     configmap = next(d for d in _k8s_docs() if d["kind"] == "ConfigMap")
-    return Config.load(env={"LIVEKIT_CONFIG": configmap["data"]["config.yaml"], **SECRETS})
+    text = configmap["data"]["config.yaml"]
+    with tempfile.TemporaryDirectory() as tmp:  # the mounted TURN secret, as the pods see it
+        secret = Path(tmp) / "turn-secret"
+        secret.write_text(_k8s_secret()["TURN_SECRET"])
+        secret.chmod(0o440)
+        text = text.replace(TURN_SECRET_PATH, str(secret))
+        return Config.load(env={"LIVEKIT_CONFIG": text, **SECRETS})
 
 
 @pytest.mark.parametrize("doc", _k8s_docs(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
@@ -201,6 +240,41 @@ def test_k8s_metrics_port_is_scraped_not_public() -> None:
         assert annotations["prometheus.io/port"] == str(port), name
     for svc in (d for d in _k8s_docs() if d["kind"] == "Service"):
         assert all(p["targetPort"] != port for p in svc["spec"]["ports"]), svc["metadata"]
+
+
+def _coturn_args(args: list[str]) -> dict[str, str]:
+    """``--key=value`` / ``--flag`` command-line arguments of turnserver."""
+    out = {}
+    for arg in args:
+        key, _, value = arg.lstrip("-").partition("=")
+        out[key] = value
+    return out
+
+
+def test_k8s_coturn_accepts_the_sfus_turn_credentials() -> None:
+    cfg = _k8s_config()
+    assert cfg.rtc.turn_servers and {s.protocol for s in cfg.rtc.turn_servers} >= {"udp", "tcp"}
+    turn = _workloads()["coturn"]
+    spec = turn["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = _coturn_args(container["args"])
+    assert "use-auth-secret" in args
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    # coturn's static-auth-secret and the SFUs' secret_file are the same Secret key
+    assert args["static-auth-secret"] == "$(TURN_SECRET)"
+    assert env["TURN_SECRET"]["secretKeyRef"] == {"name": "trackyard-keys", "key": "TURN_SECRET"}
+    for server in cfg.rtc.turn_servers:
+        assert server.secret == _k8s_secret()["TURN_SECRET"]
+        assert server.port == int(args["listening-port"])
+    for name in ("trackyard-sfu", "trackyard-signal", "trackyard-router"):
+        (volume,) = _workloads()[name]["spec"]["template"]["spec"]["volumes"]
+        items = [s["secret"]["items"] for s in volume["projected"]["sources"] if "secret" in s]
+        assert items == [[{"key": "TURN_SECRET", "path": "turn-secret"}]], name
+        assert volume["projected"]["defaultMode"] & 0o007 == 0, name  # LiveKit refuses others
+    # relays on the host network, outside the SFUs' UDP range
+    assert spec["hostNetwork"] is True
+    relay = (int(args["min-port"]), int(args["max-port"]))
+    assert relay[1] < cfg.rtc.port_range_start or relay[0] > cfg.rtc.port_range_end
 
 
 # -- Helm chart ----------------------------------------------------------------------------
