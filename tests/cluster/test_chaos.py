@@ -26,6 +26,7 @@ import websockets
 
 from tests.support.chaos import all_see_media, bad_log_lines, video_peer
 from tests.support.cluster import Cluster, cluster_fixture, eventually, participant_identities
+from tests.support.haproxy import HAProxy
 from tests.support.sdk import EventWaiter, connected, token
 
 pytestmark = pytest.mark.sdk
@@ -123,6 +124,31 @@ async def test_kill_edge_its_participants_leave_others_keep_media(cluster: Clust
         _alive(cluster, except_=(e1,))
     _no_errors(cluster)
     e1.start()
+
+
+async def test_kill_edge_behind_haproxy_media_back_within_bound(cluster: Cluster) -> None:
+    """Both clients reach the edges through HAProxy; the edge holding their sockets dies.
+    The SDK's resume lands on the other edge, is told to rejoin, and rejoins there: media back
+    in both directions within MEDIA_BACK, the replaced sessions leave no ghost."""
+    room = "chaos-haproxy"
+    e0, e1 = cluster.edges
+    with HAProxy([e0.port, e1.port]) as lb:
+        async with video_peer(lb.ws_url, "a", room) as a, video_peer(lb.ws_url, "b", room) as b:
+            await all_see_media([a, b], 0.0, count=FRAMES, timeout=15)
+            killed_at = time.monotonic()
+            assert cluster.kill(e0) == -9  # balance first: e0 holds both sockets
+            back = await all_see_media([a, b], killed_at, count=FRAMES, timeout=MEDIA_BACK + 10)
+            assert back - killed_at < MEDIA_BACK, f"media back after {back - killed_at:.2f}s"
+            assert await participant_identities(e1, room) == ["a", "b"]
+            await eventually(
+                lambda: _stored_identities(cluster, room) == ["a", "b"],
+                timeout=2,
+                what="the store to agree",
+            )
+            assert lb.alive()
+            _alive(cluster, except_=(e0,))
+    _no_errors(cluster)
+    e0.start()
 
 
 def rtc_reason(name: str) -> int:

@@ -1,0 +1,84 @@
+"""HAProxy (Debian's ``haproxy``, installed by ``scripts/bootstrap --test``) in front of edges.
+
+TCP mode, ``balance first``: every client goes to the first healthy edge, so killing that
+edge takes all sockets down at once; a connection refused by a dead edge is redispatched to
+the next one (``retries`` + ``option redispatch``), and health checks every 200 ms take it
+out of rotation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.ports import free_port
+
+CONFIG = """
+global
+  maxconn 512
+defaults
+  mode tcp
+  timeout connect 1s
+  timeout client 120s
+  timeout server 120s
+  retries 3
+  option redispatch
+listen edges
+  bind 127.0.0.1:{port}
+  balance first
+{servers}
+"""
+
+
+class HAProxy:
+    def __init__(self, backends: list[int]) -> None:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(binary).exists():
+            raise RuntimeError("haproxy is not installed: run scripts/bootstrap --test")
+        self.binary = binary
+        self.port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="trackyard-haproxy-")
+        servers = "\n".join(
+            f"  server e{i} 127.0.0.1:{p} check inter 200 fall 2 rise 2"
+            for i, p in enumerate(backends)
+        )
+        self.config = Path(self._dir.name) / "haproxy.cfg"
+        self.config.write_text(CONFIG.format(port=self.port, servers=servers))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> HAProxy:
+        log = open(Path(self._dir.name) / "haproxy.log", "wb")  # noqa: SIM115 - lives with proc
+        self.proc = subprocess.Popen(
+            [self.binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # no event for "listening": probe the port
+            assert self.proc.poll() is None, (Path(self._dir.name) / "haproxy.log").read_text()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError("haproxy did not listen")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self._dir.cleanup()
+
+    def __enter__(self) -> HAProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
