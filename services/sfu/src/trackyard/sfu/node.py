@@ -256,6 +256,8 @@ class SfuNode:
                     if current.node_id == self.node_id:
                         room.epoch = current.epoch
                         await self.store.put_room(room.info())
+                        for p in list(room.participants.values()):  # the store forgot them too
+                            await self.store.put_participant(room.name, p.info())
                         room.log.info("placement re-asserted", epoch=current.epoch)
             except Exception as exc:
                 self.log.debug("cannot check placement", room=room.name, error=str(exc))
