@@ -36,7 +36,9 @@ async def node() -> AsyncIterator[SfuNode]:
     await n.stop()
 
 
-async def _join(node: SfuNode, identity: str, edge_id: str = "") -> tuple[Participant, Subscription]:
+async def _join(
+    node: SfuNode, identity: str, edge_id: str = ""
+) -> tuple[Participant, Subscription]:
     session = f"SE_{identity}"
     sub = node.bus.subscribe(keys.session_channel(session))
     room = await node.ensure_room("r", create=True)
