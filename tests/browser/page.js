@@ -94,7 +94,9 @@
   T.eventsOf = (type, since = 0) => T.events.filter((ev) => ev.seq >= since && ev.type === type);
 
   T.connect = async (url, token, options = {}) => {
-    const room = new Room(options);
+    // options.connect: RoomConnectOptions (e.g. rtcConfig), the rest: RoomOptions
+    const { connect: connectOptions = {}, ...roomOptions } = options;
+    const room = new Room(roomOptions);
     T.room = room;
     room
       .on(RoomEvent.ParticipantConnected, (p) => record('participant_connected', { identity: p.identity, sid: p.sid }))
@@ -138,9 +140,25 @@
       .on(RoomEvent.Reconnecting, () => record('reconnecting'))
       .on(RoomEvent.Reconnected, () => record('reconnected'))
       .on(RoomEvent.MediaDevicesError, (err) => record('media_devices_error', { message: String(err) }));
-    await room.connect(url, token);
+    await room.connect(url, token, connectOptions);
     record('connected');
     return { sid: room.localParticipant.sid, identity: room.localParticipant.identity, room: room.name };
+  };
+
+  // per peer connection (publisher, subscriber): the local candidate of the selected ICE pair
+  T.selectedCandidates = async () => {
+    const pcm = T.room.engine.pcManager;
+    const out = [];
+    for (const transport of [pcm.publisher, pcm.subscriber]) {
+      const stats = transport ? await transport.getStats() : undefined;
+      let pair;
+      stats?.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+      });
+      const local = pair && stats.get(pair.localCandidateId);
+      out.push(local ? { type: local.candidateType, relayProtocol: local.relayProtocol ?? null, bytes: pair.bytesSent + pair.bytesReceived } : null);
+    }
+    return out;
   };
 
   T.disconnect = async () => {

@@ -21,6 +21,7 @@ import pytest
 from livekit import rtc
 from livekit.rtc._proto import stats_pb2
 
+from tests.support.browser import MEDIA_CALL, Browser, browser_fixture
 from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
@@ -36,6 +37,9 @@ RELAY_ONLY = rtc.RoomOptions(
 )
 Candidate = stats_pb2.IceCandidateStats
 RELAY = stats_pb2.IceCandidateType.RELAY
+
+
+browser = browser_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +211,29 @@ async def test_node_gathers_relay_candidates_when_configured(
         users = [user for _, user in turn.allocations()[before:]]
         assert any(":ND_" in user for user in users), (users, turn.logs())
         assert proc.alive(), proc.logs()
+
+
+async def test_browser_relay_only_exchanges_media_through_coturn(
+    server: TrackyardProcess, turn: TurnServer, browser: Browser, room_name: str
+) -> None:
+    """livekit-client with ``rtcConfig.iceTransportPolicy: 'relay'`` (ICE servers from the
+    JoinResponse) publishes and decodes through coturn; the other page connects normally."""
+    relay = {"connect": {"rtcConfig": {"iceTransportPolicy": "relay"}}}
+    async with browser.pages("relayed", "direct") as (relayed, direct):
+        joined = await relayed.join(server.ws_url, "relayed", room_name, relay)
+        await direct.join(server.ws_url, "direct", room_name)
+        await relayed.wait_event("participant_connected", {"identity": "direct"})
+        await relayed.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
+        await direct.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
+        for page, other in ((direct, "relayed"), (relayed, "direct")):
+            await page.wait_event("track_subscribed", {"identity": other, "source": "camera"})
+            grown = await page.decodes(other)
+            assert grown["last"]["frameWidth"] > 0, grown
+            await page.hears(other)
+        selected = await relayed.call("selectedCandidates")
+        assert [c["type"] for c in selected] == ["relay", "relay"], selected
+        assert all(c["relayProtocol"] == "udp" and c["bytes"] > 0 for c in selected), selected
+        direct_selected = await direct.call("selectedCandidates")
+        assert all(c["type"] == "host" for c in direct_selected), direct_selected
+    users = [user for _, user in turn.allocations()]
+    assert any(user.endswith(f":{joined['sid']}") for user in users), (users, turn.logs())
