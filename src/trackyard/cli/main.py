@@ -16,6 +16,7 @@ import structlog
 import typer
 
 from trackyard.cli.drain import describe_deadline, drain_command
+from trackyard.cli.loadtest import load_test_command
 from trackyard.core.auth import VideoGrants, create_token
 from trackyard.core.config import FLAG_PATHS, Config, ConfigError
 from trackyard.core.logging import setup_logging
@@ -323,6 +324,7 @@ def nodes(config: ConfigOpt = None) -> None:
 
 
 cli.command("drain")(drain_command)
+cli.command("load-test")(load_test_command)
 
 
 @token_app.command("create")

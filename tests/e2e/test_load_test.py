@@ -1,0 +1,123 @@
+"""``trackyard load-test`` against ``trackyard dev`` (issue 13): a small run delivers every
+expected track with no loss at sensible bitrates; refusals end with a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+from tests.support.trackyard import API_KEY, API_SECRET, TRACKYARD, TrackyardProcess
+
+VIDEO_KBPS = (400, 2500)  # the medium (640x360) loop: ~1.1 Mbps, pre-encoded at 800 kbps CBR
+AUDIO_KBPS = (15, 120)  # opus at 32 kbps (+ RTP/SRTP overhead)
+
+
+def _load_test(server: TrackyardProcess, *args: str, timeout: float = 120) -> Any:
+    return subprocess.run(
+        [TRACKYARD, "load-test", "--url", server.ws_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+
+
+def test_small_run_receives_every_track_without_loss(server: TrackyardProcess) -> None:
+    out = _load_test(
+        server,
+        "--api-key",
+        API_KEY,
+        "--api-secret",
+        API_SECRET,
+        "--room",
+        "load-small",
+        "--video-publishers",
+        "1",
+        "--audio-publishers",
+        "1",
+        "--subscribers",
+        "10",
+        "--duration",
+        "10",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    report = json.loads(out.stdout)
+    assert report["testers"] == {
+        "video_publishers": 1,
+        "audio_publishers": 1,
+        "subscribers": 10,
+        "joined": 12,
+        "failed": 0,
+    }
+    assert report["errors"] == [] and report["fatal"] is None
+    assert report["tracks"] == {"expected": 20, "received": 20, "missing": []}
+    packets = report["packets"]
+    assert packets["lost"] == 0 and packets["loss"] == 0.0
+    assert packets["received"] > 10 * 10 * (100 + 50) * 0.8  # 10 s of ~100 + 50 packets/s each
+    assert 9.5 <= report["duration_s"] <= 12
+    per_sub = report["bitrate_bps"]["per_subscriber_mean"] / 1000
+    low = VIDEO_KBPS[0] + AUDIO_KBPS[0]
+    high = VIDEO_KBPS[1] + AUDIO_KBPS[1]
+    assert low < per_sub < high, f"{per_sub:.0f} kbps per subscriber"
+    total = report["bitrate_bps"]["total_received"] / 1000
+    assert 10 * low < total < 10 * high
+    latency = report["join_latency_ms"]
+    assert latency["p50"] is not None and latency["p99"] < 10_000
+    assert latency["p50"] <= latency["p95"] <= latency["p99"]
+    first = report["time_to_first_packet_ms"]
+    assert first["p50"] is not None and first["p99"] < 10_000
+
+
+def test_bad_secret_is_a_clear_fatal_error(server: TrackyardProcess) -> None:
+    started = time.monotonic()
+    out = _load_test(
+        server,
+        "--api-key",
+        API_KEY,
+        "--api-secret",
+        "not-the-secret",
+        "--subscribers",
+        "50",
+        "--duration",
+        "30",
+    )
+    assert out.returncode == 1
+    assert (
+        "trackyard load-test: the server refused the access token: 401: "
+        "invalid access token: signature does not match" in out.stderr
+    ), out.stderr
+    assert time.monotonic() - started < 20  # it stopped at once, did not run 30 s
+
+
+def test_unknown_key_json(server: TrackyardProcess) -> None:
+    out = _load_test(server, "--api-key", "nokey", "--api-secret", "x" * 32, "--json")
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert report["fatal"] == (
+        "the server refused the access token: 401: invalid access token: unknown API key 'nokey'"
+    )
+    assert report["testers"]["joined"] == 0
+
+
+def test_nothing_listening_and_bad_options() -> None:
+    dead = TrackyardProcess()  # never started: its port is free
+    out = _load_test(
+        dead, "--api-key", API_KEY, "--api-secret", API_SECRET, "--subscribers", "1", "--json"
+    )
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert report["testers"]["joined"] == 0
+    (error,) = report["errors"]
+    assert error["reason"].startswith(f"cannot connect to ws://127.0.0.1:{dead.port}")
+    assert error["count"] == 2  # the publisher, and the subscriber
+
+    out = _load_test(dead, "--api-key", API_KEY, "--api-secret", API_SECRET, "--simulcast")
+    assert out.returncode == 2
+    assert "--simulcast is not supported yet" in out.stderr
+    out = _load_test(dead, "--video-resolution", "huge")
+    assert out.returncode == 2
+    assert "--api-key and --api-secret" in out.stderr
+    assert "--video-resolution must be one of low, medium, high" in out.stderr
