@@ -256,8 +256,7 @@ class SfuNode:
                     if current.node_id == self.node_id:
                         room.epoch = current.epoch
                         await self.store.put_room(room.info())
-                        for p in list(room.participants.values()):  # the store forgot them too
-                            await self.store.put_participant(room.name, p.info())
+                        await self._restore_participants(room)
                         room.log.info("placement re-asserted", epoch=current.epoch)
             except Exception as exc:
                 self.log.debug("cannot check placement", room=room.name, error=str(exc))
@@ -270,6 +269,16 @@ class SfuNode:
                     our_epoch=room.epoch,
                 )
                 await room.evict_all("room moved to another node")
+
+    async def _restore_participants(self, room: Room) -> None:
+        """Put the room's participants back into a store that forgot them. One that leaves
+        while we write is deleted again, so a late put never outlives its leave."""
+        for p in list(room.participants.values()):
+            if room.participants.get(p.identity) is not p:
+                continue
+            await self.store.put_participant(room.name, p.info())
+            if room.participants.get(p.identity) is not p:
+                await self.store.delete_participant(room.name, p.identity)
 
     # -- rooms ------------------------------------------------------------------------------
 
