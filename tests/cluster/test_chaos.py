@@ -74,6 +74,7 @@ async def test_kill_hosting_node_media_back_within_bound(cluster: Cluster) -> No
         back = await all_see_media([a, b], killed_at, count=FRAMES, timeout=MEDIA_BACK + 10)
         took = back - killed_at
         assert took < MEDIA_BACK, f"media back after {took:.2f}s"
+        print(f"node kill: media back after {took:.2f}s")
         assert cluster.host_index(room) == 1 - host
         for edge in cluster.edges:
             assert await participant_identities(edge, room) == ["a", "b"]
