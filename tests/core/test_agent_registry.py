@@ -11,7 +11,6 @@ import pytest
 from trackyard.core import keys
 from trackyard.core.agentmessages import (
     WORKER_TTL_SECONDS,
-    ChannelRpcClient,
     JobRecord,
     WorkerRecord,
     registry_for,
@@ -19,7 +18,7 @@ from trackyard.core.agentmessages import (
 )
 from trackyard.core.auth import create_token
 from trackyard.core.bus import MemoryBus
-from trackyard.core.noderpc import RpcError, reply
+from trackyard.core.noderpc import ChannelRpcClient, RpcError, reply
 from trackyard.core.store import Store
 
 
@@ -70,13 +69,13 @@ async def test_calls_on_an_agent_channel() -> None:
     server = asyncio.create_task(serve())
     client = ChannelRpcClient(bus, "ND_1")
     channel = keys.agent_channel("ED_x")
-    assert await client.call(channel, "M", b"abc", headers={"worker_id": "AW_1"}) == b"cba"
+    assert await client.call_channel(channel, "M", b"abc", headers={"worker_id": "AW_1"}) == b"cba"
     with pytest.raises(RpcError) as info:
-        await client.call(channel, "M", b"", headers={"worker_id": "AW_1"})
+        await client.call_channel(channel, "M", b"", headers={"worker_id": "AW_1"})
     assert info.value.code == "unavailable"
     await server
     with pytest.raises(RpcError):  # nobody serves this channel
-        await client.call(keys.agent_channel("ED_gone"), "M", b"", timeout=0.2)
+        await client.call_channel(keys.agent_channel("ED_gone"), "M", b"", timeout=0.2)
     await client.close()
 
 

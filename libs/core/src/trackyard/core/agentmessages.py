@@ -15,7 +15,6 @@ with :func:`trackyard.core.noderpc.reply`); calls edge -> node use the node's ro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import weakref
@@ -27,10 +26,8 @@ import structlog
 from livekit.protocol import models
 from pydantic import BaseModel
 
-from trackyard.core import ids, keys, messages
-from trackyard.core.bus import Bus, BusClosedError, Envelope, Subscription
+from trackyard.core import keys
 from trackyard.core.errors import StoreUnavailableError
-from trackyard.core.noderpc import RpcError
 
 log = structlog.get_logger(__name__)
 
@@ -229,77 +226,3 @@ def room_config_from_token(token: str) -> str:
         return ""
     config = payload.get("roomConfig")
     return json.dumps(config) if isinstance(config, dict) else ""
-
-
-class ChannelRpcClient:
-    """Request/response on any channel (here: an edge's agent channel); one reply channel."""
-
-    def __init__(self, bus: Bus, caller_id: str) -> None:
-        self._bus = bus
-        self._reply_channel = keys.reply_channel(caller_id + ":agents")
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
-        self._sub: Subscription | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._sub is None:
-            self._sub = self._bus.subscribe(self._reply_channel)
-            self._reader = asyncio.create_task(self._read(self._sub))
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._bus.delete(self._reply_channel)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(RpcError("unavailable", "caller closed"))
-
-    async def call(
-        self,
-        channel: str,
-        method: str,
-        request: bytes,
-        *,
-        timeout: float = messages.RPC_TIMEOUT_SECONDS,
-        headers: Mapping[str, str] | None = None,
-    ) -> bytes:
-        await self.start()
-        request_id = ids.new_id(ids.REQUEST)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
-        try:
-            await self._bus.publish(
-                channel,
-                Envelope(
-                    kind=messages.RPC,
-                    session=request_id,
-                    data=request,
-                    reply_to=self._reply_channel,
-                    headers={"method": method, **(headers or {})},
-                ),
-            )
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise RpcError("unavailable", f"{method}: no answer within {timeout:g}s") from None
-        finally:
-            self._pending.pop(request_id, None)
-
-    async def _read(self, sub: Subscription) -> None:
-        try:
-            async for env in sub:
-                fut = self._pending.get(env.session)
-                if fut is None or fut.done():
-                    continue
-                code = env.headers.get("error")
-                if code:
-                    fut.set_exception(RpcError(code, env.data.decode(errors="replace")))
-                else:
-                    fut.set_result(env.data)
-        except BusClosedError:
-            return

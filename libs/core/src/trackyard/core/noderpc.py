@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 import structlog
 
@@ -27,13 +28,16 @@ class RpcError(Exception):
         self.msg = msg
 
 
-class NodeRpcClient:
-    """One reply channel per process, shared by all calls it makes."""
+class ChannelRpcClient:
+    """Request/response on any bus channel; one reply channel per client, shared by its calls.
 
-    def __init__(self, bus: Bus, caller_id: str | None = None) -> None:
+    ``caller_id`` names the reply channel (suffixed with ``purpose`` when one process keeps
+    several clients)."""
+
+    def __init__(self, bus: Bus, caller_id: str | None = None, purpose: str = "") -> None:
         self._bus = bus
-        self._caller_id = caller_id or ids.new_id("RC_")
-        self._reply_channel = keys.reply_channel(self._caller_id)
+        caller = caller_id or ids.new_id("RC_")
+        self._reply_channel = keys.reply_channel(f"{caller}:{purpose}" if purpose else caller)
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._sub: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -50,38 +54,43 @@ class NodeRpcClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._bus.delete(self._reply_channel)
+        with contextlib.suppress(Exception):
+            await self._bus.delete(self._reply_channel)
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(RpcError("unavailable", "caller closed"))
 
-    async def call(
+    async def call_channel(
         self,
-        node_id: str,
+        channel: str,
         method: str,
         request: bytes,
+        *,
         timeout: float = messages.RPC_TIMEOUT_SECONDS,
+        headers: Mapping[str, str] | None = None,
+        callee: str = "",
     ) -> bytes:
+        """Publish the request on ``channel`` and wait for its reply (``callee``: named in
+        the timeout error)."""
         await self.start()
         request_id = ids.new_id(ids.REQUEST)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
         try:
             await self._bus.publish(
-                keys.node_channel(node_id),
+                channel,
                 Envelope(
                     kind=messages.RPC,
                     session=request_id,
                     data=request,
                     reply_to=self._reply_channel,
-                    headers={"method": method},
+                    headers={"method": method, **(headers or {})},
                 ),
             )
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise RpcError(
-                "unavailable", f"node {node_id} did not answer {method} within {timeout:g}s"
-            ) from None
+            who = f"{callee} did not answer" if callee else "no answer to"
+            raise RpcError("unavailable", f"{who} {method} within {timeout:g}s") from None
         finally:
             self._pending.pop(request_id, None)
 
@@ -98,6 +107,21 @@ class NodeRpcClient:
                     fut.set_result(env.data)
         except BusClosedError:
             return
+
+
+class NodeRpcClient(ChannelRpcClient):
+    """Calls to SFU nodes' room API (each node's own channel)."""
+
+    async def call(
+        self,
+        node_id: str,
+        method: str,
+        request: bytes,
+        timeout: float = messages.RPC_TIMEOUT_SECONDS,
+    ) -> bytes:
+        return await self.call_channel(
+            keys.node_channel(node_id), method, request, timeout=timeout, callee=f"node {node_id}"
+        )
 
 
 async def reply(

@@ -40,11 +40,10 @@ from trackyard.core.agentmessages import (
     JOB_PREFIX,
     JOB_UPDATE,
     TERMINATE_JOB,
-    ChannelRpcClient,
     WorkerRecord,
     registry_for,
 )
-from trackyard.core.noderpc import RpcError
+from trackyard.core.noderpc import ChannelRpcClient, RpcError
 from trackyard.sfu import roomapi
 
 if TYPE_CHECKING:
@@ -84,7 +83,7 @@ class AgentDispatcher:
     def __init__(self, node: SfuNode) -> None:
         self.node = node
         self.registry = registry_for(node.store)
-        self.rpc = ChannelRpcClient(node.bus, node.node_id)
+        self.rpc = ChannelRpcClient(node.bus, node.node_id, purpose="agents")
         self.rooms: dict[str, _RoomAgents] = {}
         self.log = log.bind(node=node.node_id)
 
@@ -218,7 +217,7 @@ class AgentDispatcher:
             if not await self._edge_alive(worker.edge_id):
                 continue  # its edge died; its record has not expired yet
             try:
-                data = await self.rpc.call(
+                data = await self.rpc.call_channel(
                     keys.agent_channel(worker.edge_id),
                     ASSIGN_JOB,
                     job.SerializeToString(),
@@ -292,7 +291,7 @@ class AgentDispatcher:
 
     async def _send_termination(self, edge_id: str, worker_id: str, job_id: str) -> None:
         try:
-            await self.rpc.call(
+            await self.rpc.call_channel(
                 keys.agent_channel(edge_id),
                 TERMINATE_JOB,
                 agent.JobTermination(job_id=job_id).SerializeToString(),
