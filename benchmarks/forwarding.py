@@ -66,9 +66,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError
 
 from benchmarks.stats import percentiles
+from trackyard.loadtest.media import EncodedFrame, ReplayTrack
+from trackyard.loadtest.media import ice_protocols as _ice_protocols
+from trackyard.loadtest.media import is_rtp as _is_rtp
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.portrange import make_peer_connection
 from trackyard.sfu.rtphooks import transceiver_codecs
@@ -93,12 +95,6 @@ TARGET_P99_MS = 10.0  # at 16 subscribers
 
 
 # --- the replayed stream (client process) --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedFrame:
-    data: bytes
-    keyframe: bool
 
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -161,54 +157,6 @@ def encode_stream(seconds: float = LOOP_SECONDS) -> list[EncodedFrame]:
     return loop
 
 
-class ReplayTrack(MediaStreamTrack):
-    """Replays pre-encoded frames at ``FPS`` (aiortc packetizes ``av.Packet`` without
-    encoding). A keyframe request (PLI/FIR) restarts the loop at its first frame, a real
-    keyframe followed by its own delta frames."""
-
-    kind = "video"
-
-    def __init__(self, frames: list[EncodedFrame]) -> None:
-        super().__init__()
-        self.frames = frames
-        self.keyframe = False  # the frame being sent is a keyframe
-        self.restarts = 0
-        self.late = 0
-        self._index = 0
-        self._count = 0
-        self._start: float | None = None
-        self._restart = False
-
-    def request_keyframe(self) -> None:
-        self._restart = True
-
-    async def recv(self) -> av.Packet[Any]:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            wait = self._start + self._count / FPS - now
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -3 / FPS:  # too far behind: do not burst to catch up
-                self.late += 1
-                self._start = now - self._count / FPS
-        if self._restart:
-            self._restart = False
-            self._index = 0
-            self.restarts += 1
-        frame = self.frames[self._index]
-        self._index = (self._index + 1) % len(self.frames)
-        packet = av.Packet(frame.data)
-        packet.pts = self._count * (90000 // FPS)
-        packet.time_base = fractions.Fraction(1, 90000)
-        self._count += 1
-        self.keyframe = frame.keyframe
-        return packet
-
-
 def stream_info(frames: list[EncodedFrame]) -> dict[str, Any]:
     seconds = len(frames) / FPS
     packets = sum(-(-len(f.data) // 1290) for f in frames)  # aiortc: <= 1300 bytes a payload
@@ -241,24 +189,6 @@ def _vp8_first(transceiver: RTCRtpTransceiver) -> None:
 
 def _media_payload_types(transceiver: RTCRtpTransceiver) -> set[int]:
     return {c.payload_type for c in transceiver_codecs(transceiver) if not c.is_rtx}
-
-
-def _is_rtp(data: bytes) -> bool:
-    """RTP (not STUN, DTLS or RTCP) on a muxed ICE socket (RFC 7983, RFC 5761)."""
-    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
-
-
-def _ice_protocols(pc: RTCPeerConnection) -> list[Any]:
-    """The aioice sockets (``StunProtocol``) of a connection's transports."""
-    out: list[Any] = []
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.receiver.transport
-        if dtls is None:
-            continue
-        for protocol in dtls.transport._connection._protocols:
-            if protocol not in out:
-                out.append(protocol)
-    return out
 
 
 @dataclass

@@ -110,6 +110,7 @@ def test_nothing_listening_and_bad_options() -> None:
     assert out.returncode == 1
     report = json.loads(out.stdout)
     assert report["testers"]["joined"] == 0
+    assert report["duration_s"] == 0  # nobody joined: no measuring window
     (error,) = report["errors"]
     assert error["reason"].startswith(f"cannot connect to ws://127.0.0.1:{dead.port}")
     assert error["count"] == 2  # the publisher, and the subscriber
@@ -121,3 +122,58 @@ def test_nothing_listening_and_bad_options() -> None:
     assert out.returncode == 2
     assert "--api-key and --api-secret" in out.stderr
     assert "--video-resolution must be one of low, medium, high" in out.stderr
+
+
+async def test_ctrl_c_leaves_cleanly_and_reports(server: TrackyardProcess) -> None:
+    import asyncio
+    import signal
+
+    from livekit import api
+
+    from tests.support.cluster import eventually
+
+    proc = await asyncio.create_subprocess_exec(
+        TRACKYARD,
+        "load-test",
+        "--url",
+        server.ws_url,
+        "--api-key",
+        API_KEY,
+        "--api-secret",
+        API_SECRET,
+        "--room",
+        "load-ctrl-c",
+        "--subscribers",
+        "3",
+        "--duration",
+        "300",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    try:
+        async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+
+            async def count() -> int:
+                req = api.ListParticipantsRequest(room="load-ctrl-c")
+                return len((await lk.room.list_participants(req)).participants)
+
+            await eventually(lambda: _is(count(), 4), timeout=30, what="4 testers in the room")
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+            assert proc.returncode == 130, err.decode()
+            report = json.loads(out)
+            assert report["stopped_early"] == "interrupted (Ctrl-C)"
+            assert report["testers"]["joined"] == 4 and report["errors"] == []
+            assert report["packets"]["lost"] == 0
+            # they left (a leave, not a vanished socket): gone well before departure timeouts
+            await eventually(lambda: _is(count(), 0), timeout=3, what="the testers to leave")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 5)
+
+
+async def _is(value: Any, expected: int) -> bool:
+    return bool(await value == expected)

@@ -162,7 +162,7 @@ async def execute(opts: Options, console: Console) -> Run:
         run.started = time.monotonic()
         run.cpu_start = _cpu()
         await _join_all(run, console, stop)
-        if not run.fatal and not stop.is_set():
+        if run.joined and not run.fatal and not stop.is_set():  # nobody joined: no run
             run.window_start = time.monotonic()
             run.window_bytes_start = {t.name: _bytes(t) for t in run.joined}
             await _measure(run, console, stop)
