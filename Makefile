@@ -23,3 +23,4 @@ bench:
 	scripts/netns .venv/bin/python -m benchmarks.agent_dispatch
 	.venv/bin/python -m benchmarks.placement
 	.venv/bin/python -m benchmarks.forwarding
+	scripts/netns .venv/bin/python -m benchmarks.load_test

@@ -70,6 +70,8 @@ class Run:
     rates: dict[str, tuple[float, int]] = field(default_factory=dict)  # name -> (t, bytes)
     bitrate: dict[str, float] = field(default_factory=dict)
     window_bytes_start: dict[str, int] = field(default_factory=dict)
+    window_packets_start: dict[str, int] = field(default_factory=dict)
+    window_unix: tuple[float, float] = (0.0, 0.0)
 
 
 def _cpu() -> float:
@@ -164,8 +166,11 @@ async def execute(opts: Options, console: Console) -> Run:
         await _join_all(run, console, stop)
         if run.joined and not run.fatal and not stop.is_set():  # nobody joined: no run
             run.window_start = time.monotonic()
+            started_unix = time.time()
             run.window_bytes_start = {t.name: _bytes(t) for t in run.joined}
+            run.window_packets_start = {t.name: t.received()[0] for t in run.joined}
             await _measure(run, console, stop)
+            run.window_unix = (started_unix, time.time())
         run.window_end = time.monotonic()
         run.cpu_end = _cpu()
         await _sent_totals(run)
@@ -377,8 +382,12 @@ def summarize(run: Run) -> dict[str, Any]:
         "tracks": {"expected": expected, "received": received, "missing": missing},
         "join_latency_ms": _percentiles([t.join_latency for t in run.joined if t.join_latency]),
         "time_to_first_packet_ms": _percentiles(first_packet),
+        "window_unix": {"start": run.window_unix[0], "end": run.window_unix[1]},
         "packets": {
             "received": packets,
+            "received_in_window": sum(
+                t.received()[0] - run.window_packets_start.get(t.name, 0) for t in joined_subs
+            ),
             "lost": lost,
             "loss": round(lost / (packets + lost), 6) if packets + lost else 0.0,
             "retransmitted": rtx,
