@@ -152,6 +152,54 @@ async def test_kill_edge_behind_haproxy_media_back_within_bound(cluster: Cluster
     e0.start()
 
 
+SLOW_NODE = 1.5  # a node frozen this long (< dead_after 2 s) is slow, not dead
+REDIS_STALL = 3.0  # Redis frozen longer than dead_after: every heartbeat is late alike
+
+
+async def test_slow_node_and_stalled_redis_are_not_death(cluster: Cluster) -> None:
+    """SIGSTOP the hosting node for less than dead_after, then Redis for longer than
+    dead_after: nobody is declared dead, nobody is sent to reconnect, the room stays, and
+    media flows again right after each freeze."""
+    import signal as signals
+
+    room = "chaos-slow"
+    e0, e1 = cluster.edges
+    async with video_peer(e0.ws_url, "a", room) as a, video_peer(e1.ws_url, "b", room) as b:
+        await all_see_media([a, b], 0.0, count=FRAMES, timeout=15)
+        placed = cluster.placement(room)
+        assert placed is not None
+        host = cluster.sfus[cluster.sfu_index(placed[0])]
+        reconnects: list[str] = []
+        for client in (a.room, b.room):
+            client.on("reconnecting", lambda *_: reconnects.append("reconnecting"))
+        verdicts_before = _death_verdicts(cluster)
+
+        host.signal(signals.SIGSTOP)
+        await asyncio.sleep(SLOW_NODE)  # the freeze itself is the fault: nothing to await
+        host.signal(signals.SIGCONT)
+        await all_see_media([a, b], time.monotonic(), count=FRAMES, timeout=10)
+
+        assert cluster.redis.proc is not None
+        cluster.redis.proc.send_signal(signals.SIGSTOP)
+        await asyncio.sleep(REDIS_STALL)
+        cluster.redis.proc.send_signal(signals.SIGCONT)
+        resumed = time.monotonic()
+        await all_see_media([a, b], resumed, count=FRAMES, timeout=10)
+        # give the watchers a few rounds after the stall to (wrongly) judge
+        await asyncio.sleep(1.0)
+        assert reconnects == []
+        assert cluster.placement(room) == placed
+        assert await participant_identities(e0, room) == ["a", "b"]
+        _alive(cluster)
+    assert _death_verdicts(cluster) == verdicts_before, "a live node was judged dead"
+    _no_errors(cluster)
+
+
+def _death_verdicts(cluster: Cluster) -> int:
+    logs = cluster.logs(full=True)
+    return logs.count("hosting node is dead") + logs.count("room host is dead")
+
+
 def rtc_reason(name: str) -> int:
     from livekit.protocol import models
 
@@ -178,6 +226,12 @@ async def test_redis_restart_empty_with_racing_joins_keeps_one_room(cluster: Clu
         await all_see_media([a, b], 0.0, count=FRAMES, timeout=15)
         host = cluster.placement(room)
         assert host is not None
+        others = [i for i in range(len(cluster.sfus)) if cluster.node_ids[i] != host[0]]
+        await eventually(  # rooms of earlier tests close (departure_timeout): a clean count
+            lambda: all(cluster.sfu_record(i)["stats"]["rooms"] == 0 for i in others),
+            timeout=20,
+            what="the other node to host no room",
+        )
         reconnects: list[str] = []
         for client in (a.room, b.room):
             client.on("reconnecting", lambda *_: reconnects.append("reconnecting"))
@@ -193,9 +247,8 @@ async def test_redis_restart_empty_with_racing_joins_keeps_one_room(cluster: Clu
             await asyncio.wait_for(joining, 30)
             placed = cluster.placement(room)
             assert placed is not None and placed[0] == host[0], (n, placed, host)
-            for index in range(len(cluster.sfus)):
-                if cluster.node_ids[index] != host[0]:
-                    assert cluster.sfu_record(index)["stats"]["rooms"] == 0, "room split"
+            for index in others:
+                assert cluster.sfu_record(index)["stats"]["rooms"] == 0, "room split"
         now = time.monotonic()
         for p, q in ((a, b), (b, a)):
             gap = p.log.max_gap(q.identity, start, now)
