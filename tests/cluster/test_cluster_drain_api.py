@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import subprocess
 import time
 
@@ -205,7 +206,15 @@ async def test_drain_via_cli_then_deadline_via_api(cluster: Cluster) -> None:
                 timeout=5,
                 what="n1's SDK to be connected again",
             )
-    assert cluster.sfus[third].alive()
+    # the k8s preStop form: an SFU host drains its own node (its id from its node.api_port)
+    third_node = cluster.sfus[third]
+    assert third_node.alive()
+    out = _cli(cluster, "drain", "--self", "--config", str(third_node.config_path), "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["id"] == cluster.node_ids[third] and record["state"] == "SHUTTING_DOWN"
+    assert record["drain_deadline_at"] is None  # no deadline given, none configured
+    assert await asyncio.to_thread(third_node.wait, 10) == 0  # n1 left: nobody there
 
 
 async def _n1_back(cluster: Cluster) -> bool:
