@@ -10,6 +10,12 @@
 //                                                         window.T[fn](...args) in the page
 //   {"id": 3, "op": "close", "page": "alice"}
 //   {"id": 4, "op": "screenshot", "page": "alice", "path": "/tmp/x.png"}
+//   {"id": 5, "op": "goto", "page": "console", "url": "http://..."}   a new context + page at
+//                                                         any URL (no page.js helpers there)
+//   {"id": 6, "op": "text", "page": "console", "selector": "#nodes"}   its innerText
+//   {"id": 7, "op": "click", "page": "console", "selector": "button[data-drain]"}
+//   {"id": 8, "op": "wait_text", "page": "console", "selector": "...", "text": "...", "ms": 9000}
+//                                                         until the selector's text has "text"
 // Answers: {"id": 1, "ok": true, "result": ...} or {"id": 1, "ok": false, "error": "..."}.
 // Unsolicited lines carry "event": ready, console (page errors and warnings), pageerror, crash.
 // It exits when stdin closes.
@@ -72,7 +78,7 @@ const browser = await chromium.launch({
 
 const pages = new Map();
 
-async function openPage(name) {
+async function openPage(name, url) {
   if (pages.has(name)) throw new Error(`page ${name} is already open`);
   const context = await browser.newContext({
     viewport: { width: 1280, height: 800 },
@@ -87,6 +93,11 @@ async function openPage(name) {
   });
   page.on('pageerror', (err) => emit({ event: 'pageerror', page: name, text: String(err) }));
   page.on('crash', () => emit({ event: 'crash', page: name }));
+  if (url) {
+    await page.goto(url, { timeout: 30_000 });
+    pages.set(name, { context, page });
+    return { url: page.url() };
+  }
   await page.goto(`${origin}/`, { timeout: 30_000 });
   await page.waitForFunction(() => window.T && window.T.ready, null, { timeout: 30_000 });
   pages.set(name, { context, page });
@@ -116,6 +127,24 @@ async function handle(cmd) {
       pages.delete(cmd.page);
       if (entry) await entry.context.close();
       return null;
+    }
+    case 'goto':
+      return openPage(cmd.page, cmd.url);
+    case 'text':
+      return pageOf(cmd.page).locator(cmd.selector).first().innerText({ timeout: cmd.ms ?? 10_000 });
+    case 'click':
+      await pageOf(cmd.page).locator(cmd.selector).first().click({ timeout: cmd.ms ?? 10_000 });
+      return null;
+    case 'wait_text': {
+      const found = await pageOf(cmd.page).waitForFunction(
+        ({ selector, text }) => {
+          const node = document.querySelector(selector);
+          return node && node.innerText.includes(text) ? node.innerText : false;
+        },
+        { selector: cmd.selector, text: cmd.text },
+        { timeout: cmd.ms ?? 10_000 },
+      );
+      return found.jsonValue();
     }
     case 'screenshot':
       await pageOf(cmd.page).screenshot({ path: cmd.path });

@@ -150,6 +150,11 @@ class Browser:
         await self._command(START_TIMEOUT, op="open", page=name)
         return Page(self, name)
 
+    async def goto(self, name: str, url: str) -> Page:
+        """A page (its own context) at any ``url``: drive it with text/click/wait_text."""
+        await self._command(START_TIMEOUT, op="goto", page=name, url=url)
+        return Page(self, name)
+
     @contextlib.asynccontextmanager
     async def pages(self, *names: str) -> AsyncIterator[list[Page]]:
         """Pages that are closed (and so leave their rooms) at the end of the block."""
@@ -237,6 +242,22 @@ class Page:
     async def mark(self) -> int:
         """The position after the page's last event, for ``wait_event(since=...)``."""
         return int(await self.call("mark"))
+
+    async def text(self, selector: str) -> str:
+        """The ``innerText`` of the first element matching ``selector``."""
+        found = await self.browser._command(TIMEOUT, op="text", page=self.name, selector=selector)
+        return str(found)
+
+    async def click(self, selector: str) -> None:
+        await self.browser._command(TIMEOUT, op="click", page=self.name, selector=selector)
+
+    async def wait_text(self, selector: str, text: str, timeout: float = TIMEOUT) -> str:
+        """Wait until the ``innerText`` of ``selector`` contains ``text``; that text."""
+        ms = int(timeout * 1000)
+        found = await self.browser._command(
+            timeout + 5, op="wait_text", page=self.name, selector=selector, text=text, ms=ms
+        )
+        return str(found)
 
     async def screenshot(self, path: Path) -> None:
         await self.browser._command(TIMEOUT, op="screenshot", page=self.name, path=str(path))

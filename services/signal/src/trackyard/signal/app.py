@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from trackyard.core import metrics
-from trackyard.signal import adminapi, rtc, twirp
+from trackyard.signal import adminapi, console, rtc, twirp
 from trackyard.signal.agents import dispatchapi, hub
 from trackyard.signal.edge import Edge
 from trackyard.signal.metrics import TwirpMetrics
@@ -40,6 +40,13 @@ def create_app(edge: Edge) -> FastAPI:
             WebSocketRoute("/agent", hub.agent_socket),
             Route(adminapi.PREFIX + "nodes", adminapi.list_nodes),
             Route(adminapi.PREFIX + "nodes/{node_id}/drain", adminapi.drain, methods=["POST"]),
+            Route("/console", console.page),
+            Route(adminapi.PREFIX + "cluster", console.cluster),
+            Route(
+                adminapi.PREFIX + "rooms/{room}/participants/{identity}/remove",
+                console.remove_participant,
+                methods=["POST"],
+            ),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],
