@@ -14,6 +14,8 @@
 //                                                         any URL (no page.js helpers there)
 //   {"id": 6, "op": "text", "page": "console", "selector": "#nodes"}   its innerText
 //   {"id": 7, "op": "click", "page": "console", "selector": "button[data-drain]"}
+//   {"id": 9, "op": "fill", "page": "console", "selector": "input", "value": "..."}
+//   {"id": 10, "op": "url", "page": "console"}              the address the page shows
 //   {"id": 8, "op": "wait_text", "page": "console", "selector": "...", "text": "...", "ms": 9000}
 //                                                         until the selector's text has "text"
 // Answers: {"id": 1, "ok": true, "result": ...} or {"id": 1, "ok": false, "error": "..."}.
@@ -135,6 +137,11 @@ async function handle(cmd) {
     case 'click':
       await pageOf(cmd.page).locator(cmd.selector).first().click({ timeout: cmd.ms ?? 10_000 });
       return null;
+    case 'fill':
+      await pageOf(cmd.page).locator(cmd.selector).first().fill(cmd.value, { timeout: 10_000 });
+      return null;
+    case 'url':
+      return pageOf(cmd.page).url();
     case 'wait_text': {
       const found = await pageOf(cmd.page).waitForFunction(
         ({ selector, text }) => {

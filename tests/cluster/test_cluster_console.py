@@ -78,6 +78,25 @@ async def test_data_endpoint_refuses_without_admin_token(cluster: Cluster) -> No
         )
 
 
+async def test_console_asks_for_a_token(cluster: Cluster, browser: Browser) -> None:
+    page = await browser.goto("token", f"{cluster.edges[0].http_url}/console")
+    try:
+        await page.wait_text("#status", "paste an admin access token", WAIT)
+        await page.fill("#token-input", _token(VideoGrants(room_join=True, room=ROOM)))
+        await page.click("#token-save")
+        await page.wait_text("#status", "token refused (403: permission denied", WAIT)
+        await page.fill("#token-input", _token(ADMIN))
+        await page.click("#token-save")
+        await page.wait_text("#status", "2 node(s)", WAIT)
+        for node_id in cluster.node_ids:
+            await page.wait_text("#nodes", node_id, WAIT)
+        # forgetting it asks again
+        await page.click("#token-forget")
+        await page.wait_text("#status", "paste an admin access token", WAIT)
+    finally:
+        await page.close()
+
+
 async def test_console_in_chromium(
     cluster: Cluster, browser: Browser, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -94,6 +113,8 @@ async def test_console_in_chromium(
         other_id = next(n for n in cluster.node_ids if n != host_id)
         page = await browser.goto("console", url)
         try:
+            # the token given in the address is kept in sessionStorage, not in the address
+            assert await page.url() == f"{edge.http_url}/console"
             # nodes: both, serving, with region; the host counts alice's client
             for node_id in cluster.node_ids:
                 row = f'#nodes tr[data-node="{node_id}"]'

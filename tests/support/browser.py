@@ -251,6 +251,14 @@ class Page:
     async def click(self, selector: str) -> None:
         await self.browser._command(TIMEOUT, op="click", page=self.name, selector=selector)
 
+    async def fill(self, selector: str, value: str) -> None:
+        await self.browser._command(
+            TIMEOUT, op="fill", page=self.name, selector=selector, value=value
+        )
+
+    async def url(self) -> str:
+        return str(await self.browser._command(TIMEOUT, op="url", page=self.name))
+
     async def wait_text(self, selector: str, text: str, timeout: float = TIMEOUT) -> str:
         """Wait until the ``innerText`` of ``selector`` contains ``text``; that text."""
         ms = int(timeout * 1000)
