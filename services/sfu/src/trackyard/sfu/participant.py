@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
@@ -279,13 +280,13 @@ class Participant:
             await self.publisher_pc.setRemoteDescription(
                 RTCSessionDescription(sdp=offer.sdp, type="offer")
             )
+            # no await between here and attach: packets of a new m-line must reach its UpTrack
+            self._bind_published_media(offer.sdp)
+            answer = await self.publisher_pc.createAnswer()
+            await self.publisher_pc.setLocalDescription(answer)
         except Exception as exc:  # what the checks above did not foresee
             await self._negotiation_failed("offer", f"{type(exc).__name__}: {exc}")
             return
-        # no await between here and attach: packets of a new m-line must reach its UpTrack
-        self._bind_published_media(offer.sdp)
-        answer = await self.publisher_pc.createAnswer()
-        await self.publisher_pc.setLocalDescription(answer)
         # aiortc drops a=rid/a=simulcast from answers; without them the client sends one layer
         sdp_text = rtphooks.simulcast_answer(self.publisher_pc.localDescription.sdp, offer.sdp)
         self.send(
@@ -525,7 +526,11 @@ class Participant:
             spare.rebind(up, stream_id=stream_id, track_id=track_sid)
             dt = spare
         else:
-            transceiver = self.subscriber_pc.addTransceiver(up.kind, direction="sendonly")
+            try:
+                transceiver = self.subscriber_pc.addTransceiver(up.kind, direction="sendonly")
+            except InvalidStateError:  # its transport closed: the client is going away
+                self.log.info("subscription skipped: subscriber connection closed", track=track_sid)
+                return False
             dt = DownTrack(
                 up,
                 transceiver,
@@ -703,6 +708,16 @@ class Participant:
             return
         if self.subscriber_pc.signalingState == "closed":
             return
+        if (
+            self.subscriber_pc.remoteDescription is not None
+            and self.subscriber_pc.connectionState in ("new", "connecting")
+        ):
+            # aiortc starts a sender only if DTLS is already up when the answer that adds it
+            # is applied; an answer applied while the first one is still connecting leaves the
+            # new senders unstarted forever (the newcomer who never gets media). Offer again
+            # once connected (see _on_state).
+            self._renegotiate = True
+            return
         self._offer_in_flight = True
         try:
             offer = await self.subscriber_pc.createOffer()
@@ -737,6 +752,13 @@ class Participant:
         def _on_state() -> None:
             self._maybe_active()
             self.room.node.reaper.transport_changed(self)
+            if (
+                self.subscriber_pc.connectionState == "connected"
+                and self._renegotiate
+                and not self._offer_in_flight
+            ):
+                self._renegotiate = False
+                self.room.node.spawn(self.negotiate_subscriber())
 
         @self.publisher_pc.on("connectionstatechange")
         def _on_publisher_state() -> None:
