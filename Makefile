@@ -24,3 +24,4 @@ bench:
 	.venv/bin/python -m benchmarks.placement
 	.venv/bin/python -m benchmarks.forwarding
 	scripts/netns .venv/bin/python -m benchmarks.load_test
+	scripts/netns .venv/bin/python -m benchmarks.load_test --cluster

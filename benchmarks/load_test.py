@@ -8,25 +8,38 @@ sampled with psutil and cut to the load tester's measuring window) and the load 
 CPU. The result: the largest step held with < 1% loss and every track received, next to
 ``benchmarks/forwarding.py``'s component figure (the SFU's forwarding alone).
 
+``--cluster`` runs the same steps against a local cluster of real processes instead
+(``tests/support/cluster.py``): redis-server, one router, one signal edge and one SFU node;
+the load tester connects to the edge, so every signal message is bridged through Redis. The
+server CPU is then the sum over all four processes, each also reported on its own
+(``cpu_by_process``). The SFU's reported load is pinned to 0 by the cluster helper's test
+hook (one node: placement has no choice to make anyway).
+
 The server and the load tester share the machine (2 cores, shared with whatever else runs):
 the tester is one process, one core; when it saturates it, loss measured is the tester's.
 
 Run: ``scripts/netns .venv/bin/python -m benchmarks.load_test [--steps 10,25,50,100]
-[--seconds 15]`` (writes ``benchmarks/results/load_test.json``).
+[--seconds 15] [--cluster]`` (writes ``benchmarks/results/load_test.json``, with
+``--cluster`` ``benchmarks/results/load_test_cluster.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from tests.support.cluster import Cluster
+from tests.support.redisserver import RedisServer
 from tests.support.trackyard import API_KEY, API_SECRET, TRACKYARD, TrackyardProcess
 
 RESULTS = Path(__file__).parent / "results"
@@ -65,7 +78,9 @@ class CpuSampler:
         return (c1 - c0) * (end - start) / (t1 - t0) if t1 > t0 else 0.0
 
 
-def run_step(url: str, subscribers: int, seconds: float, sampler: CpuSampler) -> dict[str, Any]:
+def run_step(
+    url: str, subscribers: int, seconds: float, samplers: dict[str, CpuSampler]
+) -> dict[str, Any]:
     args = [
         TRACKYARD,
         "load-test",
@@ -95,7 +110,11 @@ def run_step(url: str, subscribers: int, seconds: float, sampler: CpuSampler) ->
     report = json.loads(out.stdout)
     window = report["window_unix"]
     span = window["end"] - window["start"]
-    server_cpu = sampler.between(window["start"], window["end"]) if span > 0 else 0.0
+    cpu_by_process = {
+        name: sampler.between(window["start"], window["end"]) if span > 0 else 0.0
+        for name, sampler in samplers.items()
+    }
+    server_cpu = sum(cpu_by_process.values())
     delivered = report["packets"]["received_in_window"]
     pps = delivered / span if span > 0 else 0.0
     return {
@@ -112,43 +131,95 @@ def run_step(url: str, subscribers: int, seconds: float, sampler: CpuSampler) ->
         "server_us_per_delivered_packet": round(server_cpu / delivered * 1e6, 1)
         if delivered
         else None,
+        "cpu_by_process": {
+            name: {
+                "cpu_share": round(cpu / span, 3) if span > 0 else None,
+                "us_per_delivered_packet": round(cpu / delivered * 1e6, 1) if delivered else None,
+            }
+            for name, cpu in cpu_by_process.items()
+        }
+        if len(cpu_by_process) > 1
+        else None,
         "tester_cpu_share": round(report["tester_cpu_s"] / max(report["duration_s"], 1e-6), 3),
         "join_latency_ms": report["join_latency_ms"],
         "time_to_first_packet_ms": report["time_to_first_packet_ms"],
     }
 
 
+@contextlib.contextmanager
+def dev_server(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, int]]]:
+    """``trackyard dev``: (its WebSocket URL, {"dev": pid})."""
+    with TrackyardProcess(config) as server:
+        assert server.proc is not None
+        yield server.ws_url, {"dev": server.proc.pid}
+
+
+@contextlib.contextmanager
+def cluster_server(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, int]]]:
+    """Redis, 1 router, 1 edge, 1 SFU node: (the edge's WebSocket URL, pids by role)."""
+    with RedisServer() as redis, tempfile.TemporaryDirectory() as work:
+        cluster = Cluster(
+            redis=redis,
+            workdir=Path(work),
+            sfu_regions=["us-east"],
+            edge_regions=["us-east"],
+            routers_count=1,
+            overrides={**config, "node": {"stats_update_interval": 2.0}},
+        )
+        try:
+            cluster.start()
+            pids = {
+                "sfu": cluster.sfus[0].proc,
+                "edge": cluster.edges[0].proc,
+                "router": cluster.routers[0].proc,
+                "redis": redis.proc,
+            }
+            yield cluster.edges[0].ws_url, {k: p.pid for k, p in pids.items() if p is not None}
+        finally:
+            cluster.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="10,25,50,100")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="redis-server + router + edge + SFU node as processes, tester on the edge",
+    )
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",") if s]
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     config = {"room": {"departure_timeout": 1, "empty_timeout": 3}, "logging": {"level": "warn"}}
-    with TrackyardProcess(config) as server:
-        assert server.proc is not None
-        with CpuSampler(server.proc.pid) as sampler:
-            for n in steps:
-                step = run_step(server.ws_url, n, args.seconds, sampler)
-                results.append(step)
-                print(
-                    f"subs={n:<4} tracks {step['tracks']:<8} loss {step['loss']:.3%}  "
-                    f"{step['delivered_pps']:>6} pkt/s  {step['bitrate_mbps']:>6} Mbps  "
-                    f"server cpu {step['server_cpu_share']:.0%} "
-                    f"{step['server_us_per_delivered_packet']} us/pkt  "
-                    f"tester cpu {step['tester_cpu_share']:.0%}  "
-                    f"join p50/p99 {step['join_latency_ms']['p50']}/"
-                    f"{step['join_latency_ms']['p99']} ms  errors {step['errors']}",
-                    flush=True,
-                )
-                if step["loss"] >= MAX_LOSS * 5 or not step["all_tracks"]:
-                    break  # well past the limit: larger steps tell nothing new
+    server = cluster_server(config) if args.cluster else dev_server(config)
+    with server as (url, pids), contextlib.ExitStack() as stack:
+        samplers = {name: stack.enter_context(CpuSampler(pid)) for name, pid in pids.items()}
+        for n in steps:
+            step = run_step(url, n, args.seconds, samplers)
+            results.append(step)
+            by_process = step["cpu_by_process"] or {}
+            parts = " ".join(f"{k} {v['cpu_share']:.0%}" for k, v in by_process.items())
+            print(
+                f"subs={n:<4} tracks {step['tracks']:<8} loss {step['loss']:.3%}  "
+                f"{step['delivered_pps']:>6} pkt/s  {step['bitrate_mbps']:>6} Mbps  "
+                f"server cpu {step['server_cpu_share']:.0%} "
+                f"{step['server_us_per_delivered_packet']} us/pkt {f'({parts}) ' if parts else ''} "
+                f"tester cpu {step['tester_cpu_share']:.0%}  "
+                f"join p50/p99 {step['join_latency_ms']['p50']}/"
+                f"{step['join_latency_ms']['p99']} ms  errors {step['errors']}",
+                flush=True,
+            )
+            if step["loss"] >= MAX_LOSS * 5 or not step["all_tracks"]:
+                break  # well past the limit: larger steps tell nothing new
     held = [s for s in results if s["loss"] < MAX_LOSS and s["all_tracks"] and not s["errors"]]
     best = max(held, key=lambda s: s["subscribers"]) if held else None
     summary = {
-        "benchmark": "load_test",
+        "benchmark": "load_test_cluster" if args.cluster else "load_test",
+        "server": "redis-server + router + signal edge + SFU node, tester on the edge"
+        if args.cluster
+        else "trackyard dev (one process)",
         "machine": {"cpus": psutil.cpu_count(), "note": "server and tester share the cores"},
         "publishers": {"video": "1 (VP8 640x360 pre-encoded)", "audio": "1 (Opus)"},
         "seconds_per_step": args.seconds,
@@ -157,7 +228,7 @@ def main() -> None:
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "load_test.json"
+    path = RESULTS / ("load_test_cluster.json" if args.cluster else "load_test.json")
     path.write_text(json.dumps(summary, indent=2))
     if best:
         print(
