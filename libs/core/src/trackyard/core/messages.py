@@ -16,6 +16,7 @@ from trackyard.core.auth import VideoGrants
 JOIN = "join"  # data: SessionStart JSON; reply on session channel: SIGNAL(join) or CLOSE
 SIGNAL = "signal"  # data: SignalRequest bytes (edge->node) / SignalResponse bytes (node->edge)
 CLIENT_GONE = "client_gone"  # the WebSocket closed; data: empty
+RESUME = "resume"  # data: SessionStart JSON (reconnect_sid set); reply like JOIN: SIGNAL(reconnect)
 # node -> edge
 CLOSE = "close"  # the node ends the session; data: SessionClosed JSON
 # anyone -> node, and the reply

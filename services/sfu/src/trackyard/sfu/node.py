@@ -394,6 +394,8 @@ class SfuNode:
                 self.spawn(self._refuse(env.session, 0, "session is not on this node"))
         elif env.kind == messages.JOIN:
             self.spawn(self._join(env))
+        elif env.kind == messages.RESUME:
+            self.spawn(self._resume(env))
         elif env.kind == messages.RPC:
             self.spawn(self._rpc(env))
         else:
@@ -420,6 +422,39 @@ class SfuNode:
                 "join refused", room=start.room, identity=start.identity, reason=exc.reason
             )
             await self._refuse(start.session_id, exc.status, exc.reason)
+
+    async def _resume(self, env: Envelope) -> None:
+        """A ``reconnect=1&sid=`` socket on some edge: re-bind the participant to it."""
+        try:
+            start = messages.SessionStart.model_validate_json(env.data)
+        except ValidationError as exc:
+            self.log.warning("malformed resume on bus", error=str(exc))
+            return
+        async with self.room_lock(start.room):
+            room = self.rooms.get(start.room)
+            participant = room.participants.get(start.identity) if room is not None else None
+            if (
+                participant is None
+                or participant.sid != start.reconnect_sid
+                or not participant.resumable()
+            ):
+                self.log.info(
+                    "resume refused",
+                    room=start.room,
+                    identity=start.identity,
+                    sid=start.reconnect_sid,
+                )
+                await self._refuse(start.session_id, 404, "session cannot be resumed")
+                return
+            assert room is not None
+            old = participant.resume(start, room.reconnect_response(participant))
+            room.send_resume_snapshot(participant)
+            self.sessions.pop(old, None)
+            self.sessions[start.session_id] = participant
+            self.reaper.resumed(participant)
+        if old != start.session_id:  # the old socket, if an edge still holds it, closes
+            with contextlib.suppress(Exception):
+                await self._refuse(old, 0, "session resumed elsewhere")
 
     async def _refuse(self, session_id: str, status: int, reason: str) -> None:
         closed = messages.SessionClosed(status=status, reason=reason)

@@ -53,6 +53,7 @@ QUALITY_HOLD = 2.0
 DATA_QUEUE_LIMIT = 256  # data packets held per channel until the participant's channel opens
 OUTBOX_LIMIT = 2000  # signal responses queued for a slow edge before we give up on it
 INBOX_LIMIT = 2000
+REPLAY_LIMIT = 1000  # signal responses kept for a detached participant; more: it must rejoin
 
 PeerConnectionFactory = Callable[[], RTCPeerConnection]
 
@@ -126,6 +127,10 @@ class Participant:
         self._outbox: asyncio.Queue[Envelope | None] = asyncio.Queue(OUTBOX_LIMIT)
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        # detached: its socket went away without a leave; responses wait here for a resume
+        self.detached = False
+        self._replay: deque[Envelope] = deque()
+        self._replay_overflow = False
         self._wire_peer_connections()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -177,6 +182,36 @@ class Participant:
         await self.publisher_pc.close()
         await self.subscriber_pc.close()
 
+    # -- resume -----------------------------------------------------------------------------
+
+    def detach(self) -> None:
+        """The signal socket went away without a leave: keep everything for
+        ``node.reconnect_window``, buffering what would have been sent (LiveKit's
+        SetSignalSourceValid(false)); no resume in time -> it leaves with SIGNAL_CLOSE."""
+        if self.state is State.DISCONNECTED or self.detached:
+            return
+        self.detached = True
+        self.log.info("signal detached; awaiting resume")
+        self.room.node.reaper.detached(self)
+
+    def resumable(self) -> bool:
+        return self.state is not State.DISCONNECTED and not self._replay_overflow
+
+    def resume(self, start: messages.SessionStart, reconnect: rtc.ReconnectResponse) -> str:
+        """Re-bind to the new session: answer ``reconnect``, then replay in order.
+        Returns the old session id."""
+        old = self.session_id
+        self.session_id = start.session_id
+        self.edge_id = start.edge_id
+        self.detached = False
+        replay = list(self._replay)
+        self._replay.clear()
+        self.send(rtc.SignalResponse(reconnect=reconnect))
+        for env in replay:
+            self._queue_out(Envelope(kind=env.kind, session=self.session_id, data=env.data))
+        self.log.info("session resumed", replayed=len(replay), session=self.session_id)
+        return old
+
     # -- outgoing ---------------------------------------------------------------------------
 
     def send(self, response: rtc.SignalResponse) -> None:
@@ -209,6 +244,12 @@ class Participant:
             self._queue_out(env)
 
     def _queue_out(self, env: Envelope) -> None:
+        if self.detached and env.kind == messages.SIGNAL:
+            if len(self._replay) >= REPLAY_LIMIT:
+                self._replay_overflow = True
+            else:
+                self._replay.append(env)
+            return
         try:
             self._outbox.put_nowait(env)
         except asyncio.QueueFull:
@@ -218,11 +259,11 @@ class Participant:
             )
 
     async def _run_outbox(self) -> None:
-        channel = keys.session_channel(self.session_id)
         while True:
             env = await self._outbox.get()
             if env is None:
                 return
+            channel = keys.session_channel(self.session_id)  # re-bound by a resume
             within = self.room.node.config.signal.ping_timeout
             if not await publish_patiently(self.bus, channel, env, within=within):
                 self.log.warning("bus unavailable; signal response dropped", kind=env.kind)
@@ -235,8 +276,9 @@ class Participant:
             if env is None:
                 return
             if env.kind == messages.CLIENT_GONE:
-                await self.room.remove(self, models.DisconnectReason.CLIENT_INITIATED, notify=False)
-                return
+                if env.session == self.session_id:  # not a socket a resume replaced
+                    self.detach()
+                continue
             try:
                 request = rtc.SignalRequest.FromString(env.data)
             except Exception:

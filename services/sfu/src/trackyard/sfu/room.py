@@ -146,6 +146,22 @@ class Room:
             ),
         )
 
+    def reconnect_response(self, participant: Participant) -> rtc.ReconnectResponse:
+        cfg = self.node.config
+        join = self._join_response(participant)
+        return rtc.ReconnectResponse(
+            ice_servers=turn.ice_servers(cfg.rtc, participant.sid),
+            client_configuration=join.client_configuration,
+            server_info=join.server_info,
+        )
+
+    def send_resume_snapshot(self, participant: Participant) -> None:
+        """After the replay, as LiveKit's ResumeParticipant: everyone's current info (its own
+        too: metadata may have changed) and the room."""
+        infos = [p.info() for p in self.participants.values() if p is participant or not p.hidden]
+        participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=infos)))
+        participant.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+
     async def remove(
         self,
         participant: Participant,

@@ -70,6 +70,7 @@ class SessionReaper:
             self._edge_missing[edge_id] = time.monotonic()
             log.warning("signal edge is gone", edge=edge_id, participants=len(participants))
             for p in participants:
+                p.detach()  # buffers what it would have been sent, for a resume elsewhere
                 self._schedule(p, models.DisconnectReason.SIGNAL_CLOSE)
 
     async def _edge_back(self, edge_id: str) -> bool:
@@ -77,6 +78,18 @@ class SessionReaper:
             return await self._node.store.edge_alive(edge_id)
         except Exception:
             return True  # no verdict without the store: keep the participant
+
+    # -- detached sessions (socket closed without a leave) ----------------------------------
+
+    def detached(self, participant: Participant) -> None:
+        """``participant`` lost its socket; it leaves unless resumed within the window."""
+        self._schedule(participant, models.DisconnectReason.SIGNAL_CLOSE)
+
+    def resumed(self, participant: Participant) -> None:
+        """A resume re-bound ``participant``: its pending removal (if any) is off."""
+        task = self._pending.pop(participant.sid, None)
+        if task is not None:
+            task.cancel()
 
     # -- failed peer connections -------------------------------------------------------------
 
@@ -106,7 +119,13 @@ class SessionReaper:
             return
         task = self._node.spawn(self._remove_later(participant, reason))
         self._pending[participant.sid] = task
-        task.add_done_callback(lambda _t: self._pending.pop(participant.sid, None))
+        task.add_done_callback(
+            lambda t: (
+                self._pending.pop(participant.sid, None)
+                if self._pending.get(participant.sid) is t
+                else None
+            )
+        )
 
     async def _remove_later(
         self, participant: Participant, reason: models.DisconnectReason
@@ -116,7 +135,7 @@ class SessionReaper:
         if room.participants.get(participant.identity) is not participant:
             return  # left, or replaced by a rejoin with the same identity
         if reason == models.DisconnectReason.SIGNAL_CLOSE:
-            if await self._edge_back(participant.edge_id):
+            if not participant.detached and await self._edge_back(participant.edge_id):
                 return
         elif self._transport_back(participant):
             return

@@ -136,14 +136,23 @@ async def rtc_socket(ws: WebSocket) -> None:
     edge: Edge = ws.app.state.edge
     started = time.perf_counter()
     session_id = ids.new_id(ids.SESSION)
-    if _flag(ws, "reconnect", False):
+    resume_sid = ws.query_params.get("sid", "") if _flag(ws, "reconnect", False) else ""
+    if _flag(ws, "reconnect", False) and not resume_sid:
         await _ask_full_reconnect(ws)
         return
     sub: Subscription | None = None
     node_id = ""
     try:
         claims, room = await _authorize(edge, ws)
-        placement = await _locate(edge, room, create=edge.config.room.auto_create)
+        try:
+            placement = await _locate(
+                edge, room, create=edge.config.room.auto_create and not resume_sid
+            )
+        except Refusal as exc:
+            if resume_sid and exc.status == 404:  # no host: nothing to resume, rejoin
+                await _ask_full_reconnect(ws)
+                return
+            raise
         node_id = placement.node_id
         sub = edge.bus.subscribe(keys.session_channel(session_id))
         start = messages.SessionStart(
@@ -163,13 +172,14 @@ async def rtc_socket(ws: WebSocket) -> None:
             edge_id=edge.edge_id,
             placement_epoch=placement.epoch,
             room_config=room_config_from_token(_token(ws)),
+            reconnect=bool(resume_sid),
+            reconnect_sid=resume_sid,
         )
+        kind = messages.RESUME if resume_sid else messages.JOIN
         try:
             await edge.bus.publish(
                 keys.node_channel(node_id),
-                Envelope(
-                    kind=messages.JOIN, session=session_id, data=start.model_dump_json().encode()
-                ),
+                Envelope(kind=kind, session=session_id, data=start.model_dump_json().encode()),
             )
         except BusUnavailableError as exc:
             raise Refusal(503, f"cannot reach room host {node_id}: {exc}") from None
@@ -178,6 +188,11 @@ async def rtc_socket(ws: WebSocket) -> None:
             raise Refusal(503, f"room host {node_id} did not answer the join in time")
         if first.kind == messages.CLOSE:
             closed = _closed(first)
+            if resume_sid:  # unknown sid, participant gone: the SDK rejoins from scratch
+                await sub.close()
+                await _drop_channel(edge, session_id)
+                await _ask_full_reconnect(ws)
+                return
             raise Refusal(closed.status or 503, closed.reason or "join refused")
     except Refusal as exc:
         log.info("connection refused", status=exc.status, reason=exc.reason, path=ws.url.path)
@@ -195,7 +210,10 @@ async def rtc_socket(ws: WebSocket) -> None:
     record_join(join_seconds, start.protocol)
     SESSIONS.inc()
     slog = log.bind(room=room, participant=claims.identity, session=session_id, node=node_id)
-    slog.info("session started", join_ms=round(join_seconds * 1000, 3))
+    slog.info(
+        "session resumed" if resume_sid else "session started",
+        join_ms=round(join_seconds * 1000, 3),
+    )
     downstream = asyncio.create_task(_pump_down(ws, sub, slog))
 
     async def evict(reason: str) -> None:
@@ -245,7 +263,7 @@ async def _client_gone(edge: Edge, node_id: str, session_id: str, *, ride_out: b
 
 
 async def _ask_full_reconnect(ws: WebSocket) -> None:
-    """We do not resume sessions: tell the SDK to rejoin from scratch."""
+    """Nothing to resume (no sid, unknown sid, participant gone): the SDK rejoins."""
     await ws.accept()
     await _send_reconnect(ws, "session cannot be resumed; rejoin")
 

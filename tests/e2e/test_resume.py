@@ -1,0 +1,151 @@
+"""Session resume with the real Python SDK: the client's signal WebSocket is cut by its network
+(nftables inside the test namespace drops its TCP to the edge) with the edge alive; the SDK
+resumes (``reconnect=1&sid=``): same participant and track SIDs, nobody saw it leave, and the
+media it sends and receives never stops for longer than a bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from livekit import rtc
+
+from tests.support.media import pattern_video, read_pattern
+from tests.support.sdk import EventWaiter, connected
+from tests.support.trackyard import TrackyardProcess
+
+pytestmark = pytest.mark.sdk
+
+MOVER_ADDR = "127.0.0.2"  # the mover reaches the edge here; only this address is cut
+CONFIG = {
+    "bind_addresses": ["127.0.0.1", MOVER_ADDR],
+    "signal": {"ping_interval": 1, "ping_timeout": 3},
+    "node": {"reconnect_window": 20},
+    "logging": {"level": "debug"},
+}
+MAX_GAP = 3.0  # seconds without a decoded frame, either direction
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TrackyardProcess]:
+    with TrackyardProcess(CONFIG) as proc:
+        yield proc
+        assert proc.alive(), f"server died during the module:\n{proc.logs()}"
+
+
+@contextlib.contextmanager
+def tcp_blocked(addr: str, port: int) -> Iterator[None]:
+    """Drop every TCP segment to ``addr:port`` (the client's signal socket and any new one)."""
+    nft = shutil.which("nft")
+    if nft is None:
+        pytest.fail("nft is not installed: run scripts/bootstrap --test (installs nftables)")
+    table = "trackyard_sigcut"
+    rules = (
+        f"add table inet {table}\n"
+        f"add chain inet {table} input {{ type filter hook input priority 0; }}\n"
+        f"add rule inet {table} input ip daddr {addr} tcp dport {port} drop\n"
+    )
+    subprocess.run([nft, "-f", "-"], input=rules.encode(), check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([nft, "delete", "table", "inet", table], check=True)
+
+
+class FrameClock:
+    """Arrival times of decoded pattern frames of one track."""
+
+    def __init__(self, track: rtc.Track) -> None:
+        self.times: list[float] = []
+        self._arrived = asyncio.Condition()
+        self._stream = rtc.VideoStream(track)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for event in self._stream:
+            if read_pattern(event.frame) is not None:
+                self.times.append(time.monotonic())
+                async with self._arrived:
+                    self._arrived.notify_all()
+
+    async def frames_after(self, t: float, count: int, timeout: float = 15) -> None:
+        async def wait() -> None:
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: sum(1 for x in self.times if x > t) >= count)
+
+        await asyncio.wait_for(wait(), timeout)
+
+    def max_gap(self, since: float) -> float:
+        times = [x for x in self.times if x >= since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def clock(track: rtc.Track) -> AsyncIterator[FrameClock]:
+    c = FrameClock(track)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def _video(waiter: EventWaiter, identity: str) -> rtc.Track:
+    for track, _pub, p in waiter.calls:
+        if p.identity == identity:
+            return track  # type: ignore[no-any-return]
+    raise AssertionError(f"no track of {identity}")
+
+
+async def test_signal_cut_by_network_resumes(server: TrackyardProcess, room_name: str) -> None:
+    async with (
+        connected(server.ws_url, "watcher", room_name) as watcher,
+        connected(f"ws://{MOVER_ADDR}:{server.port}", "mover", room_name) as mover,
+    ):
+        at_mover = EventWaiter(mover, "track_subscribed")
+        at_watcher = EventWaiter(watcher, "track_subscribed")
+        async with pattern_video(mover) as mover_pub, pattern_video(watcher):
+            await at_mover.wait(lambda _t, _pub, p: p.identity == "watcher")
+            await at_watcher.wait(lambda _t, _pub, p: p.identity == "mover")
+            into_mover = _video(at_mover, "watcher")
+            into_watcher = _video(at_watcher, "mover")
+            async with clock(into_mover) as recv, clock(into_watcher) as sent:
+                start = time.monotonic()
+                await recv.frames_after(start, 10)
+                await sent.frames_after(start, 10)
+                sid = mover.local_participant.sid
+                track_sid = mover_pub.sid
+                left = EventWaiter(watcher, "participant_disconnected")
+                reconnecting = EventWaiter(mover, "reconnecting")
+                reconnected = EventWaiter(mover, "reconnected")
+                cut = time.monotonic()
+                with tcp_blocked(MOVER_ADDR, server.port):
+                    await reconnecting.wait(timeout=20)
+                await reconnected.wait(timeout=30)
+                back = time.monotonic()
+                await recv.frames_after(back, 30)
+                await sent.frames_after(back, 30)
+                gap_recv, gap_sent = recv.max_gap(cut), sent.max_gap(cut)
+                print(
+                    f"resume: signal outage {back - cut:.2f}s, media gap received "
+                    f"{gap_recv:.3f}s, sent {gap_sent:.3f}s"
+                )
+                assert mover.local_participant.sid == sid
+                assert {p.sid for p in mover.local_participant.track_publications.values()} == {
+                    track_sid
+                }
+                assert watcher.remote_participants["mover"].sid == sid
+                assert track_sid in watcher.remote_participants["mover"].track_publications
+                assert not left.calls, "the watcher saw the mover leave"
+                assert gap_recv < MAX_GAP and gap_sent < MAX_GAP, (gap_recv, gap_sent)
