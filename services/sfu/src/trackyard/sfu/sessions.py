@@ -1,8 +1,10 @@
 """Participants whose session is gone leave: no ghosts.
 
 A participant's session is gone when the signal edge holding its WebSocket died (its
-registration expired in the store: nothing will ever report the client gone), or when its
-peer connections failed. Either way it gets ``node.reconnect_window`` to come back (a rejoin
+registration expired in the store: nothing will ever report the client gone), when its socket
+closed without a leave (it is detached: kept, with its signal responses buffered, for a
+resume on any edge), or when its peer connections failed. Either way it gets
+``node.reconnect_window`` to come back (a resume re-binds it and cancels the removal; a rejoin
 with the same identity replaces it; a connection that recovers cancels the removal); then it
 leaves, and the others see it leave with LiveKit's reason: ``SIGNAL_CLOSE`` for a dead edge
 (LiveKit's ParticipantCloseReasonSignalSourceClose), ``CONNECTION_TIMEOUT`` for failed peer
