@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,6 +15,7 @@ import pytest
 from livekit import rtc
 
 from tests.support.media import pattern_video, read_pattern
+from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
 
@@ -42,20 +41,8 @@ def server() -> Iterator[TrackyardProcess]:
 @contextlib.contextmanager
 def tcp_blocked(addr: str, port: int) -> Iterator[None]:
     """Drop every TCP segment to ``addr:port`` (the client's signal socket and any new one)."""
-    nft = shutil.which("nft")
-    if nft is None:
-        pytest.fail("nft is not installed: run scripts/bootstrap --test (installs nftables)")
-    table = "trackyard_sigcut"
-    rules = (
-        f"add table inet {table}\n"
-        f"add chain inet {table} input {{ type filter hook input priority 0; }}\n"
-        f"add rule inet {table} input ip daddr {addr} tcp dport {port} drop\n"
-    )
-    subprocess.run([nft, "-f", "-"], input=rules.encode(), check=True)
-    try:
+    with input_rules("trackyard_sigcut", f"ip daddr {addr} tcp dport {port} drop"):
         yield
-    finally:
-        subprocess.run([nft, "delete", "table", "inet", table], check=True)
 
 
 class FrameClock:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 from livekit import api, rtc
 
 from tests.support.media import dominant_tone, tone_audio
+from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected, token
 from tests.support.trackyard import TrackyardProcess
 
@@ -39,22 +38,10 @@ def server() -> Iterator[TrackyardProcess]:
 
 @contextlib.contextmanager
 def udp_loss_to_sfu(every: int) -> Iterator[None]:
-    """Drop 1 in ``every`` UDP packets sent to the SFU's port range (nftables, namespace-local)."""
-    nft = shutil.which("nft")
-    if nft is None:
-        pytest.fail("nft is not installed: run scripts/bootstrap --test (installs nftables)")
-    table = "trackyard_loss"
-    rules = (
-        f"add table inet {table}\n"
-        f"add chain inet {table} input {{ type filter hook input priority 0; }}\n"
-        f"add rule inet {table} input udp dport {PORTS[0]}-{PORTS[1]}"
-        f" numgen random mod {every} 0 drop\n"
-    )
-    subprocess.run([nft, "-f", "-"], input=rules.encode(), check=True)
-    try:
+    """Drop 1 in ``every`` UDP packets sent to the SFU's port range (namespace-local)."""
+    rule = f"udp dport {PORTS[0]}-{PORTS[1]} numgen random mod {every} 0 drop"
+    with input_rules("trackyard_loss", rule):
         yield
-    finally:
-        subprocess.run([nft, "delete", "table", "inet", table], check=True)
 
 
 async def test_participant_kind_reaches_everyone(server: TrackyardProcess, room_name: str) -> None:

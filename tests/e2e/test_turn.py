@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +21,7 @@ from livekit.rtc._proto import stats_pb2
 
 from tests.support.browser import MEDIA_CALL, Browser, browser_fixture
 from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio
+from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
 from tests.support.turn import NETNS_ADDRESS, TurnServer
@@ -156,28 +155,14 @@ async def test_relay_only_client_exchanges_media_through_coturn(
 def udp_blocked(turn: TurnServer) -> Iterator[list[str]]:
     """A firewall letting no UDP reach the SFU's ports or coturn's listening port, except what
     coturn relays (from its relay ports): only TURN over TCP gets through. Yields the drop
-    counters' listing, refreshed on exit."""
-    nft = shutil.which("nft")
-    if nft is None:
-        pytest.fail("nft is not installed: run scripts/bootstrap --test (installs nftables)")
-    table = "trackyard_turn_fw"
-    rules = (
-        f"add table inet {table}\n"
-        f"add chain inet {table} input {{ type filter hook input priority 0; }}\n"
-        f"add rule inet {table} input udp dport {SFU_PORTS[0]}-{SFU_PORTS[1]}"
-        f" udp sport != {RELAY_PORTS[0]}-{RELAY_PORTS[1]} counter drop\n"
-        f"add rule inet {table} input udp dport {turn.port} counter drop\n"
-    )
-    subprocess.run([nft, "-f", "-"], input=rules.encode(), check=True)
-    listing: list[str] = []
-    try:
-        yield listing
-    finally:
-        out = subprocess.run(
-            [nft, "list", "table", "inet", table], capture_output=True, text=True, check=True
-        )
-        listing.extend(line.strip() for line in out.stdout.splitlines() if "counter" in line)
-        subprocess.run([nft, "delete", "table", "inet", table], check=True)
+    counters' listing, filled on exit."""
+    with input_rules(
+        "trackyard_turn_fw",
+        f"udp dport {SFU_PORTS[0]}-{SFU_PORTS[1]}"
+        f" udp sport != {RELAY_PORTS[0]}-{RELAY_PORTS[1]} counter drop",
+        f"udp dport {turn.port} counter drop",
+    ) as counters:
+        yield counters
 
 
 async def test_udp_blocked_client_gets_media_over_turn_tcp(
