@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,8 +37,7 @@ from typing import Any
 
 import psutil
 
-from tests.support.cluster import Cluster
-from tests.support.redisserver import RedisServer
+from tests.support.cluster import single_node_cluster
 from tests.support.trackyard import API_KEY, API_SECRET, TRACKYARD, TrackyardProcess
 
 RESULTS = Path(__file__).parent / "results"
@@ -157,26 +155,14 @@ def dev_server(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, int]]]:
 @contextlib.contextmanager
 def cluster_server(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, int]]]:
     """Redis, 1 router, 1 edge, 1 SFU node: (the edge's WebSocket URL, pids by role)."""
-    with RedisServer() as redis, tempfile.TemporaryDirectory() as work:
-        cluster = Cluster(
-            redis=redis,
-            workdir=Path(work),
-            sfu_regions=["us-east"],
-            edge_regions=["us-east"],
-            routers_count=1,
-            overrides={**config, "node": {"stats_update_interval": 2.0}},
-        )
-        try:
-            cluster.start()
-            pids = {
-                "sfu": cluster.sfus[0].proc,
-                "edge": cluster.edges[0].proc,
-                "router": cluster.routers[0].proc,
-                "redis": redis.proc,
-            }
-            yield cluster.edges[0].ws_url, {k: p.pid for k, p in pids.items() if p is not None}
-        finally:
-            cluster.stop()
+    with single_node_cluster({**config, "node": {"stats_update_interval": 2.0}}) as cluster:
+        pids = {
+            "sfu": cluster.sfus[0].proc,
+            "edge": cluster.edges[0].proc,
+            "router": cluster.routers[0].proc,
+            "redis": cluster.redis.proc,
+        }
+        yield cluster.edges[0].ws_url, {k: p.pid for k, p in pids.items() if p is not None}
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,8 +30,7 @@ from livekit.protocol import rtc
 
 from benchmarks.join_latency import RESULTS, _connect, server_join_ms
 from benchmarks.stats import percentiles
-from tests.support.cluster import Cluster
-from tests.support.redisserver import RedisServer
+from tests.support.cluster import single_node_cluster
 from tests.support.sdk import token
 from tests.support.trackyard import TrackyardProcess
 
@@ -125,23 +123,9 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
 async def main(samples: int, concurrency: int, joins: int) -> dict[str, Any]:
     with TrackyardProcess(CONFIG) as dev:
         direct = await measure(dev.ws_url, dev.log_path, "direct", samples, concurrency, joins)
-    with RedisServer() as redis, tempfile.TemporaryDirectory() as work:
-        cluster = Cluster(
-            redis=redis,
-            workdir=Path(work),
-            sfu_regions=["us-east"],
-            edge_regions=["us-east"],
-            routers_count=1,
-            overrides={**CONFIG, "node": {"stats_update_interval": 2.0}},
-        )
-        try:
-            cluster.start()
-            edge = cluster.edges[0]
-            bridged = await measure(
-                edge.ws_url, edge.log_path, "bridged", samples, concurrency, joins
-            )
-        finally:
-            cluster.stop()
+    with single_node_cluster({**CONFIG, "node": {"stats_update_interval": 2.0}}) as cluster:
+        edge = cluster.edges[0]
+        bridged = await measure(edge.ws_url, edge.log_path, "bridged", samples, concurrency, joins)
     summary: dict[str, Any] = {}
     for phase in ("ping_1_client", f"ping_{concurrency}_clients"):
         d, b = direct[phase]["rtt_ms"], bridged[phase]["rtt_ms"]

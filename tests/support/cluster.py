@@ -9,12 +9,14 @@ Redis (placements, node records) through the key names of :mod:`trackyard.core.k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import json
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,3 +296,22 @@ def cluster_fixture(**layout: Any) -> Any:
                 cl.stop()
 
     return _cluster
+
+
+@contextlib.contextmanager
+def single_node_cluster(overrides: dict[str, Any]) -> Iterator[Cluster]:
+    """Redis, one router, one edge, one SFU node (us-east), started; for benchmarks that
+    measure what bridging through Redis adds."""
+    with RedisServer() as redis, tempfile.TemporaryDirectory() as work:
+        cluster = Cluster(
+            redis=redis,
+            workdir=Path(work),
+            sfu_regions=["us-east"],
+            edge_regions=["us-east"],
+            routers_count=1,
+            overrides=overrides,
+        )
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()
