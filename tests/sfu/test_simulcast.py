@@ -81,8 +81,9 @@ SINKS: dict[int, list[bytes]] = {}
 
 
 def _capture(dtls: RTCDtlsTransport, sink: list[bytes]) -> None:
-    """Collect what is sent on ``dtls`` (RTCP through ``_send_rtp``, forwarded RTP through
-    ``rtphooks.send_rtp_nowait``, patched below) instead of encrypting and sending it."""
+    """Collect what is sent on ``dtls`` (RTCP through ``_send_rtp``, forwarded RTP and
+    packet-path RTCP through ``rtphooks.send_rtp_nowait`` / ``send_rtcp_nowait``, patched
+    below) instead of encrypting and sending it."""
 
     async def send(data: bytes) -> None:
         sink.append(bytes(data))
@@ -98,6 +99,7 @@ def capture_nowait(monkeypatch: pytest.MonkeyPatch) -> None:
         return True
 
     monkeypatch.setattr(rtphooks, "send_rtp_nowait", send_rtp_nowait)
+    monkeypatch.setattr(rtphooks, "send_rtcp_nowait", send_rtp_nowait)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """DownTrack: one subscriber's copy of one UpTrack, sent on a send-only transceiver.
 
-For every packet of its UpTrack the DownTrack decides whether to forward it (the layer it
-currently forwards, or the start of a keyframe on the layer it wants to switch to), rewrites
+For every packet of its source (an ``UpTrack``, seen only through the ``TrackSource``
+protocol of ``trackyard.sfu.trackcontract``; it is that source's ``PacketSink``) the
+DownTrack asks its ``Forwarder`` whether to forward it (the layer it currently forwards, or the
+start of a keyframe on the layer it wants to switch to), and applies the decision: rewrites
 SSRC, payload type, sequence number, timestamp (``RtpMunger``) and, for VP8, the picture id
 fields (``Vp8Munger``), adds its own header extensions (MID, abs-send-time, audio level with the
 subscriber's negotiated ids) and sends it through aiortc's SRTP/ICE. The subscriber sees one
@@ -25,6 +27,9 @@ Integration (subscriber peer connection, the server offers)::
     ...
     dt.close()                                          # unsubscribe; then stop the transceiver
 
+``logger``: an optional structlog logger bound to the caller's context (room, participant);
+the DownTrack binds the track sid, kind and its SSRC.
+
 Create the DownTrack *before* the offer that adds the transceiver is negotiated: it hooks the
 transceiver's sender, which aiortc starts once the answer is applied; forwarding begins then,
 with a keyframe request. The DownTrack restricts the transceiver's codecs to the UpTrack's codec
@@ -36,15 +41,16 @@ plus the shared ``TrafficCounters`` if given.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import structlog
 from aiortc import RTCRtpSender
 
 from trackyard.sfu import rtphooks
 from trackyard.sfu.connectionquality import LOSS_WEIGHT_AUDIO, LOSS_WEIGHT_VIDEO, StreamWindow
+from trackyard.sfu.forwarder import Decision, Forwarder
 from trackyard.sfu.rtphooks import (
     AnyRtcpPacket,
     CodecInfo,
@@ -52,7 +58,6 @@ from trackyard.sfu.rtphooks import (
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
-    RtpPacket,
     SendParameters,
 )
 from trackyard.sfu.rtpmunger import RtpMunger, ts_after_pause, ts_diff, ts_on_reference
@@ -66,17 +71,21 @@ from trackyard.sfu.rtppacket import (
     rtx_packet,
 )
 from trackyard.sfu.rtpstats import TrafficCounters
-from trackyard.sfu.uptrack import QUALITY_OFF
-from trackyard.sfu.vp8 import Vp8Descriptor, Vp8Munger
+from trackyard.sfu.trackcontract import QUALITY_OFF, ForwardedPacket, TrackSource
+from trackyard.sfu.vp8 import Vp8Munger
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpTransceiver
-
-    from trackyard.sfu.uptrack import UpTrack
+    from structlog.typing import FilteringBoundLogger
 
 __all__ = ["DownTrack"]
 
-log = logging.getLogger(__name__)
+log: FilteringBoundLogger = structlog.get_logger(__name__)
+
+_FORWARD = Decision.FORWARD
+_SWITCH = Decision.SWITCH
+_SKIP = Decision.SKIP
+_REQUEST_KEYFRAME = Decision.REQUEST_KEYFRAME
 
 _RTCP_PSFB_PLI = 1
 _RTCP_PSFB_FIR = 4
@@ -94,13 +103,9 @@ def _history_size(requested: int) -> int:
 class DownTrack:
     """One subscriber's copy of an UpTrack; see the module docstring for how to wire it."""
 
-    # Test hook (TRACKYARD_TEST_DROP_EVERY): drop every Nth forwarded packet, as a lossy link
-    # would, so tests can watch NACK/RTX repair it. 0 = off.
-    drop_every = 0
-
     def __init__(
         self,
-        uptrack: UpTrack,
+        uptrack: TrackSource,
         transceiver: RTCRtpTransceiver,
         *,
         stream_id: str | None = None,
@@ -108,8 +113,9 @@ class DownTrack:
         history_size: int | None = None,
         counters: TrafficCounters | None = None,
         rtcp_interval: float = 1.0,
+        logger: FilteringBoundLogger | None = None,
     ) -> None:
-        self.uptrack = uptrack
+        self.uptrack = uptrack  # the source (TrackSource); named as before for callers
         self.kind = uptrack.kind
         self.transceiver = transceiver
         self.counters = counters
@@ -123,8 +129,9 @@ class DownTrack:
         self._hist_hlen = [0] * n
         self._hist_rtx = [0.0] * n
         # negotiated when aiortc starts the sender
-        self._ready = False
         self._ssrc, self._rtx_ssrc = rtphooks.sender_ssrcs(self._sender)
+        self._base_log = logger if logger is not None else log
+        self._log = self._base_log.bind(track=uptrack.track_sid, kind=uptrack.kind, ssrc=self._ssrc)
         self._out_codecs: list[CodecInfo] = []
         self._pt_map: dict[int, int] = {}
         self._rtx_pt = -1
@@ -132,13 +139,10 @@ class DownTrack:
         self._ext = ExtensionWriter({}, None)
         self._cname = ""
         # forwarding state
+        self._fwd = Forwarder()
         self._munger = RtpMunger(first_out_seq=random.randrange(0x8000))
         self._vp8 = Vp8Munger()
-        self._src_ssrc: int | None = None  # the stream being forwarded (None: waiting)
-        self._last_src_ssrc: int | None = None  # the stream forwarded last
         self._last_sent = 0.0
-        self._current = -1
-        self._target = 0
         self.desired_layer = 0
         self._quality: int | None = None
         self._width = 0
@@ -152,7 +156,6 @@ class DownTrack:
         self.retransmits = 0
         self.nacks_received = 0
         self.plis_received = 0
-        self.switches = 0
         self.rtt: float | None = None
         self.fraction_lost = 0
         self.packets_lost = 0
@@ -174,7 +177,7 @@ class DownTrack:
         self._prefer_codec()
         rtphooks.hook_sender(self._sender, self, rtcp_interval=rtcp_interval)
         self._retarget()
-        uptrack._add_downtrack(self)
+        uptrack.add_sink(self)
 
     # --- public surface -----------------------------------------------------------------
 
@@ -185,11 +188,16 @@ class DownTrack:
     @property
     def current_layer(self) -> int:
         """Index (in ``uptrack.layers``) of the layer being forwarded, -1 if none."""
-        return self._current if self._src_ssrc is not None else -1
+        return self._fwd.current_layer
 
     @property
     def target_layer(self) -> int:
-        return self._target
+        return self._fwd.target
+
+    @property
+    def switches(self) -> int:
+        """Source streams switched to after the first (layer changes, resumes, rebinds)."""
+        return self._fwd.switches
 
     @property
     def paused(self) -> bool:
@@ -198,36 +206,14 @@ class DownTrack:
     @property
     def ready(self) -> bool:
         """The sender has been negotiated and started."""
-        return self._ready
-
-    def stats(self) -> dict[str, Any]:
-        """A snapshot for logs, metrics and connection quality."""
-        return {
-            "kind": self.kind,
-            "ssrc": self._ssrc,
-            "ready": self._ready,
-            "paused": self.paused,
-            "layer": self.current_layer,
-            "target_layer": self._target,
-            "packets": self.packets_sent,
-            "bytes": self.bytes_sent,
-            "retransmits": self.retransmits,
-            "nacks": self.nacks_received,
-            "plis": self.plis_received,
-            "switches": self.switches,
-            "rtt": self.rtt,
-            "fraction_lost": self.fraction_lost,
-            "packets_lost": self.packets_lost,
-            "jitter": self.jitter,
-            "remb_bitrate": self.remb_bitrate,
-        }
+        return self._fwd.ready
 
     def quality_window(self) -> StreamWindow | None:
         """What the subscriber reported for this copy since the previous call (None while
         nothing is being sent: paused, or not started)."""
         sent = self.packets_sent - self._window_sent
         self._window_sent = self.packets_sent
-        if self.paused or not self._ready or self.current_layer < 0:
+        if self.paused or not self._fwd.ready or self.current_layer < 0:
             return None
         clock = self.uptrack.clock_rate or 90000
         return StreamWindow(
@@ -254,25 +240,25 @@ class DownTrack:
         self._height = height
         self._disabled = disabled or quality == QUALITY_OFF
         self._retarget()
-        self.uptrack._update_wanted()
+        self.uptrack.wanted_changed()
 
     def close(self) -> None:
         """Stop forwarding and detach from the UpTrack (the transceiver is the caller's)."""
         if self._closed:
             return
         self._closed = True
-        self._src_ssrc = None
+        self._fwd.pause()
         self.desired_layer = -1
-        self.uptrack._remove_downtrack(self)
+        self.uptrack.remove_sink(self)
 
-    def can_rebind(self, uptrack: UpTrack, stream_id: str) -> bool:
+    def can_rebind(self, uptrack: TrackSource, stream_id: str) -> bool:
         """Could this closed DownTrack's transceiver carry ``uptrack`` as ``stream_id``?
 
         Same kind, a codec the subscriber negotiated, and a stream this m-line never carried:
         the LiveKit SDKs raise a track once per (mid, stream id), so an m-line cannot bring
         the same track back a second time.
         """
-        if not self._closed or uptrack.kind != self.kind or not self._ready:
+        if not self._closed or uptrack.kind != self.kind or not self._fwd.ready:
             return False
         if stream_id in self.carried:
             return False
@@ -281,7 +267,7 @@ class DownTrack:
             c.mime == codec.mime and c.clock_rate == codec.clock_rate for c in self._out_codecs
         )
 
-    def rebind(self, uptrack: UpTrack, *, stream_id: str, track_id: str) -> None:
+    def rebind(self, uptrack: TrackSource, *, stream_id: str, track_id: str) -> None:
         """Reuse this transceiver for another track (subscriptions come and go; m-lines stay).
 
         The SSRC stays, and the munger carries sequence numbers and timestamps on as across
@@ -290,11 +276,9 @@ class DownTrack:
         if not self.can_rebind(uptrack, stream_id):
             raise RuntimeError("DownTrack.rebind: not closed, or a different kind or codec")
         self.uptrack = uptrack
+        self._log = self._base_log.bind(track=uptrack.track_sid, kind=self.kind, ssrc=self._ssrc)
         self._closed = False
-        self._src_ssrc = None
-        self._last_src_ssrc = None
-        self._current = -1
-        self._target = 0
+        self._fwd.reset()
         self._quality = None
         self._width = self._height = 0
         self._disabled = False
@@ -302,36 +286,39 @@ class DownTrack:
         self._hist = [None] * (self._mask + 1)
         rtphooks.set_sender_msid(self._sender, stream_id, track_id)
         self.carried.add(stream_id)
-        uptrack._add_downtrack(self)
+        uptrack.add_sink(self)
         self._retarget()
-        self.uptrack.request_keyframe(self._target)
+        self.uptrack.request_keyframe(self._fwd.target)
 
-    # --- layer choice -------------------------------------------------------------------
+    # --- layer choice (PacketSink) ------------------------------------------------------
+
+    def layers_changed(self) -> None:
+        """The source's received layers changed: the usable layer may be another."""
+        self._retarget()
+
+    def source_closed(self) -> None:
+        self._closed = True
+        self._fwd.pause()
 
     def _retarget(self) -> None:
         if self._closed:
             return
         up = self.uptrack
+        fwd = self._fwd
         if self._disabled:
             self.desired_layer = -1
-            self._src_ssrc = None  # resume needs a keyframe
+            fwd.pause()  # resume needs a keyframe
             return
+        fwd.resume()
         desired = up.select_layer(self._quality, self._width, self._height)
         self.desired_layer = desired
-        target = up.usable_layer(desired)
-        if target != self._target or self._src_ssrc is None:
-            self._target = target
-            if self._ready and (target != self._current or self._src_ssrc is None):
-                up.request_keyframe(target)
-
-    def _uptrack_closed(self) -> None:
-        self._closed = True
-        self._src_ssrc = None
+        if fwd.retarget(up.usable_layer(desired)):
+            up.request_keyframe(fwd.target)
 
     def _failed(self) -> None:
         self._errors += 1
-        if self._errors in (1, 100, 10000):
-            log.exception("DownTrack %s: forwarding error #%d", self._ssrc, self._errors)
+        if self._errors in (1, 100, 10000):  # rate-limited: this is the packet path
+            self._log.exception("forwarding error", errors=self._errors)
 
     # --- codecs -------------------------------------------------------------------------
 
@@ -349,7 +336,7 @@ class DownTrack:
         try:
             self.transceiver.setCodecPreferences(wanted + rtx)
         except Exception:  # preferences are an optimisation only
-            log.debug("DownTrack: could not set codec preferences", exc_info=True)
+            self._log.debug("could not set codec preferences", exc_info=True)
 
     def _map_pt(self, payload_type: int) -> int:
         codec = self.uptrack.codec_for(payload_type)
@@ -361,10 +348,9 @@ class DownTrack:
                     self._rtx_pt = c.rtx_payload_type
                     break
         if out < 0:
-            log.warning(
-                "DownTrack %s: the subscriber did not negotiate %s; not forwarding",
-                self._ssrc,
-                codec.mime if codec else f"payload type {payload_type}",
+            self._log.warning(
+                "the subscriber did not negotiate the codec; not forwarding",
+                codec=codec.mime if codec else f"payload type {payload_type}",
             )
         self._pt_map[payload_type] = out
         return out
@@ -372,15 +358,16 @@ class DownTrack:
     # --- SenderHandler (rtphooks) -------------------------------------------------------
 
     def sender_started(self, params: SendParameters) -> None:
+        if params.ssrc != self._ssrc:
+            self._log = self._log.bind(ssrc=params.ssrc)
         self._ssrc = params.ssrc
         self._rtx_ssrc = params.rtx_ssrc
         self._out_codecs = params.codecs
         self._ext = ExtensionWriter(params.header_extensions, params.mid)
         self._cname = params.cname or ""
         self._pt_map.clear()
-        self._ready = True
-        if not self._closed and not self._disabled:
-            self.uptrack.request_keyframe(self._target)
+        if self._fwd.start() and not self._closed:
+            self.uptrack.request_keyframe(self._fwd.target)
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpRtpfbPacket):
@@ -394,8 +381,8 @@ class DownTrack:
                 self.plis_received += 1
                 if self.counters is not None:
                     self.counters.plis_received += 1
-                if self._current >= 0:
-                    self.uptrack.request_keyframe(self._current)
+                if self._fwd.current >= 0:
+                    self.uptrack.request_keyframe(self._fwd.current)
             elif packet.fmt == _RTCP_PSFB_APP:
                 remb = _parse_remb(packet.fci)
                 if remb is not None:
@@ -415,11 +402,12 @@ class DownTrack:
                         self._rtx_min_interval = min(0.2, max(0.01, self.rtt))
 
     def rtcp_report(self) -> bytes | None:
-        if self._closed or not self._ready or not self.packets_sent:
+        if self._closed or not self._fwd.ready or not self.packets_sent:
             return None
-        if self._last_src_ssrc is None:
+        last_ssrc = self._fwd.last_ssrc
+        if last_ssrc is None:
             return None
-        sr = self.uptrack.sender_report(self._last_src_ssrc)
+        sr = self.uptrack.sender_report(last_ssrc)
         if sr is None:
             return None
         sr_ntp, sr_rtp, sr_time = sr
@@ -438,22 +426,24 @@ class DownTrack:
         return data
 
     def rtcp_bye(self) -> bytes | None:
-        return rtcp_bye([self._ssrc]) if self._ready else None
+        return rtcp_bye([self._ssrc]) if self._fwd.ready else None
 
-    # --- packet path (called by the UpTrack) --------------------------------------------
+    # --- packet path (PacketSink.forward, called by the source) -----------------------------
 
-    def _begin_segment(self, layer: int, packet: RtpPacket, desc: Vp8Descriptor | None) -> None:
+    def _begin_segment(self, packet: ForwardedPacket) -> None:
+        rtp = packet.rtp
         munger = self._munger
-        in_ts = packet.timestamp
-        ssrc = packet.ssrc
+        fwd = self._fwd
+        in_ts = rtp.timestamp
+        ssrc = rtp.ssrc
         if not munger.started:
             out_ts = in_ts
         else:
             up = self.uptrack
             clock = up.clock_rate
             last_ts = munger.last_out_ts
-            out_ts = ts_after_pause(last_ts, up.now - self._last_sent, clock)
-            previous = self._last_src_ssrc
+            out_ts = ts_after_pause(last_ts, packet.arrival - self._last_sent, clock)
+            previous = fwd.last_ssrc
             if ssrc == previous:
                 # resuming the same stream: its own timeline is the right one
                 out_ts = (in_ts - munger.ts_offset) & 0xFFFFFFFF
@@ -467,64 +457,62 @@ class DownTrack:
                         out_ts = aligned
             if ts_diff(out_ts, last_ts) <= 0:
                 out_ts = (last_ts + 1) & 0xFFFFFFFF
-        munger.start_segment(packet.sequence_number, in_ts, out_ts)
-        if desc is not None:
-            self._vp8.switch(desc)
-        if self._src_ssrc is not None or self._last_src_ssrc is not None:
-            self.switches += 1
-        self._src_ssrc = ssrc
-        self._last_src_ssrc = ssrc
-        self._current = layer
+        munger.start_segment(rtp.sequence_number, in_ts, out_ts)
+        if packet.vp8 is not None:
+            self._vp8.switch(packet.vp8)
+        fwd.switched(packet.layer, ssrc)
 
-    def _skip(self, layer: int, packet: RtpPacket) -> None:
-        if packet.ssrc == self._src_ssrc:
-            self._munger.skip(packet.sequence_number)
-
-    def _forward(
-        self, layer: int, packet: RtpPacket, keyframe: bool, desc: Vp8Descriptor | None
-    ) -> None:
-        if packet.ssrc != self._src_ssrc:
-            if not self._ready or self._disabled or self._closed or layer != self._target:
+    def forward(self, packet: ForwardedPacket) -> None:
+        """Forward one packet of the source, or drop it, as the ``Forwarder`` decides.
+        Never raises (errors are counted and logged, rate-limited)."""
+        try:
+            rtp = packet.rtp
+            decision = self._fwd.decide(packet.layer, rtp.ssrc, packet.keyframe, packet.padding)
+            if decision != _FORWARD:
+                if decision == _SWITCH:
+                    self._begin_segment(packet)
+                elif decision == _SKIP:
+                    self._munger.skip(rtp.sequence_number)
+                    return
+                else:
+                    if decision == _REQUEST_KEYFRAME:
+                        self.uptrack.request_keyframe(packet.layer)
+                    return
+            # one function on purpose: this runs once per packet per subscriber
+            mapped = self._munger.map(rtp.sequence_number, rtp.timestamp)
+            if mapped is None:
                 return
-            if not keyframe:
-                self.uptrack.request_keyframe(layer)
+            pt = self._pt_map.get(rtp.payload_type)
+            if pt is None:
+                pt = self._map_pt(rtp.payload_type)
+            if pt < 0:
                 return
-            self._begin_segment(layer, packet, desc)
-        mapped = self._munger.map(packet.sequence_number, packet.timestamp)
-        if mapped is None:
-            return
-        pt = self._pt_map.get(packet.payload_type)
-        if pt is None:
-            pt = self._map_pt(packet.payload_type)
-        if pt < 0:
-            return
-        payload = packet.payload
-        if desc is not None:
-            payload = self._vp8.rewrite(payload, desc)
-        up = self.uptrack
-        if self._video:
-            ext = self._ext.video(up.abs_time)
-        else:
-            ext = self._ext.audio(packet.extensions.audio_level)
-        seq = mapped[0]
-        header = rtp_header(pt, packet.marker, seq, mapped[1], self._ssrc, ext)
-        data = header + payload
-        i = seq & self._mask
-        self._hist[i] = data
-        self._hist_hlen[i] = len(header)
-        self._hist_rtx[i] = 0.0
-        self._last_sent = up.now
-        if self.drop_every and self.packets_sent % self.drop_every == self.drop_every - 1:
-            self.packets_sent += 1  # test hook: lost on the way (kept in history for NACK)
-            return
-        size = len(payload)
-        self.packets_sent += 1
-        self.bytes_sent += size
-        counters = self.counters
-        if counters is not None:
-            counters.packets_out += 1
-            counters.bytes_out += size
-        rtphooks.send_rtp_nowait(self._sender.transport, data)
+            payload = rtp.payload
+            desc = packet.vp8
+            if desc is not None:
+                payload = self._vp8.rewrite(payload, desc)
+            if self._video:
+                ext = self._ext.video(packet.abs_send_time)
+            else:
+                ext = self._ext.audio(packet.audio_level)
+            seq = mapped[0]
+            header = rtp_header(pt, rtp.marker, seq, mapped[1], self._ssrc, ext)
+            data = header + payload
+            i = seq & self._mask
+            self._hist[i] = data
+            self._hist_hlen[i] = len(header)
+            self._hist_rtx[i] = 0.0
+            self._last_sent = packet.arrival
+            size = len(payload)
+            self.packets_sent += 1
+            self.bytes_sent += size
+            counters = self.counters
+            if counters is not None:
+                counters.packets_out += 1
+                counters.bytes_out += size
+            rtphooks.send_rtp_nowait(self._sender.transport, data)
+        except Exception:
+            self._failed()
 
     def _retransmit(self, lost: list[int]) -> None:
         now = time.monotonic()

@@ -18,7 +18,10 @@ Sending (subscriber peer connection)
   sends the handler's sender reports, and RTCP feedback for its SSRC (NACK, PLI, FIR, REMB,
   receiver reports) goes to ``handler.handle_rtcp``. ``handler.sender_started`` receives the
   negotiated parameters (payload types, RTX, header extension ids, MID) when aiortc starts
-  the sender. Packets are sent with ``send_rtp`` / ``send_rtcp`` (SRTP + ICE of aiortc).
+  the sender. Packets are sent with ``send_rtp`` / ``send_rtcp`` (SRTP + ICE of aiortc), or
+  on the packet path with ``send_rtp_nowait`` / ``send_rtcp_nowait`` (the same, synchronous:
+  nothing between receiving a packet and sending its copies and feedback is awaited).
+  ``silence_receiver`` makes a closed track's receiver drop what still arrives.
 
 ICE sockets
   ``hook_peer_connection(pc, policy)`` installs the MID router on every DTLS transport the
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import random
 import re
 import socket
@@ -52,6 +54,7 @@ import aioice.candidate
 import aioice.ice
 import aioice.turn
 import aiortc
+import structlog
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
@@ -95,10 +98,12 @@ __all__ = [
     "receiver_rtcp_ssrc",
     "receiver_rtx_ssrcs",
     "send_rtcp",
+    "send_rtcp_nowait",
     "send_rtp",
     "send_rtp_nowait",
     "sender_ssrcs",
     "set_sender_msid",
+    "silence_receiver",
     "simulcast_answer",
     "spawn",
     "transceiver_codecs",
@@ -109,7 +114,7 @@ EXPECTED_AIORTC_VERSION = "1.16.0"
 
 _DTLS_CONNECTED = _DtlsState.CONNECTED
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 # --- the internals we rely on ----------------------------------------------------------------
@@ -462,6 +467,16 @@ def unhook_receiver(receiver: RTCRtpReceiver) -> None:
         receiver.__dict__.pop(name, None)
 
 
+def silence_receiver(receiver: RTCRtpReceiver) -> None:
+    """Drop whatever RTP still reaches the receiver (a closed track: nothing is decoded)."""
+    unhook_receiver(receiver)
+    receiver.__dict__["_handle_rtp_packet"] = _drop_rtp
+
+
+async def _drop_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
+    return None
+
+
 def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, CodecInfo]:
     """Payload type -> codec negotiated for the receiver (empty before aiortc starts it)."""
     codecs: dict[int, Any] = receiver.__dict__.get("_RTCRtpReceiver__codecs", {})
@@ -610,6 +625,22 @@ def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
         spawn(send_rtp(transport, data))
         return True
     protocol.transport.sendto(transport._tx_srtp.protect(data), pair.remote_addr)
+    return True
+
+
+def send_rtcp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
+    """Encrypt and send one (compound) RTCP packet synchronously, as ``send_rtp_nowait``
+    does RTP: feedback on the packet path (NACK, PLI) is sent without awaiting anything."""
+    if transport._state is not _DTLS_CONNECTED:
+        return False
+    pair = transport._transport._connection._nominated.get(1)
+    if pair is None:
+        return False
+    protocol = pair.protocol
+    if type(protocol) is not aioice.ice.StunProtocol:
+        spawn(send_rtcp(transport, data))
+        return True
+    protocol.transport.sendto(transport._tx_srtp.protect_rtcp(data), pair.remote_addr)
     return True
 
 
@@ -827,4 +858,4 @@ def _ignore_result(task: asyncio.Future[Any]) -> None:
         return
     exc = task.exception()
     if exc is not None and not isinstance(exc, ConnectionError):
-        log.warning("background RTP task failed: %r", exc)
+        log.warning("background RTP task failed", error=repr(exc))

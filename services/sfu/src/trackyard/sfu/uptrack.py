@@ -7,6 +7,11 @@ never decodes. Toward the publisher it sends receiver reports, REMB, NACKs for l
 (the publisher answers with RTX, which is unwrapped here) and PLIs on request (throttled per
 layer).
 
+It is the ``TrackSource`` of ``trackyard.sfu.trackcontract``: DownTracks (its sinks, ``PacketSink``)
+use only that protocol, and get each packet as one reused ``ForwardedPacket``. The packet path
+awaits nothing: a packet is fanned out to every sink, then the feedback it caused (NACKs for
+what it showed missing, PLIs the sinks asked for) is sent, all synchronously.
+
 Integration (publisher peer connection, the server answers the client's offers)::
 
     pc = portrange.make_peer_connection(port_range, node_ip, stun_servers)
@@ -26,6 +31,9 @@ Integration (publisher peer connection, the server answers the client's offers):
     ...
     await up.close()                                          # unpublish / participant left
 
+``logger``: an optional structlog logger already bound to the caller's context (room,
+participant); the track binds its sid, kind and (once known) SSRCs.
+
 ``attach`` must run before packets flow (right after ``setRemoteDescription``, before yielding
 to the event loop is best; packets that arrive earlier are decoded by aiortc and lost for
 forwarding). ``on_wanted_quality(q)`` reports the highest quality any subscriber wants
@@ -39,13 +47,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import structlog
 from aiortc import RTCRtpTransceiver
 
 from trackyard.sfu import rtphooks
@@ -55,6 +63,7 @@ from trackyard.sfu.connectionquality import (
     LOSS_WEIGHT_VIDEO,
     StreamWindow,
 )
+from trackyard.sfu.forwarder import KeyframeThrottle
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
     AnyRtcpPacket,
@@ -73,12 +82,19 @@ from trackyard.sfu.rtppacket import (
     rtcp_rr,
 )
 from trackyard.sfu.rtpstats import NackTracker, ReceiveStats, TrafficCounters
+from trackyard.sfu.trackcontract import (
+    QUALITY_HIGH,
+    QUALITY_LOW,
+    QUALITY_MEDIUM,
+    QUALITY_OFF,
+    ForwardedPacket,
+    PacketSink,
+)
 from trackyard.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpReceiver
-
-    from trackyard.sfu.downtrack import DownTrack
+    from structlog.typing import FilteringBoundLogger
 
 __all__ = [
     "QUALITY_HIGH",
@@ -90,13 +106,7 @@ __all__ = [
     "UpTrack",
 ]
 
-log = logging.getLogger(__name__)
-
-# livekit.protocol.models.VideoQuality values
-QUALITY_LOW = 0
-QUALITY_MEDIUM = 1
-QUALITY_HIGH = 2
-QUALITY_OFF = 3
+log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 _RID_QUALITY = {"q": QUALITY_LOW, "h": QUALITY_MEDIUM, "f": QUALITY_HIGH}
 _NACK_RETRY_INTERVAL = 0.05  # seconds between NACKs for the same packet
@@ -129,7 +139,6 @@ class Layer:
         "nack_checked",
         "nacks",
         "packets",
-        "pli_last",
         "quality",
         "rid",
         "sr",
@@ -155,7 +164,6 @@ class Layer:
         self.last_packet = 0.0
         self.last_keyframe = 0.0
         self.keyframes = 0
-        self.pli_last = -1e9
         self.sr: tuple[int, int] | None = None  # (ntp, rtp) of the publisher's last SR
         self.sr_time = 0.0  # monotonic arrival time of that SR
         self.lsr = 0
@@ -183,6 +191,7 @@ class UpTrack:
         remb_bitrate: int = 3_000_000,
         nack: bool = True,
         audio_level: AudioLevel | None = None,
+        logger: FilteringBoundLogger | None = None,
     ) -> None:
         if kind not in ("audio", "video"):
             raise ValueError(f"UpTrack kind must be audio or video, not {kind!r}")
@@ -190,7 +199,8 @@ class UpTrack:
         self.track_sid = track_sid
         self.counters = counters
         self.on_wanted_quality = on_wanted_quality
-        self.pli_interval = pli_interval
+        self._log = (logger if logger is not None else log).bind(track=track_sid, kind=kind)
+        self._keyframes = KeyframeThrottle(pli_interval)
         self.layer_timeout = layer_timeout
         self.rtcp_interval = rtcp_interval
         self.remb_bitrate = remb_bitrate if kind == "video" else 0
@@ -209,7 +219,7 @@ class UpTrack:
         self._by_ssrc: dict[int, Layer] = {}
         self._by_rtx_ssrc: dict[int, Layer] = {}
         self._by_rid: dict[str, Layer] = {}
-        self._downtracks: tuple[DownTrack, ...] = ()
+        self._sinks: tuple[PacketSink, ...] = ()
         self._is_vp8 = False
         self._is_h264 = False
         self._wanted: int | None = None
@@ -217,8 +227,10 @@ class UpTrack:
         self._closed = False
         self._started_at: float | None = None  # first packet
         self._starting = True  # within layer_timeout of the first packet
-        self.now = 0.0  # monotonic time of the packet being forwarded
-        self.abs_time = 0  # abs-send-time of the packet being forwarded
+        # the hand-off to the sinks, refilled for every received packet
+        self._packet = ForwardedPacket(RtpPacket())
+        self._fanning_out = False  # PLIs asked for meanwhile wait in _plis_due
+        self._plis_due: list[int] = []
 
     # --- wiring -------------------------------------------------------------------------
 
@@ -276,25 +288,24 @@ class UpTrack:
         if self._closed:
             return
         self._closed = True
-        for dt in self._downtracks:
-            dt._uptrack_closed()
-        self._downtracks = ()
+        for sink in self._sinks:
+            sink.source_closed()
+        self._sinks = ()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._receiver is not None:
-            rtphooks.unhook_receiver(self._receiver)
-            # keep aiortc from decoding anything that still arrives
-            self._receiver.__dict__["_handle_rtp_packet"] = _drop_rtp
+            rtphooks.silence_receiver(self._receiver)  # aiortc decodes nothing still arriving
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     @property
-    def downtracks(self) -> tuple[DownTrack, ...]:
-        return self._downtracks
+    def downtracks(self) -> tuple[PacketSink, ...]:
+        """The sinks being fed (DownTracks)."""
+        return self._sinks
 
     @property
     def clock_rate(self) -> int:
@@ -322,16 +333,16 @@ class UpTrack:
             info = self._learn_pt(payload_type)
         return info
 
-    def _add_downtrack(self, dt: DownTrack) -> None:
+    def add_sink(self, sink: PacketSink) -> None:
         if self._closed:
-            dt._uptrack_closed()
+            sink.source_closed()
             return
-        self._downtracks = (*self._downtracks, dt)
-        self._update_wanted()
+        self._sinks = (*self._sinks, sink)
+        self.wanted_changed()
 
-    def _remove_downtrack(self, dt: DownTrack) -> None:
-        self._downtracks = tuple(d for d in self._downtracks if d is not dt)
-        self._update_wanted()
+    def remove_sink(self, sink: PacketSink) -> None:
+        self._sinks = tuple(s for s in self._sinks if s is not sink)
+        self.wanted_changed()
 
     # --- layer selection ----------------------------------------------------------------
 
@@ -377,13 +388,14 @@ class UpTrack:
                 return i
         return desired
 
-    def _update_wanted(self) -> None:
+    def wanted_changed(self) -> None:
+        """A sink's desired layer changed: report the best one wanted to the publisher."""
         if self.kind != "video":
             return
         best = -1
-        for dt in self._downtracks:
-            if dt.desired_layer > best:
-                best = dt.desired_layer
+        for sink in self._sinks:
+            if sink.desired_layer > best:
+                best = sink.desired_layer
         quality = self.layers[best].quality if 0 <= best < len(self.layers) else None
         if quality != self._wanted:
             self._wanted = quality
@@ -391,42 +403,15 @@ class UpTrack:
                 try:
                     self.on_wanted_quality(quality)
                 except Exception:
-                    log.exception("on_wanted_quality callback failed")
+                    self._log.exception("on_wanted_quality callback failed")
 
     @property
     def wanted_quality(self) -> int | None:
         return self._wanted
 
-    def stats(self) -> dict[str, Any]:
-        """A snapshot for logs, metrics and connection quality."""
-        return {
-            "kind": self.kind,
-            "codec": self.codec.mime if self.codec else None,
-            "packets": self.packets_in,
-            "bytes": self.bytes_in,
-            "downtracks": len(self._downtracks),
-            "wanted_quality": self._wanted,
-            "layers": [
-                {
-                    "rid": layer.rid,
-                    "quality": layer.quality,
-                    "width": layer.width,
-                    "height": layer.height,
-                    "ssrc": layer.ssrc,
-                    "active": layer.active,
-                    "packets": layer.packets,
-                    "bytes": layer.bytes,
-                    "keyframes": layer.keyframes,
-                    "lost": layer.stats.lost if layer.stats else 0,
-                    "jitter": layer.stats.jitter if layer.stats else 0,
-                }
-                for layer in self.layers
-            ],
-        }
-
     def _layers_changed(self) -> None:
-        for dt in self._downtracks:
-            dt._retarget()
+        for sink in self._sinks:
+            sink.layers_changed()
 
     # --- keyframes and sender reports ---------------------------------------------------
 
@@ -438,15 +423,19 @@ class UpTrack:
         layer = self.layers[layer_index]
         if layer.ssrc is None or self._receiver is None:
             return
-        now = time.monotonic()
-        if now - layer.pli_last < self.pli_interval:
+        if not self._keyframes.allow(layer_index):
             return
-        layer.pli_last = now
+        if self._fanning_out:  # asked by a sink for the packet being fanned out: after it
+            self._plis_due.append(layer_index)
+        else:
+            self._send_pli(layer)
+
+    def _send_pli(self, layer: Layer) -> None:
+        if layer.ssrc is None or self._receiver is None:
+            return
         if self.counters is not None:
             self.counters.plis_sent += 1
-        rtphooks.spawn(
-            rtphooks.send_rtcp(self._receiver.transport, rtcp_pli(self._rtcp_ssrc, layer.ssrc))
-        )
+        rtphooks.send_rtcp_nowait(self._receiver.transport, rtcp_pli(self._rtcp_ssrc, layer.ssrc))
 
     def sender_report(self, ssrc: int) -> tuple[int, int, float] | None:
         """The publisher's latest SR for a media SSRC: (ntp, rtp, monotonic arrival)."""
@@ -485,10 +474,10 @@ class UpTrack:
                 layer = layers[0]
                 layer.rid = rid
                 self._by_rid[rid] = layer
-                log.warning(
-                    "UpTrack %s: simulcast rid %r not announced at attach; forwarding only it",
-                    self.track_sid,
-                    rid,
+                self._log.warning(
+                    "simulcast rid not announced at attach; forwarding only it",
+                    rid=rid,
+                    ssrc=packet.ssrc,
                 )
         elif len(layers) == 1:
             layer = layers[0]
@@ -499,6 +488,8 @@ class UpTrack:
         old = layer.ssrc
         if old is not None:
             self._by_ssrc.pop(old, None)
+        if old is not None:
+            self._log.info("layer stream changed", rid=layer.rid, ssrc=packet.ssrc, old_ssrc=old)
         layer.ssrc = packet.ssrc
         layer.stats = ReceiveStats(self.clock_rate)
         layer.nacks = NackTracker()
@@ -523,6 +514,7 @@ class UpTrack:
         return layer
 
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        # aiortc awaits this handler; nothing in it awaits (see the module docstring)
         info = self._pt.get(packet.payload_type)
         if info is None:
             info = self._learn_pt(packet.payload_type)
@@ -547,7 +539,6 @@ class UpTrack:
             if layer is None:
                 return
         now = time.monotonic()
-        self.now = now
         payload = packet.payload
         size = len(payload)
         stats = layer.stats
@@ -571,22 +562,16 @@ class UpTrack:
             self._layers_changed()
         layer.last_packet = now
 
-        if self.nack and started:
-            nacks = layer.nacks
+        nack = self.nack and started
+        lost: list[int] | None = None
+        if nack:
             if retransmitted:
                 # libwebrtc also resends packets we have (RTX as bandwidth probes): forward
                 # only the ones that were missing
-                if not nacks.recover(ext):
+                if not layer.nacks.recover(ext):
                     return
             else:
-                lost = nacks.on_packet(ext, prev_hi, now)
-                if lost:
-                    await self._send_nack(layer, lost)
-            if nacks.pending and now - layer.nack_checked >= _NACK_RETRY_INTERVAL:
-                layer.nack_checked = now
-                again = nacks.due(now, _NACK_RETRY_INTERVAL * 2)
-                if again:
-                    await self._send_nack(layer, again)
+                lost = layer.nacks.on_packet(ext, prev_hi, now)
 
         audio_level = self.audio_level
         if audio_level is not None:
@@ -594,50 +579,82 @@ class UpTrack:
             if level is not None:
                 audio_level.observe(level[1], packet.timestamp, now)
 
-        downtracks = self._downtracks
-        if not size:  # padding only: let the DownTracks close the sequence gap
-            for dt in downtracks:
-                dt._skip(layer.index, packet)
-            return
-
-        keyframe = True
-        desc: Vp8Descriptor | None = None
-        if self.kind == "video":
-            self.abs_time = abs_send_time()
-            if self._is_vp8:
-                desc = parse_vp8(payload)
-                if desc is None:
-                    return
-                keyframe = desc.keyframe
-                if (
-                    keyframe
-                    and desc.width
-                    and (desc.width, desc.height)
-                    != (
-                        layer.width,
-                        layer.height,
-                    )
-                ):
-                    layer.width = desc.width
-                    layer.height = desc.height
-                    self._layers_changed()  # view-size preferences may pick another layer
-            elif self._is_h264:
-                keyframe = h264_begins_keyframe(payload)
+        # the hand-off: one object per track, refilled per packet
+        out = self._packet
+        out.rtp = packet
+        out.layer = layer.index
+        out.arrival = now
+        fan_out = True
+        if not size:  # padding only: sinks forwarding this stream close the sequence gap
+            out.padding = True
+            out.keyframe = False
+            out.vp8 = None
+        else:
+            out.padding = False
+            keyframe = True
+            desc: Vp8Descriptor | None = None
+            if self.kind == "video":
+                out.abs_send_time = abs_send_time()
+                if self._is_vp8:
+                    desc = parse_vp8(payload)
+                    if desc is None:
+                        fan_out = False
+                    else:
+                        keyframe = desc.keyframe
+                        if (
+                            keyframe
+                            and desc.width
+                            and (desc.width, desc.height)
+                            != (
+                                layer.width,
+                                layer.height,
+                            )
+                        ):
+                            layer.width = desc.width
+                            layer.height = desc.height
+                            self._layers_changed()  # view-size preferences may pick another
+                elif self._is_h264:
+                    keyframe = h264_begins_keyframe(payload)
+                else:
+                    keyframe = False
+                if keyframe and fan_out:
+                    layer.last_keyframe = now
+                    layer.keyframes += 1
             else:
-                keyframe = False
-            if keyframe:
-                layer.last_keyframe = now
-                layer.keyframes += 1
+                out.audio_level = packet.extensions.audio_level
+            out.keyframe = keyframe
+            out.vp8 = desc
 
-        index = layer.index
-        for dt in downtracks:
+        sinks = self._sinks
+        if fan_out and sinks:
+            self._fanning_out = True
             try:
-                dt._forward(index, packet, keyframe, desc)
-            except Exception:
-                dt._failed()
-        if downtracks and counters is not None:  # LiveKit's forward latency
-            counters.forwarded += 1
-            counters.forward_ns += int((time.monotonic() - now) * 1e9)
+                for sink in sinks:
+                    sink.forward(out)  # never raises (PacketSink contract)
+            finally:
+                self._fanning_out = False
+            if not out.padding and counters is not None:  # LiveKit's forward latency
+                counters.forwarded += 1
+                counters.forward_ns += int((time.monotonic() - now) * 1e9)
+            if self._plis_due:
+                self._flush_plis()
+
+        # feedback for what this packet showed, after it went out
+        if nack:
+            nacks = layer.nacks
+            if lost:
+                self._send_nack(layer, lost)
+            if nacks.pending and now - layer.nack_checked >= _NACK_RETRY_INTERVAL:
+                layer.nack_checked = now
+                again = nacks.due(now, _NACK_RETRY_INTERVAL * 2)
+                if again:
+                    self._send_nack(layer, again)
+
+    def _flush_plis(self) -> None:
+        due = self._plis_due
+        self._plis_due = []
+        for index in due:
+            self._send_pli(self.layers[index])
 
     async def handle_rtcp(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpSrPacket):
@@ -660,12 +677,12 @@ class UpTrack:
             if changed:
                 self._layers_changed()
 
-    async def _send_nack(self, layer: Layer, lost: list[int]) -> None:
+    def _send_nack(self, layer: Layer, lost: list[int]) -> None:
         if layer.ssrc is None or self._receiver is None:
             return
         if self.counters is not None:
             self.counters.nacks_sent += 1
-        await rtphooks.send_rtcp(
+        rtphooks.send_rtcp_nowait(
             self._receiver.transport, rtcp_nack(self._rtcp_ssrc, layer.ssrc, lost)
         )
 
@@ -756,8 +773,4 @@ class UpTrack:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("UpTrack %s: RTCP loop error", self.track_sid)
-
-
-async def _drop_rtp(packet: Any, arrival_time_ms: int) -> None:
-    return None
+                self._log.exception("RTCP loop error")
