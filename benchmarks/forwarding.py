@@ -67,6 +67,14 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from benchmarks import bycontent
+from benchmarks.janus import (
+    JanusServer,
+    JanusSession,
+    ensure_installed,
+    janus_version,
+    namespace_address,
+)
 from benchmarks.stats import percentiles
 from trackyard.loadtest.media import EncodedFrame, ReplayTrack
 from trackyard.loadtest.media import ice_protocols as _ice_protocols
@@ -242,9 +250,12 @@ class ClientSide:
         # media packets the publisher sent: (time, rtp timestamp, sequence number, keyframe, size)
         self.sent: list[tuple[float, int, int, bool, int]] = []
         self.subs: dict[int, SubscriberCounter] = {}
+        # peers that rewrite sequence numbers and timestamps (Janus): matched by payload
+        self.sent_content: list[bycontent.Sent] = []
+        self.content_subs: dict[int, bycontent.ContentCounter] = {}
 
-    def new_pc(self, subscriber: bool) -> RTCPeerConnection:
-        pc = make_peer_connection(None, LOOPBACK, [], decode_unattached=not subscriber)
+    def new_pc(self, subscriber: bool, host: str = LOOPBACK) -> RTCPeerConnection:
+        pc = make_peer_connection(None, host, [], decode_unattached=not subscriber)
         self.pcs.append(pc)
         return pc
 
@@ -257,9 +268,9 @@ class ClientSide:
         info["encode_seconds"] = round(time.perf_counter() - started, 2)
         return info
 
-    async def op_publish(self) -> str:
+    async def op_publish(self, host: str = LOOPBACK) -> str:
         """A publisher connection replaying the stream; returns its offer."""
-        pc = self.new_pc(subscriber=False)
+        pc = self.new_pc(subscriber=False, host=host)
         self.track = ReplayTrack(self.frames)
         transceiver = pc.addTransceiver(self.track, direction="sendonly")
         _vp8_first(transceiver)
@@ -267,10 +278,13 @@ class ClientSide:
         await pc.setLocalDescription(await pc.createOffer())
         return str(pc.localDescription.sdp)
 
-    async def op_publish_answer(self, sdp: str) -> None:
+    async def op_publish_answer(self, sdp: str, by_content: bool = False) -> None:
         pc = self.pcs[-1]
         await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
-        self._stamp_sends(pc)
+        if by_content:
+            self._stamp_sends_by_content(pc)
+        else:
+            self._stamp_sends(pc)
 
     def _stamp_sends(self, pc: RTCPeerConnection) -> None:
         """Log the send time of every media packet, before SRTP and sendto."""
@@ -297,11 +311,39 @@ class ClientSide:
 
         transport.__dict__["_send_rtp"] = send_rtp
 
-    async def op_subscribe(self, index: int, sdp: str) -> str:
+    def _stamp_sends_by_content(self, pc: RTCPeerConnection) -> None:
+        """Log the send time and payload key of every media packet, before SRTP."""
+        transceiver = pc.getTransceivers()[0]
+        media = _media_payload_types(transceiver)
+        transport = transceiver.sender.transport
+        inner = transport._send_rtp
+        sent = self.sent_content
+        track = self.track
+        assert track is not None
+
+        async def send_rtp(data: bytes) -> None:
+            if _is_rtp(data) and data[1] & 0x7F in media:
+                key = bycontent.payload_key(data)
+                sent.append((time.monotonic(), key, track.keyframe, len(data)))
+            await inner(data)
+
+        transport.__dict__["_send_rtp"] = send_rtp
+
+    async def op_subscribe(
+        self, index: int, sdp: str, host: str = LOOPBACK, by_content: bool = False
+    ) -> str:
         """A subscriber connection answering the SFU's offer; counts what it receives."""
-        pc = self.new_pc(subscriber=True)
+        pc = self.new_pc(subscriber=True, host=host)
         await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
         await pc.setLocalDescription(await pc.createAnswer())  # gathers: sockets exist
+        if by_content:
+            media: set[int] = set()
+            for transceiver in pc.getTransceivers():
+                media |= _media_payload_types(transceiver)
+            by_payload = bycontent.ContentCounter()
+            by_payload.hook(pc, media)
+            self.content_subs[index] = by_payload
+            return str(pc.localDescription.sdp)
         counter = SubscriberCounter()
         counter.hook(pc)
         self.subs[index] = counter
@@ -316,6 +358,8 @@ class ClientSide:
         self._stamp_sends(publisher)
 
     async def op_counts(self) -> list[int]:
+        if self.content_subs:
+            return [len(self.content_subs[i].arrivals) for i in sorted(self.content_subs)]
         return [len(self.subs[i].arrivals) for i in sorted(self.subs)]
 
     async def op_stats(self, t0: float, t1: float) -> dict[str, Any]:
@@ -323,7 +367,14 @@ class ClientSide:
         packets are matched to the publisher's by RTP timestamp (the SFU keeps the
         publisher's: its first segment starts on the publisher's timeline) and sequence
         number, minus the subscriber's sequence offset (constant within a segment; taken as
-        the most common offset between the first packet of each frame sent and received)."""
+        the most common offset between the first packet of each frame sent and received).
+        Subscribers of a peer that rewrites both (Janus) are matched by payload instead."""
+        if self.content_subs:
+            return {
+                **bycontent.content_stats(self.sent_content, self.content_subs, t0, t1),
+                "publisher_restarts": self.track.restarts if self.track else 0,
+                "publisher_late_frames": self.track.late if self.track else 0,
+            }
         first_sent: dict[int, int] = {}  # rtp timestamp -> sequence number of its 1st packet
         for _, ts, seq, _, _ in self.sent:
             first_sent.setdefault(ts, seq)
@@ -392,6 +443,8 @@ class ClientSide:
         self.track = None
         self.sent = []
         self.subs = {}
+        self.sent_content = []
+        self.content_subs = {}
         gc.collect()
 
 
@@ -515,6 +568,9 @@ class Setup:
     sfu_sent: Callable[[], int] | None = None
     close: Callable[[], Awaitable[None]] | None = None
     tune: Callable[[], None] | None = None  # called once all subscribers receive
+    # an SFU in another process (Janus): its CPU (user, system seconds), and facts about it
+    cpu: Callable[[], tuple[float, float]] | None = None
+    extra: Callable[[], dict[str, Any]] | None = None
 
 
 async def _subscribe_all(
@@ -597,6 +653,84 @@ async def setup_naive(clients: Clients, n: int, bitrate: int) -> Setup:
     return Setup([pub, *subs], tune=tune)
 
 
+JANUS_ROOM = 1000
+JANUS_PEERS: dict[str, int | None] = {"janus": None, "janus2": 2}  # peer -> event_loops
+PEER_MODES = {"trackyard": "forward", "janus": "janus", "janus2": "janus2"}
+
+
+async def setup_janus(clients: Clients, n: int, event_loops: int | None) -> Setup:
+    """A fresh Janus process, a VideoRoom with the client process's publisher (the same
+    offer as Trackyard's) and N subscribers answering Janus's offers, over its HTTP API."""
+    address = namespace_address()
+    server = JanusServer(address, event_loops)
+    session: JanusSession | None = None
+
+    async def close() -> None:
+        if session is not None:
+            await session.close()
+        await server.stop()
+
+    try:
+        await server.start()
+        session = JanusSession(server.url)
+        await session.create()
+        admin = await session.attach()
+        await session.request(
+            admin,
+            {
+                "request": "create",
+                "room": JANUS_ROOM,
+                "publishers": 1,
+                "videocodec": "vp8",
+                "notify_joining": False,
+            },
+        )
+        publisher = await session.attach()
+        joined, _ = await session.message(
+            publisher, {"request": "join", "ptype": "publisher", "room": JANUS_ROOM}
+        )
+        offer = await clients.call("publish", host=address)
+        _, answer = await session.message(
+            publisher, {"request": "publish"}, {"type": "offer", "sdp": offer}
+        )
+        if answer is None:
+            raise RuntimeError("janus: no answer to the publisher's offer")
+        await clients.call("publish_answer", sdp=answer["sdp"], by_content=True)
+        # a publisher is a feed to subscribe to once its media flows
+        await session.wait_event(publisher, "media")
+        feed = joined["id"]
+        limit = asyncio.Semaphore(16)
+
+        async def one(i: int, session: JanusSession) -> None:
+            async with limit:
+                handle = await session.attach()
+                _, jsep = await session.message(
+                    handle,
+                    {
+                        "request": "join",
+                        "ptype": "subscriber",
+                        "room": JANUS_ROOM,
+                        "streams": [{"feed": feed}],
+                    },
+                )
+                if jsep is None:
+                    raise RuntimeError("janus: no offer for a subscriber")
+                sdp = await clients.call(
+                    "subscribe", index=i, sdp=jsep["sdp"], host=address, by_content=True
+                )
+                await session.message(handle, {"request": "start"}, {"type": "answer", "sdp": sdp})
+
+        await asyncio.gather(*(one(i, session) for i in range(n)))
+    except BaseException:
+        await close()
+        raise
+
+    def extra() -> dict[str, Any]:
+        return {"janus_event_loops": event_loops, "janus_threads": server.threads()}
+
+    return Setup([], close=close, cpu=server.cpu, extra=extra)
+
+
 def _cpu() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
@@ -622,13 +756,14 @@ async def measure(
         await asyncio.sleep(WARMUP)  # the encoders settle on the new bitrate
     await asyncio.sleep(WARMUP)
     gc.collect()
+    sfu_cpu = setup.cpu or _cpu
     sfu_sent0 = setup.sfu_sent() if setup.sfu_sent else 0
     client0 = clients.cpu()
-    user0, sys0 = _cpu()
+    user0, sys0 = sfu_cpu()
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     t1 = time.monotonic()
-    user1, sys1 = _cpu()
+    user1, sys1 = sfu_cpu()
     client1 = clients.cpu()
     sfu_sent1 = setup.sfu_sent() if setup.sfu_sent else 0
     profiled = None
@@ -662,6 +797,8 @@ async def measure(
     }
     if setup.sfu_sent is not None:
         result["sfu_sent"] = sfu_sent1 - sfu_sent0
+    if setup.extra is not None:
+        result.update(setup.extra())
     if profiled is not None:
         result["profile"] = _profile_text(profiled)
     return result
@@ -696,6 +833,8 @@ async def run_phase(
     try:
         if mode == "forward":
             setup = await setup_forwarding(clients, n)
+        elif mode in JANUS_PEERS:
+            setup = await setup_janus(clients, n, JANUS_PEERS[mode])
         else:
             setup = await setup_naive(clients, n, bitrate)
         result = await measure(clients, setup, n, seconds, profile)
@@ -769,10 +908,98 @@ def fit(phases: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-async def main(
-    sizes: list[int], naive_sizes: list[int], seconds: float, profile: bool
+SATURATE_SIZES = "16,32,64,128,192,256,384,512,640,768,1024"
+SATURATE_MAX_LOSS = 0.01  # fraction of the packets owed to all subscribers
+SATURATE_MAX_P99_MS = 50.0
+
+
+def holds(r: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a phase held its load (saturation mode), and if not, why."""
+    if "error" in r:
+        return False, "error"
+    owed = r["sent_unique"] * r["n"]
+    loss = r["lost_total"] / owed if owed else 1.0
+    p99 = r["latency_ms"].get("p99")
+    if loss > SATURATE_MAX_LOSS:
+        return False, f"loss {loss * 100:.1f}% > {SATURATE_MAX_LOSS * 100:.0f}%"
+    if p99 is None or p99 > SATURATE_MAX_P99_MS:
+        return False, f"p99 {p99} ms > {SATURATE_MAX_P99_MS:.0f} ms"
+    return True, ""
+
+
+async def saturate(
+    clients: Clients, mode: str, sizes: list[int], seconds: float, bitrate: int
 ) -> dict[str, Any]:
+    """Grow N through ``sizes`` until a phase loses more than 1% or its p99 passes 50 ms."""
+    phases: list[dict[str, Any]] = []
+    held: dict[str, Any] | None = None
+    stopped_by = "sizes exhausted"
+    for n in sizes:
+        r = await run_phase(clients, mode, n, seconds, bitrate)
+        ok, why = holds(r)
+        r["held"] = ok
+        phases.append(r)
+        print_phase(r)
+        if not ok:
+            stopped_by = f"N={n}: {why}"
+            break
+        held = r
+    return {
+        "criteria": {"max_loss": SATURATE_MAX_LOSS, "max_p99_ms": SATURATE_MAX_P99_MS},
+        "max_n_held": held["n"] if held else None,
+        "delivered_pps_at_max_n": held["delivered_pps"] if held else None,
+        "us_per_delivered_packet_at_max_n": held["us_per_delivered_packet"] if held else None,
+        "stopped_by": stopped_by,
+        "phases": phases,
+    }
+
+
+def _loss_pct(r: dict[str, Any]) -> float:
+    owed = r["sent_unique"] * r["n"]
+    return 100.0 * r["lost_total"] / owed if owed else 0.0
+
+
+def print_table(peer: str, phases: list[dict[str, Any]]) -> None:
+    print(
+        f"\n{peer}: {'N':>5} {'us/pkt':>7} {'pkt/s/core':>10} {'delivered/s':>11}"
+        f" {'cpu%':>6} {'loss%':>6} {'p50 ms':>8} {'p99 ms':>8}"
+    )
+    pad = " " * (len(peer) + 1)
+    for r in phases:
+        if "error" in r:
+            print(f"{pad} {r['n']:>5} FAILED: {r['error']}")
+            continue
+        lat = r["latency_ms"]
+        print(
+            f"{pad} {r['n']:>5} {r['us_per_delivered_packet'] or 0:>7} "
+            f"{r['delivered_pps_per_core'] or 0:>10} {r['delivered_pps']:>11.0f}"
+            f" {r['cpu_utilization'] * 100:>6.1f} {_loss_pct(r):>6.2f}"
+            f" {lat.get('p50', 0):>8.2f} {lat.get('p99', 0):>8.2f}"
+        )
+
+
+def _describe(peer: str, version: str) -> str:
+    if peer == "trackyard":
+        return "Trackyard UpTrack/DownTrack on aiortc, in the benchmark process"
+    loops = JANUS_PEERS[peer]
+    threading = f"event_loops = {loops}" if loops else "default threading (a thread per handle)"
+    return f"Janus {version} VideoRoom, {threading}"
+
+
+async def main(
+    sizes: list[int],
+    naive_sizes: list[int],
+    seconds: float,
+    profile: bool,
+    peers: list[str] | None = None,
+    saturate_sizes: list[int] | None = None,
+) -> dict[str, Any]:
+    peers = peers or ["trackyard"]
+    janus = janus_version() if any(p in JANUS_PEERS for p in peers) else ""
     clients = await Clients.start()
+    forwarding: list[dict[str, Any]] = []
+    naive: list[dict[str, Any]] = []
+    sections: dict[str, dict[str, Any]] = {}
     try:
         stream = await clients.call("init", timeout=120)
         print(
@@ -788,18 +1015,27 @@ async def main(
             flush=True,
         )
         bitrate = int(stream["kbps"] * 1000)
-        forwarding = []
-        for n in sizes:
-            r = await run_phase(
-                clients, "forward", n, seconds, bitrate, profile and n == max(sizes)
-            )
-            forwarding.append(r)
-            print_phase(r)
-        naive = []
-        for n in naive_sizes:
-            r = await run_phase(clients, "naive", n, seconds, bitrate)
-            naive.append(r)
-            print_phase(r)
+        for peer in peers:
+            mode = PEER_MODES[peer]
+            print(f"peer {peer}: {_describe(peer, janus)}", flush=True)
+            phases = []
+            for n in sizes:
+                r = await run_phase(clients, mode, n, seconds, bitrate, profile and n == max(sizes))
+                phases.append(r)
+                print_phase(r)
+            section: dict[str, Any] = {"server": _describe(peer, janus), "phases": phases}
+            if peer == "trackyard":
+                forwarding = phases
+                for n in naive_sizes:
+                    r = await run_phase(clients, "naive", n, seconds, bitrate)
+                    naive.append(r)
+                    print_phase(r)
+            if saturate_sizes:
+                section["saturation"] = await saturate(
+                    clients, mode, saturate_sizes, seconds, bitrate
+                )
+            section["fit"] = fit([r for r in phases if "error" not in r])
+            sections[peer] = section
     finally:
         await clients.close()
 
@@ -840,8 +1076,9 @@ async def main(
             "target": TARGET_P99_MS,
             "met": p99 is not None and p99 < TARGET_P99_MS,
         }
-    lost = sum(r["lost_total"] for r in ok)
-    targets["loss"] = {"value": lost, "target": 0, "met": lost == 0}
+    if "trackyard" in sections:
+        lost = sum(r["lost_total"] for r in ok)
+        targets["loss"] = {"value": lost, "target": 0, "met": lost == 0}
     for name, t in targets.items():
         print(
             f"target {name}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'MISSED'}"
@@ -849,6 +1086,17 @@ async def main(
     for r in ok:
         if "profile" in r:
             print(f"\ncProfile of the SFU process, N={r['n']}, {seconds} s:\n{r['profile']}")
+    for peer, section in sections.items():
+        print_table(peer, section["phases"])
+        sat = section.get("saturation")
+        if sat is not None:
+            print_table(f"{peer} saturation", sat["phases"])
+            print(
+                f"{peer}: largest N held {sat['max_n_held']}"
+                f" ({sat['delivered_pps_at_max_n']} delivered packets/s,"
+                f" {sat['us_per_delivered_packet_at_max_n']} us/packet); stopped by"
+                f" {sat['stopped_by']}"
+            )
     return {
         "benchmark": "forwarding",
         "cpu_count": os.cpu_count(),
@@ -860,6 +1108,7 @@ async def main(
         "naive": naive,
         "naive_over_forwarding_cpu_per_packet": ratios,
         "targets": targets,
+        "peers": sections,
     }
 
 
@@ -867,25 +1116,72 @@ def _sizes(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
+def _enter_namespace() -> None:
+    """Janus leaves loopback out of ICE: re-run this benchmark inside ``scripts/netns`` (a
+    private network namespace with a veth test address), after installing Janus outside it
+    (the package registry is not reachable from inside)."""
+    ensure_installed()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    netns = str(ROOT / "scripts" / "netns")
+    argv = [netns, sys.executable, "-m", "benchmarks.forwarding", *sys.argv[1:]]
+    os.execve(netns, argv, env)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1,4,16,64")
-    parser.add_argument("--naive-sizes", default="1,4")
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--profile", action="store_true")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="1,4,16,64", help="subscriber counts, comma-separated")
+    parser.add_argument(
+        "--naive-sizes", default="1,4", help="sizes of the naive relay (with --peer trackyard)"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring window per phase")
+    parser.add_argument("--profile", action="store_true", help="cProfile Trackyard at max size")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        choices=list(PEER_MODES),
+        help="SFU to measure, repeatable (default trackyard): trackyard = Trackyard in this"
+        " process; janus = Debian's Janus VideoRoom, default threading; janus2 = the same with"
+        " event_loops = 2. Janus peers install Janus if missing and run the whole benchmark in"
+        " a network namespace (scripts/netns)",
+    )
+    parser.add_argument(
+        "--saturate",
+        action="store_true",
+        help=f"per peer, after --sizes, grow N until loss > {SATURATE_MAX_LOSS * 100:.0f}% or"
+        f" p99 > {SATURATE_MAX_P99_MS:.0f} ms (pass --sizes '' to skip the fixed sizes)",
+    )
+    parser.add_argument(
+        "--saturate-sizes", default=SATURATE_SIZES, help="the N tried by --saturate, in order"
+    )
     parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients_fd is not None:
         asyncio.run(client_main(args.clients_fd))
         sys.exit(0)
+    peers: list[str] = list(dict.fromkeys(args.peer or ["trackyard"]))
+    if any(p in JANUS_PEERS for p in peers) and os.environ.get("TRACKYARD_NETNS") != "1":
+        _enter_namespace()
     started = time.monotonic()
     result = asyncio.run(
-        main(_sizes(args.sizes), _sizes(args.naive_sizes), args.seconds, args.profile)
+        main(
+            _sizes(args.sizes),
+            _sizes(args.naive_sizes),
+            args.seconds,
+            args.profile,
+            peers,
+            _sizes(args.saturate_sizes) if args.saturate else None,
+        )
     )
     result["command"] = " ".join(["python -m benchmarks.forwarding", *sys.argv[1:]])
     result["run_s"] = round(time.monotonic() - started, 1)
     for r in result["forwarding"]:
         r.pop("profile", None)
+    for section in result["peers"].values():
+        for r in section["phases"]:
+            r.pop("profile", None)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "forwarding.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
