@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from trackyard.core import ids, keys, messages
-from trackyard.core.bus import Bus, Envelope, Subscription
+from trackyard.core.bus import Bus, Envelope, Subscription, publish_patiently
 from trackyard.core.config import Config
 from trackyard.core.liveness import StoreGeneration
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
@@ -27,10 +26,9 @@ from trackyard.core.store import Store
 from trackyard.core.webhook import WebhookNotifier
 from trackyard.sfu import portrange, roomapi, rtphooks
 from trackyard.sfu.agents import dispatcher_for, room_agents_from_config
-from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.metrics import NodeCollector
-from trackyard.sfu.participant import Participant
-from trackyard.sfu.room import JoinRefusedError, Room
+from trackyard.sfu.participant import Participant, ParticipantServices
+from trackyard.sfu.room import JoinRefusedError, Room, RoomServices
 from trackyard.sfu.rtpstats import TrafficCounters as MediaCounters
 from trackyard.sfu.sessions import SessionReaper
 
@@ -54,7 +52,7 @@ class SfuNode:
         self.address = address
         self.state = NodeState.SERVING
         self.rooms: dict[str, Room] = {}
-        self.sessions: dict[str, Participant] = {}
+        self.sessions: dict[str, Participant] = {}  # session id -> participant (room events)
         self.started_at = time.time()
         self.draining = asyncio.Event()  # set on the first drain signal
         self.drained = asyncio.Event()  # set when draining and the last participant left
@@ -74,6 +72,20 @@ class SfuNode:
         self._announced: set[str] = set()  # participant sids sent as participant_joined
         self.generation = StoreGeneration(config.node.dead_after)
         self.reaper = SessionReaper(self, self.generation)
+        self._room_services = RoomServices(
+            config=config,
+            node_id=self.node_id,
+            store=store,
+            spawn=self.spawn,
+            participants=ParticipantServices(
+                config=config,
+                counters=self.counters,
+                spawn=self.spawn,
+                signal_sink=self._send_signal,
+                make_peer_connection=self.make_peer_connection,
+                liveness=self.reaper,
+            ),
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -81,7 +93,6 @@ class SfuNode:
         rtphooks.check_aiortc_internals()  # fail at start-up, not on the first packet
         if self.webhooks is not None:
             self.webhooks.start()
-        DownTrack.drop_every = int(os.environ.get("TRACKYARD_TEST_DROP_EVERY", "0") or 0)
         self._collector = NodeCollector(self.counters, self)
         REGISTRY.register(self._collector)
         self._sub = self.bus.subscribe(keys.node_channel(self.node_id))
@@ -167,6 +178,14 @@ class SfuNode:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("background task failed", exc_info=task.exception())
+
+    async def _send_signal(self, env: Envelope) -> bool:
+        """A participant's response to the edge holding its session (patient: a Redis
+        blip must not lose it)."""
+        channel = keys.session_channel(env.session)
+        return await publish_patiently(
+            self.bus, channel, env, within=self.config.signal.ping_timeout
+        )
 
     def make_peer_connection(self) -> RTCPeerConnection:
         rtc_cfg = self.config.rtc
@@ -304,8 +323,9 @@ class SfuNode:
         cfg = self.config.room
         placement = await self.store.get_placement(name)
         room = Room(
-            self,
             name,
+            self._room_services,
+            self,
             empty_timeout=empty_timeout or cfg.empty_timeout,
             departure_timeout=departure_timeout or cfg.departure_timeout,
             max_participants=max_participants or cfg.max_participants,
@@ -320,7 +340,10 @@ class SfuNode:
         dispatcher_for(self).room_started(room, agents)
         return room
 
-    async def on_room_closed(self, room: Room) -> None:
+    # -- what its rooms report (RoomListener) ------------------------------------------------
+    # Webhooks are LiveKit's events, each raised on the node hosting the room: once.
+
+    async def room_closed(self, room: Room) -> None:
         if self.webhooks is not None:
             self.webhooks.notify("room_finished", room=room.info())
         await dispatcher_for(self).room_closed(room)
@@ -333,15 +356,13 @@ class SfuNode:
         except Exception as exc:
             room.log.warning("cannot release room in store", error=str(exc))
 
-    def on_participant_joined(self, room: Room, participant: Participant) -> None:
+    def participant_added(self, room: Room, participant: Participant) -> None:
+        self.sessions[participant.session_id] = participant
+
+    def participant_joined(self, room: Room, participant: Participant) -> None:
         dispatcher_for(self).participant_joined(room, participant)
 
-    def on_track_published(self, room: Room, participant: Participant) -> None:
-        dispatcher_for(self).track_published(room, participant)
-
-    # -- webhooks (LiveKit's events; each raised on the node hosting the room: once) ---------
-
-    def on_participant_active(self, room: Room, participant: Participant) -> None:
+    def participant_active(self, room: Room, participant: Participant) -> None:
         """LiveKit's participant_joined: sent when the participant is ACTIVE (connected)."""
         if self.webhooks is not None:
             self._announced.add(participant.sid)
@@ -349,7 +370,25 @@ class SfuNode:
                 "participant_joined", room=room.info(), participant=participant.info()
             )
 
-    def webhook_track(
+    def participant_removed(self, room: Room, participant: Participant) -> None:
+        if self.sessions.get(participant.session_id) is participant:
+            del self.sessions[participant.session_id]
+
+    def participant_left(self, room: Room, participant: Participant) -> None:
+        self._webhook_left(room, participant)
+        dispatcher_for(self).participant_left(room, participant)
+        self._check_drained()
+
+    def track_published(self, room: Room, participant: Participant, info: models.TrackInfo) -> None:
+        self._webhook_track("track_published", room, participant, info)
+        dispatcher_for(self).track_published(room, participant)
+
+    def track_unpublished(
+        self, room: Room, participant: Participant, info: models.TrackInfo
+    ) -> None:
+        self._webhook_track("track_unpublished", room, participant, info)
+
+    def _webhook_track(
         self, name: str, room: Room, publisher: Participant, info: models.TrackInfo
     ) -> None:
         """``track_published`` / ``track_unpublished`` (participant: sid and identity only)."""
@@ -362,7 +401,7 @@ class SfuNode:
             return
         # its tracks go with it; never connected: LiveKit's participant_connection_aborted
         for info in list(participant.tracks.values()):
-            self.webhook_track("track_unpublished", room, participant, info)
+            self._webhook_track("track_unpublished", room, participant, info)
         connected = participant.sid in self._announced
         self._announced.discard(participant.sid)
         self.webhooks.notify(
@@ -370,11 +409,6 @@ class SfuNode:
             room=room.info(),
             participant=participant.info(),
         )
-
-    def on_participant_left(self, room: Room, participant: Participant) -> None:
-        self._webhook_left(room, participant)
-        dispatcher_for(self).participant_left(room, participant)
-        self._check_drained()
 
     # -- bus --------------------------------------------------------------------------------
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from livekit.protocol import models, rtc
 
 from trackyard.core import ids, messages, turn
 from trackyard.core.bus import Envelope
+from trackyard.core.config import Config
+from trackyard.core.store import Store
 from trackyard.sfu import serverrpc
-from trackyard.sfu.participant import Participant, State
-
-if TYPE_CHECKING:
-    from trackyard.sfu.node import SfuNode
+from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
 
 log = structlog.get_logger(__name__)
 
@@ -32,11 +33,55 @@ class JoinRefusedError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class RoomServices:
+    """What a room may use."""
+
+    config: Config
+    node_id: str
+    store: Store
+    spawn: Spawn
+    participants: ParticipantServices  # what each of its participants is given
+
+
+class RoomListener(Protocol):
+    """What a room reports (the node implements this)."""
+
+    def participant_added(self, room: Room, participant: Participant) -> None:
+        """It is in the room: its session's messages are for it from now on."""
+
+    def participant_joined(self, room: Room, participant: Participant) -> None:
+        """Its join is complete (response sent, subscriptions made)."""
+
+    def participant_active(self, room: Room, participant: Participant) -> None: ...
+
+    def participant_removed(self, room: Room, participant: Participant) -> None:
+        """It is out of the room (about to close): its session is over."""
+
+    def participant_left(self, room: Room, participant: Participant) -> None:
+        """It left and closed; everyone was told."""
+
+    def track_published(
+        self, room: Room, participant: Participant, info: models.TrackInfo
+    ) -> None: ...
+
+    def track_unpublished(
+        self, room: Room, participant: Participant, info: models.TrackInfo
+    ) -> None: ...
+
+    async def room_closed(self, room: Room) -> None:
+        """Closed or given up: release it."""
+
+
 class Room:
+    """Implements :class:`~trackyard.sfu.participant.ParticipantListener` for its
+    participants."""
+
     def __init__(
         self,
-        node: SfuNode,
         name: str,
+        services: RoomServices,
+        listener: RoomListener,
         *,
         empty_timeout: int,
         departure_timeout: int,
@@ -44,7 +89,9 @@ class Room:
         metadata: str = "",
         epoch: int = 0,
     ) -> None:
-        self.node = node
+        self._services = services
+        self._listener = listener
+        self._spawn = services.spawn
         self.name = name
         self.sid = ids.new_id(ids.ROOM)
         self.created_at = time.time()
@@ -55,13 +102,12 @@ class Room:
         self.epoch = epoch
         self.participants: dict[str, Participant] = {}  # identity -> participant
         self.closed = False
-        self._ever_joined = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(room=name, room_sid=self.sid)
         self._arm_close_timer(self.empty_timeout)
         self._monitors = (
-            node.spawn(self._speakers_loop()),
-            node.spawn(self._quality_loop()),
+            self._spawn(self._speakers_loop()),
+            self._spawn(self._quality_loop()),
         )
 
     # -- snapshot ---------------------------------------------------------------------------
@@ -83,7 +129,7 @@ class Room:
 
     def _persist(self) -> None:
         if not self.closed:  # a closed room was deleted from the store; keep it deleted
-            self.node.spawn(self.node.store.put_room(self.info()))
+            self._spawn(self._services.store.put_room(self.info()))
 
     # -- join / leave -----------------------------------------------------------------------
 
@@ -105,25 +151,25 @@ class Room:
         old = self.participants.get(start.identity)
         if old is not None:
             await self.remove(old, models.DisconnectReason.DUPLICATE_IDENTITY, notify=True)
-        participant = Participant(self, start, self.node.bus, self.node.make_peer_connection)
+        participant = Participant(
+            start, room_name=self.name, services=self._services.participants, listener=self
+        )
         self.participants[participant.identity] = participant
-        self.node.sessions[participant.session_id] = participant
+        self._listener.participant_added(self, participant)
         if not _dependent(participant):  # agents alone keep no room open (LiveKit)
-            self._ever_joined = True
             self._cancel_close_timer()
         participant.start()
-        participant.send(rtc.SignalResponse(join=self._join_response(participant)))
-        participant.state = State.JOINED
-        self.participant_changed(participant, bump=False)
+        participant.joined(self._join_response(participant))
+        self._announce(participant)
         await participant.negotiate_subscriber()
         if participant.auto_subscribe:
             await self.subscribe_all(participant)
-        self.node.on_participant_joined(self, participant)
+        self._listener.participant_joined(self, participant)
         self.log.info("participant joined", participant=participant.identity, psid=participant.sid)
         return participant
 
     def _join_response(self, participant: Participant) -> rtc.JoinResponse:
-        cfg = self.node.config
+        cfg = self._services.config
         others = [
             p.info() for p in self.participants.values() if p is not participant and not p.hidden
         ]
@@ -142,12 +188,12 @@ class Room:
                 version=SERVER_VERSION,
                 protocol=PROTOCOL_VERSION,
                 region=cfg.region,
-                node_id=self.node.node_id,
+                node_id=self._services.node_id,
             ),
         )
 
     def reconnect_response(self, participant: Participant) -> rtc.ReconnectResponse:
-        cfg = self.node.config
+        cfg = self._services.config
         join = self._join_response(participant)
         return rtc.ReconnectResponse(
             ice_servers=turn.ice_servers(cfg.rtc, participant.sid),
@@ -173,18 +219,18 @@ class Room:
         if self.participants.get(participant.identity) is not participant:
             return
         del self.participants[participant.identity]
-        self.node.sessions.pop(participant.session_id, None)
+        self._listener.participant_removed(self, participant)
         if notify:
             participant.send_leave(reason)
-        self.on_participant_left(participant)
+        self._drop_subscriptions_to(participant)
         await participant.close(reason=models.DisconnectReason.Name(reason))
         if not participant.hidden:
             info = participant.info()
             info.disconnect_reason = reason
             self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
-        self.node.spawn(self.node.store.delete_participant(self.name, participant.identity))
+        self._spawn(self._services.store.delete_participant(self.name, participant.identity))
         self._persist()
-        self.node.on_participant_left(self, participant)
+        self._listener.participant_left(self, participant)
         self.log.info(
             "participant left",
             participant=participant.identity,
@@ -201,7 +247,7 @@ class Room:
         self._stop_monitors()
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, notify=True)
-        await self.node.on_room_closed(self)
+        await self._listener.room_closed(self)
         self.log.info("room closed", reason=models.DisconnectReason.Name(reason))
 
     async def evict_all(self, reason: str) -> None:
@@ -209,7 +255,7 @@ class Room:
         self.closed = True
         self._cancel_close_timer()
         self._stop_monitors()
-        await self.node.on_room_closed(self)
+        await self._listener.room_closed(self)
         for participant in list(self.participants.values()):
             participant.send_leave(
                 models.DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.RECONNECT
@@ -227,7 +273,7 @@ class Room:
         loop = asyncio.get_running_loop()
         self._close_timer = loop.call_later(
             max(seconds, 0),
-            lambda: self.node.spawn(self._close_if_idle()),
+            lambda: self._spawn(self._close_if_idle()),
         )
 
     def _cancel_close_timer(self) -> None:
@@ -250,10 +296,8 @@ class Room:
             if p is not exclude and p.state is not State.DISCONNECTED:
                 p.send_raw(Envelope(kind=messages.SIGNAL, session=p.session_id, data=data))
 
-    def participant_changed(self, participant: Participant, *, bump: bool = True) -> None:
-        """Send the participant's new snapshot: to everyone, or only to itself when hidden."""
-        if bump:
-            participant.version += 1
+    def _announce(self, participant: Participant) -> None:
+        """Send the participant's snapshot: to everyone, or only to itself when hidden."""
         info = participant.info()
         update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info]))
         if participant.hidden:
@@ -261,7 +305,7 @@ class Room:
         else:
             self.broadcast(update)
         if not self.closed:
-            self.node.spawn(self.node.store.put_participant(self.name, info))
+            self._spawn(self._services.store.put_participant(self.name, info))
         self._persist()
 
     def set_metadata(self, metadata: str) -> None:
@@ -269,9 +313,28 @@ class Room:
         self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
         self._persist()
 
-    # -- data -------------------------------------------------------------------------------
+    # -- what its participants report (ParticipantListener) ----------------------------------
 
-    def relay_data(self, sender: Participant, raw: bytes, label: str) -> None:
+    def participant_changed(self, participant: Participant) -> None:
+        self._announce(participant)
+
+    def participant_active(self, participant: Participant) -> None:
+        self._listener.participant_active(self, participant)
+
+    async def participant_gone(
+        self, participant: Participant, reason: models.DisconnectReason, *, notify: bool
+    ) -> None:
+        await self.remove(participant, reason, notify=notify)
+
+    async def subscriptions_wanted(
+        self, participant: Participant, track_sids: Sequence[str] | None, subscribe: bool
+    ) -> None:
+        if track_sids is None:
+            await self.subscribe_all(participant)
+        else:
+            await self.set_subscriptions(participant, track_sids, subscribe)
+
+    def data_received(self, sender: Participant, raw: bytes, label: str) -> None:
         if not sender.permission.can_publish_data:
             sender.log.info("data packet dropped: token lacks canPublishData")
             return
@@ -288,6 +351,28 @@ class Room:
             packet.user.participant_identity = sender.identity
             packet.user.participant_sid = sender.sid
         self.deliver_data(packet, label, exclude=sender)
+
+    def track_published(self, publisher: Participant, info: models.TrackInfo) -> None:
+        """Everyone who auto-subscribes gets the new track."""
+        self._listener.track_published(self, publisher, info)
+        self.log.info(
+            "track published",
+            participant=publisher.identity,
+            track=info.sid,
+            mime=info.mime_type,
+            simulcast=info.simulcast,
+        )
+        for p in list(self.participants.values()):
+            if p is not publisher and p.auto_subscribe:
+                self._spawn(self._subscribe(p, publisher, info.sid))
+
+    async def track_unpublished(self, publisher: Participant, info: models.TrackInfo) -> None:
+        self._listener.track_unpublished(self, publisher, info)
+        for p in list(self.participants.values()):
+            if p is not publisher:
+                await p.unsubscribe(info.sid)
+
+    # -- data -------------------------------------------------------------------------------
 
     def deliver_data(
         self, packet: models.DataPacket, label: str, exclude: Participant | None = None
@@ -307,35 +392,22 @@ class Room:
 
     # -- tracks and subscriptions -----------------------------------------------------------
 
-    def on_track_published(self, publisher: Participant, info: models.TrackInfo) -> None:
-        """Everyone who auto-subscribes gets the new track."""
-        self.node.webhook_track("track_published", self, publisher, info)
-        self.log.info(
-            "track published",
-            participant=publisher.identity,
-            track=info.sid,
-            mime=info.mime_type,
-            simulcast=info.simulcast,
-        )
-        for p in list(self.participants.values()):
-            if p is not publisher and p.auto_subscribe:
-                self.node.spawn(p.subscribe(publisher, info.sid))
-        self.node.on_track_published(self, publisher)
-
-    async def on_track_unpublished(self, publisher: Participant, info: models.TrackInfo) -> None:
-        self.node.webhook_track("track_unpublished", self, publisher, info)
-        for p in list(self.participants.values()):
-            if p is not publisher:
-                await p.unsubscribe(info.sid)
-
-    def on_participant_left(self, participant: Participant) -> None:
+    def _drop_subscriptions_to(self, participant: Participant) -> None:
         """Its tracks leave every subscriber (the participant closes its own media)."""
         for p in list(self.participants.values()):
             for track_sid in participant.uptracks:
-                self.node.spawn(p.unsubscribe(track_sid))
+                self._spawn(p.unsubscribe(track_sid))
+
+    async def _subscribe(
+        self, participant: Participant, publisher: Participant, track_sid: str
+    ) -> bool:
+        up = publisher.uptracks.get(track_sid)
+        if up is None:
+            return False
+        return await participant.subscribe(up, publisher_sid=publisher.sid, track_sid=track_sid)
 
     async def set_subscriptions(
-        self, participant: Participant, track_sids: list[str], subscribe: bool
+        self, participant: Participant, track_sids: Sequence[str], subscribe: bool
     ) -> None:
         for track_sid in track_sids:
             if not subscribe:
@@ -345,17 +417,14 @@ class Room:
             if found is None or found[0] is participant:
                 self.log.info("subscription to unknown track ignored", track=track_sid)
                 continue
-            await participant.subscribe(found[0], track_sid)
+            await self._subscribe(participant, found[0], track_sid)
 
     async def subscribe_all(self, participant: Participant) -> None:
         """Subscribe ``participant`` to every track published in the room."""
         for other in list(self.participants.values()):
             if other is not participant:
                 for track_sid in list(other.uptracks):
-                    await participant.subscribe(other, track_sid)
-
-    def on_track_setting(self, participant: Participant, req: rtc.UpdateTrackSettings) -> None:
-        participant.set_track_preference(req)
+                    await self._subscribe(participant, other, track_sid)
 
     def find_track(self, track_sid: str) -> tuple[Participant, models.TrackInfo] | None:
         for p in self.participants.values():
@@ -379,7 +448,7 @@ class Room:
 
     async def _speakers_loop(self) -> None:
         """Every ``audio.update_interval``: send who started, changed or stopped speaking."""
-        interval = self.node.config.audio.update_interval / 1000
+        interval = self._services.config.audio.update_interval / 1000
         last: dict[str, float] = {}
         while not self.closed:
             await asyncio.sleep(interval)
@@ -400,7 +469,7 @@ class Room:
     async def _quality_loop(self) -> None:
         """Every window: when anyone's quality changed (or someone new is scored), each active
         participant gets its own quality and that of the publishers it subscribes to."""
-        interval = self.node.config.node.connection_quality_interval
+        interval = self._services.config.node.connection_quality_interval
         last: dict[str, rtc.ConnectionQualityInfo] = {}
         while not self.closed:
             await asyncio.sleep(interval)

@@ -32,6 +32,8 @@ _FAILED_STATES = ("failed", "closed")
 
 
 class SessionReaper:
+    """The participants' :class:`~trackyard.sfu.participant.Liveness`."""
+
     def __init__(self, node: SfuNode, generation: StoreGeneration) -> None:
         self._node = node
         self._generation = generation
@@ -133,8 +135,8 @@ class SessionReaper:
         self, participant: Participant, reason: models.DisconnectReason
     ) -> None:
         await asyncio.sleep(self.window)
-        room = participant.room
-        if room.participants.get(participant.identity) is not participant:
+        room = self._node.rooms.get(participant.room_name)
+        if room is None or room.participants.get(participant.identity) is not participant:
             return  # left, or replaced by a rejoin with the same identity
         if reason == models.DisconnectReason.SIGNAL_CLOSE:
             if not participant.detached and await self._edge_back(participant.edge_id):
