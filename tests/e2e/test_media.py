@@ -10,6 +10,7 @@ from livekit import rtc
 
 from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio
 from tests.support.metrics import metric, prometheus_config
+from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
 
@@ -206,9 +207,22 @@ async def test_unpublish_and_mute(server: TrackyardProcess, room_name: str) -> N
             assert vpub.sid not in viewer.remote_participants["cam"].track_publications
 
 
+LOSSY_PORTS = (47400, 47460)  # the lossy test's SFU port range: its loss rule touches no other
+
+
 async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
-    cfg = {"room": {"departure_timeout": 1}, **prometheus_config()}
-    with TrackyardProcess(cfg, env={"TRACKYARD_TEST_DROP_EVERY": "15"}) as lossy:
+    cfg = {
+        "room": {"departure_timeout": 1},
+        "rtc": {"port_range_start": LOSSY_PORTS[0], "port_range_end": LOSSY_PORTS[1]},
+        **prometheus_config(),
+    }
+    # every 15th media-sized UDP packet the SFU sends is lost on the way (nftables, inside the
+    # test namespace); small ones (STUN, RTCP) pass, so only forwarded media is hit
+    loss = (
+        f"udp sport {LOSSY_PORTS[0]}-{LOSSY_PORTS[1]} udp length > 300 "
+        "numgen inc mod 15 0 counter drop"
+    )
+    with TrackyardProcess(cfg) as lossy:
         async with connected(lossy.ws_url, "viewer", room_name) as viewer:
             subscribed = EventWaiter(viewer, "track_subscribed")
             async with (
@@ -216,7 +230,10 @@ async def test_lossy_downlink_is_repaired_by_nack(room_name: str) -> None:
                 pattern_video(cam, options=NO_SIMULCAST) as vpub,
             ):
                 (track, _, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
-                numbers = await read_numbers(track, 60, timeout=20)
+                with input_rules("trackyard_downlink_loss", loss) as counters:
+                    numbers = await read_numbers(track, 60, timeout=20)
+        dropped = [int(c.split("counter packets ")[1].split()[0]) for c in counters]
+        assert dropped and dropped[0] > 0, counters  # the loss really happened
         assert await _metric(lossy, "trackyard_sfu_nacks_received_total") > 0
         assert await _metric(lossy, "trackyard_sfu_retransmits_total") > 0
         # the same under LiveKit's names
