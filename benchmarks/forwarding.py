@@ -25,11 +25,41 @@ it and re-encode per subscriber, encoders set to the publisher's bitrate) runs a
 for comparison. A linear fit of CPU against delivered packet rate separates the marginal cost
 of a delivered packet from the fixed cost of a received one.
 
+Peers (``--peer``, repeatable, measured one after the other in one run with the same client
+process, stream and offer):
+
+- ``trackyard`` (default): the code path above, in this process; its numbers are the
+  top-level ``forwarding``/``fit``/``naive``/``targets`` fields of the JSON, as before.
+- ``janus``: the Janus WebRTC Server from Debian's package ``janus`` (1.1.x; installed with
+  ``apt-get install -y janus`` when ``/usr/bin/janus`` is missing), its VideoRoom plugin with
+  Janus's default threading (an event loop and thread per handle). ``janus2``: the same with
+  ``event_loops = 2`` in ``janus.jcfg`` (two shared loops, one per core). Each phase starts a
+  fresh Janus child process with a generated configuration (``benchmarks/janus.py``: only the
+  VideoRoom plugin and the HTTP transport on 127.0.0.1, logging at warnings) and drives it
+  over Janus's HTTP API: a session, a room, the publisher joins and publishes the client
+  process's offer, then each subscriber joins the publisher's feed and answers Janus's
+  offer. Janus leaves loopback out of ICE, so when a Janus peer is asked for, the benchmark
+  installs Janus if needed and then re-runs itself under ``scripts/netns``: a private network
+  namespace with a veth test address that exists only there. Janus's ICE is pinned to that
+  address and the client peers bind to it, so media stays between the namespace's own
+  addresses (Trackyard phases of the same run use 127.0.0.1 of the namespace, the same code
+  path). Janus rewrites SSRC, sequence numbers and timestamps per subscriber, so its
+  subscribers decrypt each media packet (their own SRTP session, as aiortc would) and packets
+  are matched by payload (``benchmarks/bycontent.py``). Its CPU is read with psutil from its
+  pid (user + system, all threads; clock-tick resolution, so keep windows of a few seconds).
+
+``--saturate``: per peer, after the ``--sizes`` phases, N grows through ``--saturate-sizes``
+(16, 32, 64, 128, 192, 256, 384, 512, ...) until a phase loses more than 1% of the packets owed
+to its subscribers or its p99 latency passes 50 ms; the largest N held, its delivered packets/s
+and every tried N's CPU per packet, loss and p50/p99 go under ``peers.<peer>.saturation``. The
+client process is one Python process too: at large N read ``client_process_cpu_utilization``
+before blaming the server for loss. Each peer also gets a table and ``peers.<peer>.phases``.
+
 Run: ``.venv/bin/python -m benchmarks.forwarding [--sizes 1,4,16,64] [--seconds 8]
-[--naive-sizes 1,4] [--profile]`` (about 80 s with the defaults; ``--profile`` adds a
-cProfile'd window at the largest size after the measured one and prints where the SFU's time
-goes; cProfile's own overhead inflates small functions, a sampling profiler such as py-spy on
-the benchmark's pid is more faithful).
+[--naive-sizes 1,4] [--profile] [--peer trackyard --peer janus --peer janus2] [--saturate]``
+(about 80 s with the defaults; ``--profile`` adds a cProfile'd window at the largest size
+after the measured one and prints where Trackyard's time goes; cProfile's own overhead inflates
+small functions, a sampling profiler such as py-spy on the benchmark's pid is more faithful).
 """
 
 from __future__ import annotations
@@ -960,6 +990,8 @@ def _loss_pct(r: dict[str, Any]) -> float:
 
 
 def print_table(peer: str, phases: list[dict[str, Any]]) -> None:
+    if not phases:
+        return
     print(
         f"\n{peer}: {'N':>5} {'us/pkt':>7} {'pkt/s/core':>10} {'delivered/s':>11}"
         f" {'cpu%':>6} {'loss%':>6} {'p50 ms':>8} {'p99 ms':>8}"
@@ -995,7 +1027,10 @@ async def main(
     saturate_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
     peers = peers or ["trackyard"]
-    janus = janus_version() if any(p in JANUS_PEERS for p in peers) else ""
+    janus = ""
+    if any(p in JANUS_PEERS for p in peers):
+        ensure_installed()
+        janus = janus_version()
     clients = await Clients.start()
     forwarding: list[dict[str, Any]] = []
     naive: list[dict[str, Any]] = []
@@ -1020,7 +1055,9 @@ async def main(
             print(f"peer {peer}: {_describe(peer, janus)}", flush=True)
             phases = []
             for n in sizes:
-                r = await run_phase(clients, mode, n, seconds, bitrate, profile and n == max(sizes))
+                # cProfile sees this process only: Trackyard's, not Janus's
+                profiled = profile and peer == "trackyard" and n == max(sizes)
+                r = await run_phase(clients, mode, n, seconds, bitrate, profiled)
                 phases.append(r)
                 print_phase(r)
             section: dict[str, Any] = {"server": _describe(peer, janus), "phases": phases}
@@ -1150,7 +1187,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--saturate",
         action="store_true",
-        help=f"per peer, after --sizes, grow N until loss > {SATURATE_MAX_LOSS * 100:.0f}% or"
+        help=f"per peer, after --sizes, grow N until loss > {SATURATE_MAX_LOSS * 100:.0f}%% or"
         f" p99 > {SATURATE_MAX_P99_MS:.0f} ms (pass --sizes '' to skip the fixed sizes)",
     )
     parser.add_argument(

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -91,6 +93,11 @@ def _others(kind: str, keep: str) -> str:
     folder = _modules_folder(kind)
     names = sorted(p.name for p in folder.glob("*.so") if p.name != keep)
     return ",".join(names)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a benchmark that dies must not leave Janus running."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_tcp_port(host: str) -> int:
@@ -168,6 +175,7 @@ class JanusServer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         async with aiohttp.ClientSession() as http:
