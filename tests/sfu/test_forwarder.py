@@ -167,3 +167,21 @@ def test_keyframe_throttle_refusals_do_not_extend_the_interval() -> None:
 def test_zero_interval_never_throttles() -> None:
     throttle = KeyframeThrottle(0.0, FakeClock())
     assert all(throttle.allow(LOW) for _ in range(5))
+
+
+def test_the_stream_being_forwarded_goes_on_in_every_state() -> None:
+    """DownTrack.forward inlines this rule (ssrc == forwarder.ssrc and not padding ->
+    FORWARD) and calls decide() only otherwise: decide must agree in every state, and
+    never answer FORWARD for another stream."""
+    fwd = _ready(MID)
+    _apply(fwd, MID, keyframe=True)
+    for target in (LOW, MID, HIGH):
+        fwd.retarget(target)
+        for layer in (LOW, MID, HIGH):
+            for keyframe in (False, True):
+                expected = Decision.FORWARD if layer == MID else None
+                decision = fwd.decide(layer, SSRC[layer], keyframe)
+                if expected is not None:
+                    assert decision == expected
+                else:
+                    assert decision != Decision.FORWARD

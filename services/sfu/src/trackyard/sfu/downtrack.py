@@ -82,7 +82,6 @@ __all__ = ["DownTrack"]
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
-_FORWARD = Decision.FORWARD
 _SWITCH = Decision.SWITCH
 _SKIP = Decision.SKIP
 _REQUEST_KEYFRAME = Decision.REQUEST_KEYFRAME
@@ -467,17 +466,18 @@ class DownTrack:
         Never raises (errors are counted and logged, rate-limited)."""
         try:
             rtp = packet.rtp
-            decision = self._fwd.decide(packet.layer, rtp.ssrc, packet.keyframe, packet.padding)
-            if decision != _FORWARD:
-                if decision == _SWITCH:
-                    self._begin_segment(packet)
-                elif decision == _SKIP:
-                    self._munger.skip(rtp.sequence_number)
-                    return
-                else:
-                    if decision == _REQUEST_KEYFRAME:
+            fwd = self._fwd
+            # decide()'s first rule (the stream being forwarded goes on) inlined: it holds
+            # for nearly every packet, and this runs once per packet per subscriber
+            if rtp.ssrc != fwd.ssrc or packet.padding:
+                decision = fwd.decide(packet.layer, rtp.ssrc, packet.keyframe, packet.padding)
+                if decision != _SWITCH:  # (never FORWARD here: that is the rule inlined)
+                    if decision == _SKIP:
+                        self._munger.skip(rtp.sequence_number)
+                    elif decision == _REQUEST_KEYFRAME:
                         self.uptrack.request_keyframe(packet.layer)
                     return
+                self._begin_segment(packet)
             # one function on purpose: this runs once per packet per subscriber
             mapped = self._munger.map(rtp.sequence_number, rtp.timestamp)
             if mapped is None:
