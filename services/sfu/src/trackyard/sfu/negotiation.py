@@ -49,7 +49,7 @@ class OfferingPeer(Protocol):
     def localDescription(self) -> RTCSessionDescription: ...
 
     @property
-    def remoteDescription(self) -> RTCSessionDescription: ...
+    def remoteDescription(self) -> RTCSessionDescription | None: ...
 
     async def createOffer(self) -> RTCSessionDescription: ...
 
@@ -95,6 +95,7 @@ class SubscriberNegotiation:
         self.state = NegotiationState.IDLE
         self.offer_id = 0
         self._reoffers = 0  # offers re-sent for the answer being awaited
+        self._superseded: set[int] = set()  # ids of offers re-sent since (their answers: late)
         self._timer: asyncio.TimerHandle | None = None
 
     def _set(self, state: NegotiationState, why: str) -> None:
@@ -150,9 +151,11 @@ class SubscriberNegotiation:
                 signaling=self._pc.signalingState,
             )
             return
-        if offer_id and offer_id != self.offer_id:  # answers an offer we sent again since
+        if offer_id in self._superseded:  # answers an offer we have sent again since
             self._log.info("stale subscriber answer ignored", answered=offer_id, now=self.offer_id)
             return
+        if offer_id and offer_id != self.offer_id:  # LiveKit warns and applies it too
+            self._log.warning("subscriber answer id mismatch", answered=offer_id, now=self.offer_id)
         problem = sdpcheck.problem(sdp, sdp_type or "answer")
         if not problem:
             try:
@@ -165,6 +168,7 @@ class SubscriberNegotiation:
             return
         pending = self.state is NegotiationState.RENEGOTIATE_PENDING
         self._reoffers = 0
+        self._superseded.clear()
         self._set(NegotiationState.IDLE, "answer applied")
         if pending:
             await self.request()
@@ -189,6 +193,8 @@ class SubscriberNegotiation:
             return
         if self.state is NegotiationState.CLOSED:
             return
+        if reoffer:
+            self._superseded.add(self.offer_id)
         self.offer_id += 1
         self._send_offer(self._pc.localDescription.sdp, self.offer_id)
         if self._timer is not None:

@@ -1,0 +1,305 @@
+"""A room with a fake host (its listener, a memory store, a signal sink per session): joins
+and leaves are broadcast, admission honours closing and max_participants, and the close
+timer follows who is in the room. No node and no bus; participants' peer connections are
+real aiortc objects that never connect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import pytest
+from livekit.protocol import models, rtc
+
+from trackyard.core import messages
+from trackyard.core.auth import VideoGrants
+from trackyard.core.bus import Envelope
+from trackyard.core.config import Config
+from trackyard.core.store import MemoryStore
+from trackyard.sfu.participant import Participant, ParticipantServices
+from trackyard.sfu.portrange import make_peer_connection
+from trackyard.sfu.room import JoinRefusedError, Room, RoomServices
+from trackyard.sfu.rtpstats import TrafficCounters
+
+WAIT = 5.0
+
+
+class FakeNode:
+    """The RoomListener and everything a room and its participants are given."""
+
+    def __init__(self) -> None:
+        self.config = Config.load(dev=True, env={})
+        self.store = MemoryStore()
+        self.events: list[tuple[str, str]] = []
+        self.sessions: dict[str, Participant] = {}
+        self.closed = asyncio.Event()
+        self.sent: dict[str, list[Envelope]] = defaultdict(list)
+        self.arrived = asyncio.Condition()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.services = RoomServices(
+            config=self.config,
+            node_id="ND_test",
+            store=self.store,
+            spawn=self.spawn,
+            participants=ParticipantServices(
+                config=self.config,
+                counters=TrafficCounters(),
+                spawn=self.spawn,
+                signal_sink=self.sink,
+                make_peer_connection=lambda: make_peer_connection(None, "127.0.0.1", []),
+                liveness=self,
+            ),
+        )
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def sink(self, env: Envelope) -> bool:
+        async with self.arrived:
+            self.sent[env.session].append(env)
+            self.arrived.notify_all()
+        return True
+
+    async def response(self, session: str, which: str, index: int = 0) -> rtc.SignalResponse:
+        """The ``index``-th response of kind ``which`` sent to ``session`` (waits for it)."""
+
+        def found() -> list[rtc.SignalResponse]:
+            out = [
+                rtc.SignalResponse.FromString(e.data)
+                for e in self.sent[session]
+                if e.kind == messages.SIGNAL
+            ]
+            return [r for r in out if r.WhichOneof("message") == which]
+
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: len(found()) > index), WAIT)
+        return found()[index]
+
+    async def update_about(
+        self, session: str, identity: str, state: models.ParticipantInfo.State
+    ) -> models.ParticipantInfo:
+        """The first ``update`` sent to ``session`` showing ``identity`` in ``state``."""
+
+        def found() -> list[models.ParticipantInfo]:
+            return [
+                p
+                for e in self.sent[session]
+                if e.kind == messages.SIGNAL
+                for p in rtc.SignalResponse.FromString(e.data).update.participants
+                if p.identity == identity and p.state == state
+            ]
+
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: bool(found())), WAIT)
+        return found()[0]
+
+    def kinds(self, session: str) -> list[str]:
+        return [
+            rtc.SignalResponse.FromString(e.data).WhichOneof("message") or ""
+            for e in self.sent[session]
+            if e.kind == messages.SIGNAL
+        ]
+
+    # -- Liveness --------------------------------------------------------------------------
+
+    def detached(self, participant: Participant) -> None:
+        self.events.append(("detached", participant.identity))
+
+    def transport_changed(self, participant: Participant) -> None:
+        pass
+
+    # -- RoomListener ----------------------------------------------------------------------
+
+    def participant_added(self, room: Room, participant: Participant) -> None:
+        self.events.append(("added", participant.identity))
+        self.sessions[participant.session_id] = participant
+
+    def participant_joined(self, room: Room, participant: Participant) -> None:
+        self.events.append(("joined", participant.identity))
+
+    def participant_active(self, room: Room, participant: Participant) -> None:
+        self.events.append(("active", participant.identity))
+
+    def participant_removed(self, room: Room, participant: Participant) -> None:
+        self.events.append(("removed", participant.identity))
+        del self.sessions[participant.session_id]
+
+    def participant_left(self, room: Room, participant: Participant) -> None:
+        self.events.append(("left", participant.identity))
+
+    def track_published(self, room: Room, participant: Participant, info: models.TrackInfo) -> None:
+        self.events.append(("track_published", info.sid))
+
+    def track_unpublished(
+        self, room: Room, participant: Participant, info: models.TrackInfo
+    ) -> None:
+        self.events.append(("track_unpublished", info.sid))
+
+    async def room_closed(self, room: Room) -> None:
+        self.events.append(("room_closed", room.name))
+        self.closed.set()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def room(
+        self, *, empty_timeout: int = 60, departure_timeout: int = 60, max_participants: int = 0
+    ) -> Room:
+        return Room(
+            "r",
+            self.services,
+            self,
+            empty_timeout=empty_timeout,
+            departure_timeout=departure_timeout,
+            max_participants=max_participants,
+        )
+
+
+def _start(identity: str, *, kind: str = "", hidden: bool = False) -> messages.SessionStart:
+    return messages.SessionStart(
+        session_id=f"SE_{identity}",
+        room="r",
+        identity=identity,
+        kind=kind,
+        grants=VideoGrants(room_join=True, room="r", hidden=hidden),
+    )
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[FakeNode]:
+    n = FakeNode()
+    yield n
+    for p in list(n.sessions.values()):
+        await p.close()
+    for task in list(n.tasks):
+        task.cancel()
+
+
+async def _close(room: Room) -> None:
+    await room.close(models.DisconnectReason.ROOM_CLOSED)
+
+
+async def test_join_is_answered_first_and_announced_to_the_others(node: FakeNode) -> None:
+    room = node.room()
+    a = await room.join(_start("a"))
+    b = await room.join(_start("b"))
+    join = (await node.response("SE_b", "join")).join
+    assert node.kinds("SE_b")[0] == "join"  # the SDK expects the join response first
+    assert join.participant.identity == "b" and join.participant.sid == b.sid
+    assert [p.identity for p in join.other_participants] == ["a"]
+    assert join.room.name == "r" and join.server_info.node_id == "ND_test"
+    assert join.ping_interval > 0 and join.subscriber_primary
+    seen = await node.update_about("SE_a", "b", models.ParticipantInfo.JOINED)
+    assert seen.sid == b.sid
+    assert node.events == [("added", "a"), ("joined", "a"), ("added", "b"), ("joined", "b")]
+    assert node.sessions == {"SE_a": a, "SE_b": b}
+    await asyncio.sleep(0)  # the store writes are spawned
+    assert {p.identity for p in await node.store.list_participants("r")} == {"a", "b"}
+    await _close(room)
+
+
+async def test_leave_is_broadcast_with_its_reason(node: FakeNode) -> None:
+    room = node.room()
+    a = await room.join(_start("a"))
+    await room.join(_start("b"))
+    node.events.clear()
+    await room.remove(a, models.DisconnectReason.PARTICIPANT_REMOVED, notify=True)
+    leave = (await node.response("SE_a", "leave")).leave
+    assert leave.reason == models.DisconnectReason.PARTICIPANT_REMOVED
+    assert [e.kind for e in node.sent["SE_a"]][-1] == messages.CLOSE  # the session ends
+    gone = await node.update_about("SE_b", "a", models.ParticipantInfo.DISCONNECTED)
+    assert gone.disconnect_reason == models.DisconnectReason.PARTICIPANT_REMOVED
+    assert node.events == [("removed", "a"), ("left", "a")]
+    assert set(room.participants) == {"b"} and set(node.sessions) == {"SE_b"}
+    await asyncio.sleep(0)
+    assert await node.store.get_participant("r", "a") is None
+    await _close(room)
+
+
+async def test_a_second_join_with_the_same_identity_replaces_the_first(node: FakeNode) -> None:
+    room = node.room()
+    first = await room.join(_start("a"))
+    second = await room.join(messages.SessionStart(session_id="SE_a2", room="r", identity="a"))
+    leave = (await node.response("SE_a", "leave")).leave
+    assert leave.reason == models.DisconnectReason.DUPLICATE_IDENTITY
+    assert room.participants == {"a": second} and first is not second
+    assert set(node.sessions) == {"SE_a2"}
+    await _close(room)
+
+
+async def test_hidden_participant_is_not_announced(node: FakeNode) -> None:
+    room = node.room()
+    await room.join(_start("a"))
+    ghost = await room.join(_start("g", hidden=True))
+    await room.join(_start("b"))
+    join_b = (await node.response("SE_b", "join")).join
+    assert [p.identity for p in join_b.other_participants] == ["a"]
+    own = (await node.response("SE_g", "update")).update.participants
+    assert [p.identity for p in own] == ["g"]  # a hidden participant sees itself
+    await room.remove(ghost, models.DisconnectReason.CLIENT_INITIATED, notify=False)
+    seen_by_a = [
+        p.identity
+        for r in [rtc.SignalResponse.FromString(e.data) for e in node.sent["SE_a"]]
+        if r.WhichOneof("message") == "update"
+        for p in r.update.participants
+    ]
+    assert "g" not in seen_by_a
+    assert room.info().num_participants == 2
+    await _close(room)
+
+
+async def test_admission_refuses_a_full_room_but_lets_an_identity_rejoin(node: FakeNode) -> None:
+    room = node.room(max_participants=2)
+    await room.join(_start("a"))
+    await room.join(_start("b"))
+    with pytest.raises(JoinRefusedError) as full:
+        await room.join(_start("c"))
+    assert full.value.status == 403 and "max_participants 2" in full.value.reason
+    assert "c" not in room.participants and "SE_c" not in node.sent
+    room.check_admission(_start("b"))  # replacing b keeps the count
+    await _close(room)
+    with pytest.raises(JoinRefusedError) as closing:
+        room.check_admission(_start("d"))
+    assert closing.value.status == 503
+
+
+async def test_empty_room_closes_after_empty_timeout(node: FakeNode) -> None:
+    node.room(empty_timeout=0)
+    await asyncio.wait_for(node.closed.wait(), WAIT)
+    assert node.events == [("room_closed", "r")]
+
+
+async def test_room_closes_after_the_last_leaves_and_tells_dependents(node: FakeNode) -> None:
+    room = node.room(departure_timeout=0)
+    agent = await room.join(_start("agent", kind="agent"))
+    a = await room.join(_start("a"))
+    await room.remove(a, models.DisconnectReason.CLIENT_INITIATED, notify=False)
+    # an agent alone keeps no room open (LiveKit's dependent participants)
+    await asyncio.wait_for(node.closed.wait(), WAIT)
+    leave = (await node.response("SE_agent", "leave")).leave
+    assert leave.reason == models.DisconnectReason.ROOM_CLOSED
+    assert room.closed and not room.participants and agent.session_id not in node.sessions
+    assert node.events[-1] == ("room_closed", "r")
+
+
+async def test_a_join_cancels_the_empty_timer(node: FakeNode) -> None:
+    room = node.room(empty_timeout=1)
+    await room.join(_start("a"))
+    with pytest.raises(TimeoutError):  # the timer's second passing is the point
+        await asyncio.wait_for(node.closed.wait(), 1.5)
+    assert not room.closed
+    await _close(room)
+
+
+async def test_evict_all_sends_everyone_to_reconnect(node: FakeNode) -> None:
+    room = node.room()
+    await room.join(_start("a"))
+    await room.evict_all("moved")
+    leave = (await node.response("SE_a", "leave")).leave
+    assert leave.action == rtc.LeaveRequest.RECONNECT
+    assert leave.reason == models.DisconnectReason.STATE_MISMATCH
+    assert node.closed.is_set() and not room.participants
