@@ -18,7 +18,8 @@ from trackyard.core.agentmessages import (
 )
 from trackyard.core.auth import create_token
 from trackyard.core.bus import MemoryBus
-from trackyard.core.noderpc import ChannelRpcClient, RpcError, reply
+from trackyard.core.noderpc import ChannelRpcClient, reply
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
 
 
@@ -64,17 +65,17 @@ async def test_calls_on_an_agent_channel() -> None:
         await reply(bus, env, env.data[::-1])
         env = await sub.get(timeout=5)
         assert env is not None
-        await reply(bus, env, error=RpcError("unavailable", "worker not available"))
+        await reply(bus, env, error=Refusal(Code.UNAVAILABLE, "worker not available"))
 
     server = asyncio.create_task(serve())
     client = ChannelRpcClient(bus, "ND_1")
     channel = keys.agent_channel("ED_x")
     assert await client.call_channel(channel, "M", b"abc", headers={"worker_id": "AW_1"}) == b"cba"
-    with pytest.raises(RpcError) as info:
+    with pytest.raises(Refusal) as info:
         await client.call_channel(channel, "M", b"", headers={"worker_id": "AW_1"})
     assert info.value.code == "unavailable"
     await server
-    with pytest.raises(RpcError):  # nobody serves this channel
+    with pytest.raises(Refusal):  # nobody serves this channel
         await client.call_channel(keys.agent_channel("ED_gone"), "M", b"", timeout=0.2)
     await client.close()
 

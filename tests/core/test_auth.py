@@ -7,7 +7,8 @@ import pytest
 from livekit import api
 from livekit.protocol import models
 
-from trackyard.core.auth import AuthError, KeyProvider, check_join, create_token, verify_token
+from trackyard.core.auth import KeyProvider, check_join, create_token, verify_token
+from trackyard.core.refusal import Refusal
 
 KEYS = KeyProvider({"k": "s" * 32})
 
@@ -59,18 +60,18 @@ def test_round_trip_with_livekit_api_token() -> None:
     ],
 )
 def test_invalid_tokens(token: str, reason: str) -> None:
-    with pytest.raises(AuthError) as err:
+    with pytest.raises(Refusal) as err:
         verify_token(token, KEYS)
     assert err.value.status == 401 and reason in err.value.reason
 
 
 def test_join_checks() -> None:
-    with pytest.raises(AuthError) as err:
+    with pytest.raises(Refusal) as err:
         check_join(verify_token(_tok(grants={"room": "r"}), KEYS), None)
     assert err.value.status == 403 and "roomJoin" in err.value.reason
-    with pytest.raises(AuthError) as err:
+    with pytest.raises(Refusal) as err:
         check_join(verify_token(_tok(grants={"roomJoin": True, "room": "r"}), KEYS), "s")
     assert err.value.status == 403
-    with pytest.raises(AuthError) as err:
+    with pytest.raises(Refusal) as err:
         check_join(verify_token(_tok(grants={"roomJoin": True}), KEYS), None)
     assert "names no room" in err.value.reason

@@ -8,7 +8,8 @@ import pytest
 
 from trackyard.core import keys, messages
 from trackyard.core.bus import Envelope, MemoryBus
-from trackyard.core.noderpc import NodeRpcClient, RpcError, reply
+from trackyard.core.noderpc import NodeRpcClient, reply
+from trackyard.core.refusal import Code, Refusal
 
 
 async def test_rpc_round_trip_and_error() -> None:
@@ -21,17 +22,17 @@ async def test_rpc_round_trip_and_error() -> None:
             if env.headers["method"] == "Echo":
                 await reply(bus, env, env.data[::-1])
             else:
-                await reply(bus, env, error=RpcError("not_found", "nope"))
+                await reply(bus, env, error=Refusal(Code.NOT_FOUND, "nope"))
 
     server = asyncio.create_task(serve())
     client = NodeRpcClient(bus)
     assert await client.call("ND_x", "Echo", b"abc", timeout=2) == b"cba"
-    with pytest.raises(RpcError) as err:
+    with pytest.raises(Refusal) as err:
         await client.call("ND_x", "Other", b"", timeout=2)
     assert err.value.code == "not_found"
-    with pytest.raises(RpcError) as err:
+    with pytest.raises(Refusal) as err:
         await client.call("ND_gone", "Echo", b"", timeout=0.2)
-    assert err.value.code == "unavailable" and "ND_gone" in err.value.msg
+    assert err.value.code == "unavailable" and "ND_gone" in err.value.reason
     await client.close()
     await sub.close()
     await asyncio.wait_for(server, 2)

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from trackyard.core import messages
 from trackyard.core.node import NodeRecord
-from trackyard.core.noderpc import NodeRpcClient, RpcError
+from trackyard.core.noderpc import NodeRpcClient
+from trackyard.core.refusal import Code, Refusal
 
 DRAIN_METHOD = "DrainNode"
 DRAIN_TIMEOUT_SECONDS = messages.RPC_TIMEOUT_SECONDS
@@ -36,7 +37,7 @@ def decode_drain(data: bytes) -> DrainRequest:
     try:
         return DrainRequest.model_validate_json(StringValue.FromString(data).value or "{}")
     except (ValidationError, ValueError) as exc:
-        raise RpcError("invalid_argument", f"bad drain request: {exc}") from None
+        raise Refusal(Code.INVALID_ARGUMENT, f"bad drain request: {exc}") from None
 
 
 def record_reply(record: NodeRecord) -> StringValue:
@@ -44,9 +45,9 @@ def record_reply(record: NodeRecord) -> StringValue:
 
 
 async def drain_node(rpc: NodeRpcClient, node_id: str, request: DrainRequest) -> NodeRecord:
-    """Ask ``node_id`` to drain; its record as it stands after (raises :class:`RpcError`)."""
+    """Ask ``node_id`` to drain; its record as it stands after (raises :class:`Refusal`)."""
     data = await rpc.call(node_id, DRAIN_METHOD, encode_drain(request), DRAIN_TIMEOUT_SECONDS)
     try:
         return NodeRecord.model_validate_json(StringValue.FromString(data).value)
     except (ValidationError, ValueError) as exc:
-        raise RpcError("internal", f"node answered drain with a bad record: {exc}") from None
+        raise Refusal(Code.INTERNAL, f"node answered drain with a bad record: {exc}") from None

@@ -15,20 +15,13 @@ from livekit.protocol import models
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from trackyard.core.refusal import Code, Refusal
+
 # Secret length is enforced by config (outside dev mode), so PyJWT's warning is noise here.
 warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 DEFAULT_TTL = dt.timedelta(hours=6)
 CLOCK_LEEWAY_SECONDS = 10
-
-
-class AuthError(Exception):
-    """A token or permission problem; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class VideoGrants(BaseModel):
@@ -136,19 +129,22 @@ def create_token(
 
 
 def verify_token(token: str, keys: KeyProvider) -> Claims:
-    """Check signature, ``exp`` and ``nbf``; raise :class:`AuthError` (401) with a plain reason."""
+    """Check signature, ``exp`` and ``nbf``; raise an ``unauthenticated`` :class:`Refusal`."""
     if not token:
-        raise AuthError(401, "no access token: pass it as 'Authorization: Bearer' or access_token")
+        raise Refusal(
+            Code.UNAUTHENTICATED,
+            "no access token: pass it as 'Authorization: Bearer' or access_token",
+        )
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        raise AuthError(401, "invalid access token: not a JWT") from None
+        raise Refusal(Code.UNAUTHENTICATED, "invalid access token: not a JWT") from None
     api_key = unverified.get("iss")
     if not isinstance(api_key, str) or not api_key:
-        raise AuthError(401, "invalid access token: no API key in 'iss'")
+        raise Refusal(Code.UNAUTHENTICATED, "invalid access token: no API key in 'iss'")
     secret = keys.secret(api_key)
     if secret is None:
-        raise AuthError(401, f"invalid access token: unknown API key {api_key!r}")
+        raise Refusal(Code.UNAUTHENTICATED, f"invalid access token: unknown API key {api_key!r}")
     try:
         payload = jwt.decode(
             token,
@@ -158,15 +154,19 @@ def verify_token(token: str, keys: KeyProvider) -> Claims:
             options={"require": ["exp"]},
         )
     except jwt.ExpiredSignatureError:
-        raise AuthError(401, "invalid access token: expired") from None
+        raise Refusal(Code.UNAUTHENTICATED, "invalid access token: expired") from None
     except jwt.ImmatureSignatureError:
-        raise AuthError(401, "invalid access token: not valid yet (nbf)") from None
+        raise Refusal(Code.UNAUTHENTICATED, "invalid access token: not valid yet (nbf)") from None
     except jwt.InvalidSignatureError:
-        raise AuthError(401, "invalid access token: signature does not match") from None
+        raise Refusal(
+            Code.UNAUTHENTICATED, "invalid access token: signature does not match"
+        ) from None
     except jwt.MissingRequiredClaimError as exc:
-        raise AuthError(401, f"invalid access token: missing '{exc.claim}'") from None
+        raise Refusal(
+            Code.UNAUTHENTICATED, f"invalid access token: missing '{exc.claim}'"
+        ) from None
     except jwt.PyJWTError as exc:
-        raise AuthError(401, f"invalid access token: {exc}") from None
+        raise Refusal(Code.UNAUTHENTICATED, f"invalid access token: {exc}") from None
     try:
         attributes = payload.get("attributes") or {}
         if isinstance(attributes, str):
@@ -181,19 +181,24 @@ def verify_token(token: str, keys: KeyProvider) -> Claims:
             video=VideoGrants.model_validate(payload.get("video") or {}),
         )
     except (ValidationError, ValueError) as exc:
-        raise AuthError(401, f"invalid access token: malformed claims ({exc})") from None
+        raise Refusal(
+            Code.UNAUTHENTICATED, f"invalid access token: malformed claims ({exc})"
+        ) from None
 
 
 def check_join(claims: Claims, room: str | None) -> str:
-    """The room this token may join; raise 401/403 otherwise."""
+    """The room this token may join; raise an unauthenticated/permission_denied refusal."""
     video = claims.video
     if not video.room_join:
-        raise AuthError(403, "permission denied: token lacks the roomJoin grant")
+        raise Refusal(Code.PERMISSION_DENIED, "permission denied: token lacks the roomJoin grant")
     if not claims.identity:
-        raise AuthError(401, "invalid access token: no identity ('sub')")
+        raise Refusal(Code.UNAUTHENTICATED, "invalid access token: no identity ('sub')")
     if room and video.room and room != video.room:
-        raise AuthError(403, f"permission denied: token is for room {video.room!r}, not {room!r}")
+        raise Refusal(
+            Code.PERMISSION_DENIED,
+            f"permission denied: token is for room {video.room!r}, not {room!r}",
+        )
     target = room or video.room
     if not target:
-        raise AuthError(403, "permission denied: token names no room")
+        raise Refusal(Code.PERMISSION_DENIED, "permission denied: token names no room")
     return target

@@ -51,3 +51,8 @@ def reply_channel(caller_id: str) -> str:
 def agent_channel(edge_id: str) -> str:
     """Inbound to a signal edge's agent hub: job offers and terminations for its workers."""
     return f"{PREFIX}bus:agents:{edge_id}"
+
+
+def bus_wakeup(token: str) -> str:
+    """A bus instance's private stream: appending to it ends its reader's blocked XREAD."""
+    return f"{PREFIX}bus:wakeup:{token}"

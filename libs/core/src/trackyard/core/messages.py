@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from trackyard.core.auth import VideoGrants
+from trackyard.core.refusal import Code, Refusal
 
 # Envelope kinds ---------------------------------------------------------------------------
 # edge -> node
@@ -21,7 +22,7 @@ RESUME = "resume"  # data: SessionStart JSON (reconnect_sid set); reply like JOI
 CLOSE = "close"  # the node ends the session; data: SessionClosed JSON
 # anyone -> node, and the reply
 RPC = "rpc"  # headers["method"]; data: request protobuf bytes; reply_to set
-RPC_REPLY = "rpc_reply"  # headers["error"] = twirp code on error; data: response bytes or msg
+RPC_REPLY = "rpc_reply"  # headers["error"] = refusal code on error; data: response or reason
 
 
 RPC_TIMEOUT_SECONDS = 5.0
@@ -39,22 +40,38 @@ class SessionStart(BaseModel):
     grants: VideoGrants = Field(default_factory=VideoGrants)
     kind: str = ""
     auto_subscribe: bool = True
-    adaptive_stream: bool = False
-    reconnect: bool = False
-    reconnect_sid: str = ""
-    protocol: int = 0
-    sdk: str = ""
-    sdk_version: str = ""
-    edge_id: str = ""
-    placement_epoch: int = 0
+    reconnect_sid: str = ""  # RESUME only: the participant (sid) to re-bind to this session
+    edge_id: str = ""  # the edge holding the socket, for the node's edge-liveness checks
     room_config: str = ""  # the token's roomConfig claim (JSON), used if this join creates the room
 
 
 class SessionClosed(BaseModel):
-    """The node refused or ended a session. ``status`` is the HTTP status for refusals."""
+    """The node refused a join or resume, or ended a session.
 
-    status: int = 0
+    ``code``: a :class:`~trackyard.core.refusal.Code` value when refused, ``""`` when ended.
+    """
+
+    code: str = ""
     reason: str = ""
+    # Transitional: nodes that still send an HTTP status (node.py before issue 11) are read
+    # by the edge through :meth:`refusal`; remove once every sender sets ``code``.
+    status: int = 0
+
+    @classmethod
+    def refused(cls, refusal: Refusal) -> SessionClosed:
+        return cls(code=refusal.code.value, reason=refusal.reason)
+
+    @classmethod
+    def ended(cls, reason: str) -> SessionClosed:
+        return cls(reason=reason)
+
+    def refusal(self, default: str) -> Refusal:
+        """As a refusal (a close during a join means one); ``default``: the reason if none."""
+        if self.code:
+            code = Code.parse(self.code)
+        else:
+            code = _LEGACY_STATUS.get(self.status, Code.UNAVAILABLE)
+        return Refusal(code, self.reason or default)
 
 
-RPC_TIMEOUT_SECONDS = 5.0
+_LEGACY_STATUS = {403: Code.PERMISSION_DENIED, 404: Code.NOT_FOUND}

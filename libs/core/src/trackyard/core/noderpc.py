@@ -2,7 +2,7 @@
 
 The caller publishes an ``RPC`` envelope on the node's channel with ``reply_to`` set to its own
 reply channel; the node answers with ``RPC_REPLY`` carrying the same ``session`` (request id).
-Errors travel as a Twirp error code plus message so the public API can pass them on unchanged.
+A refusal travels as its code plus reason, so the public API passes it on unchanged.
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ import structlog
 
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, BusClosedError, Envelope, Subscription
+from trackyard.core.refusal import Code, Refusal
 
 log = structlog.get_logger(__name__)
 
-
-class RpcError(Exception):
-    """A call failed; ``code`` is a Twirp error code (not_found, unavailable, ...)."""
-
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(f"{code}: {msg}")
-        self.code = code
-        self.msg = msg
+RpcError = Refusal  # transitional: sfu/node.py still imports this name (issue 11); remove after
 
 
 class ChannelRpcClient:
@@ -58,7 +52,7 @@ class ChannelRpcClient:
             await self._bus.delete(self._reply_channel)
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(RpcError("unavailable", "caller closed"))
+                fut.set_exception(Refusal(Code.UNAVAILABLE, "caller closed"))
 
     async def call_channel(
         self,
@@ -90,7 +84,7 @@ class ChannelRpcClient:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             who = f"{callee} did not answer" if callee else "no answer to"
-            raise RpcError("unavailable", f"{who} {method} within {timeout:g}s") from None
+            raise Refusal(Code.UNAVAILABLE, f"{who} {method} within {timeout:g}s") from None
         finally:
             self._pending.pop(request_id, None)
 
@@ -102,7 +96,7 @@ class ChannelRpcClient:
                     continue  # a reply after its caller gave up
                 code = env.headers.get("error")
                 if code:
-                    fut.set_exception(RpcError(code, env.data.decode(errors="replace")))
+                    fut.set_exception(Refusal(Code.parse(code), env.data.decode(errors="replace")))
                 else:
                     fut.set_result(env.data)
         except BusClosedError:
@@ -125,13 +119,13 @@ class NodeRpcClient(ChannelRpcClient):
 
 
 async def reply(
-    bus: Bus, request: Envelope, data: bytes = b"", error: RpcError | None = None
+    bus: Bus, request: Envelope, data: bytes = b"", error: Refusal | None = None
 ) -> None:
     """Answer one ``RPC`` envelope."""
     if not request.reply_to:
         return
-    headers = {"error": error.code} if error else {}
-    body = error.msg.encode() if error else data
+    headers = {"error": error.code.value} if error else {}
+    body = error.reason.encode() if error else data
     await bus.publish(
         request.reply_to,
         Envelope(kind=messages.RPC_REPLY, session=request.session, data=body, headers=headers),

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from trackyard.core import keys
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, iterate
 from trackyard.core.errors import BusUnavailableError
 
@@ -55,9 +56,6 @@ _F_SESSION = b"session"
 _F_DATA = b"data"
 _F_REPLY_TO = b"reply_to"
 _HEADER_PREFIX = b"h:"
-
-# Private per-bus stream the reader always includes; appending to it ends a blocked XREAD.
-_WAKE_PREFIX = "trackyard:bus:wakeup:"
 
 _CLOSED: Any = object()  # queue marker: the subscription was closed
 
@@ -103,30 +101,15 @@ class RedisSubscription:
     bus) and resumes from the last id each subscription read.
     """
 
-    def __init__(
-        self,
-        bus: RedisBus,
-        channel: str,
-        *,
-        block_ms: int,
-        count: int,
-        buffer: int,
-        backoff_start: float = 0.05,
-        backoff_cap: float = 2.0,
-    ) -> None:
+    def __init__(self, bus: RedisBus, channel: str, *, buffer: int) -> None:
         self._bus = bus
         self.channel = channel
-        self._block_ms = block_ms
-        self._count = count
         self._buffer = buffer
-        self._backoff_start = backoff_start
-        self._backoff_cap = backoff_cap
         self._queue: asyncio.Queue[Envelope] = asyncio.Queue()
         self._last_id: bytes = b"0-0"
         self._last_key: tuple[int, int] = (0, 0)
         self._closed = False
         self.read_errors = 0  # failed XREADs so far (diagnostics, tests)
-        self.dropped = 0  # messages dropped because the consumer fell behind
 
     @property
     def last_id(self) -> str:
@@ -146,7 +129,6 @@ class RedisSubscription:
             return
         if self._queue.qsize() >= self._buffer:
             self._queue.get_nowait()  # bounded: drop the oldest
-            self.dropped += 1
         self._queue.put_nowait(envelope)
 
     async def get(self, timeout: float | None = None) -> Envelope | None:
@@ -245,7 +227,8 @@ class RedisBus:
         self._changed: asyncio.Event | None = None  # set when a channel joins (reader idle)
         self._in_xread: frozenset[str] = frozenset()  # channels of the XREAD in flight
         self._waking = False  # a wakeup XADD is in flight or not yet consumed
-        self._wake_key = f"{_WAKE_PREFIX}{uuid.uuid4().hex}"
+        # private stream the reader always includes; appending to it ends a blocked XREAD
+        self._wake_key = keys.bus_wakeup(uuid.uuid4().hex)
         self._wake_id: bytes = b"0-0"
         self._wake_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -282,13 +265,7 @@ class RedisBus:
             ) from exc
 
     def subscribe(self, channel: str) -> Subscription:
-        sub = RedisSubscription(
-            self,
-            channel,
-            block_ms=self._block_ms,
-            count=self._read_count,
-            buffer=self._buffer,
-        )
+        sub = RedisSubscription(self, channel, buffer=self._buffer)
         self._subs.setdefault(channel, []).append(sub)
         with contextlib.suppress(RuntimeError):  # no running loop: start on first get()
             self._ensure_reader()

@@ -53,6 +53,7 @@ class CloseReason(enum.IntEnum):
     """
 
     ENDED = 1000  # session over: removed or left (a leave was sent), ping timeout, rejoin asked
+    GOING_AWAY = 1001  # the edge is draining (agent worker sockets)
     UNSUPPORTED_FRAME = 1003  # a frame kind this server does not speak (text/JSON)
     MALFORMED_FRAME = 1007  # a binary frame that is no SignalRequest
     REFUSED = 1008  # a rule refused the request (credentials, permission, state)
@@ -98,9 +99,9 @@ class Refusal(Exception):
     words meant for the caller."""
 
     def __init__(self, code: Code, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
+        self.code = Code(code)  # a plain code string from an untyped caller becomes the member
         self.reason = reason
+        super().__init__(f"{self.code.value}: {reason}")
 
     @property
     def status(self) -> int:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from trackyard.core import metrics
 from trackyard.core.errors import StoreUnavailableError
-from trackyard.core.routing import PlacementError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
 from trackyard.router.placement import Placer
 
@@ -31,6 +31,13 @@ class PlaceResponse(BaseModel):
     epoch: int
 
 
+def _refused(refusal: Refusal) -> JSONResponse:
+    """What :class:`~trackyard.router.client.HttpRouter` reads back into the refusal."""
+    return JSONResponse(
+        {"code": refusal.code.value, "reason": refusal.reason}, status_code=refusal.status
+    )
+
+
 def create_app(placer: Placer, store: Store) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, title="trackyard router")
     app.state.draining = False
@@ -39,15 +46,15 @@ def create_app(placer: Placer, store: Store) -> FastAPI:
     async def place(req: PlaceRequest) -> PlaceResponse | JSONResponse:
         try:
             placement = await placer.place(req.room, create=req.create, region=req.region)
-        except PlacementError as exc:
+        except Refusal as exc:
             PLACEMENTS.labels("refused").inc()
-            return JSONResponse({"reason": exc.reason}, status_code=exc.status)
+            return _refused(exc)
         except StoreUnavailableError as exc:
             PLACEMENTS.labels("store_down").inc()
-            return JSONResponse({"reason": f"store unavailable: {exc}"}, status_code=503)
+            return _refused(Refusal(Code.UNAVAILABLE, f"store unavailable: {exc}"))
         if placement is None:
             PLACEMENTS.labels("absent").inc()
-            return JSONResponse({"reason": f"room {req.room} does not exist"}, status_code=404)
+            return _refused(Refusal(Code.NOT_FOUND, f"room {req.room} does not exist"))
         PLACEMENTS.labels("ok").inc()
         return PlaceResponse(room=placement.room, node_id=placement.node_id, epoch=placement.epoch)
 

@@ -7,7 +7,7 @@ import itertools
 import httpx
 import structlog
 
-from trackyard.core.routing import PlacementError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Placement
 
 log = structlog.get_logger(__name__)
@@ -47,9 +47,10 @@ class HttpRouter:
                 continue
             data = resp.json()
             if resp.status_code != 200:
-                raise PlacementError(resp.status_code, str(data.get("reason", resp.text)))
+                code = Code.parse(str(data.get("code") or Code.UNAVAILABLE))
+                raise Refusal(code, str(data.get("reason", resp.text)))
             return Placement(data["room"], data["node_id"], int(data["epoch"]))
-        raise PlacementError(503, f"no router answered: {last_error}")
+        raise Refusal(Code.UNAVAILABLE, f"no router answered: {last_error}")
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -17,7 +17,7 @@ import structlog
 from trackyard.core.config import LimitConfig, NodeSelectorConfig
 from trackyard.core.liveness import StoreGeneration, stale_nodes
 from trackyard.core.node import NodeRecord
-from trackyard.core.routing import PlacementError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Placement, Store
 from trackyard.router.selector import NodeSelector, SelectorError, build_selector
 
@@ -59,7 +59,9 @@ class Placer:
             try:
                 selector = build_selector(self._selector_config, self._limits, region)
             except SelectorError as exc:
-                raise PlacementError(503, f"cannot select for region {region!r}: {exc}") from exc
+                raise Refusal(
+                    Code.UNAVAILABLE, f"cannot select for region {region!r}: {exc}"
+                ) from exc
             self._selectors[region] = selector
         return selector
 
@@ -114,4 +116,4 @@ class Placer:
         try:
             return self.selector(region).select(nodes)
         except SelectorError as exc:
-            raise PlacementError(503, f"no node can host the room: {exc}") from exc
+            raise Refusal(Code.UNAVAILABLE, f"no node can host the room: {exc}") from exc

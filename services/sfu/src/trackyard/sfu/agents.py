@@ -43,7 +43,8 @@ from trackyard.core.agentmessages import (
     WorkerRecord,
     registry_for,
 )
-from trackyard.core.noderpc import ChannelRpcClient, RpcError
+from trackyard.core.noderpc import ChannelRpcClient
+from trackyard.core.refusal import Code, Refusal
 from trackyard.sfu import roomapi
 
 if TYPE_CHECKING:
@@ -224,13 +225,13 @@ class AgentDispatcher:
                     timeout=AVAILABILITY_TIMEOUT_SECONDS + 5,
                     headers={"worker_id": worker.worker_id, "node_id": self.node.node_id},
                 )
-            except RpcError as exc:
+            except Refusal as exc:
                 self.log.info(
                     "agent worker did not take the job; trying another",
                     room=room.name,
                     job=job.id,
                     worker=worker.worker_id,
-                    error=exc.msg,
+                    error=exc.reason,
                 )
                 continue
             job.state.CopyFrom(agent.JobState.FromString(data))
@@ -297,8 +298,8 @@ class AgentDispatcher:
                 agent.JobTermination(job_id=job_id).SerializeToString(),
                 headers={"worker_id": worker_id},
             )
-        except RpcError as exc:
-            self.log.info("cannot send job termination", job=job_id, error=exc.msg)
+        except Refusal as exc:
+            self.log.info("cannot send job termination", job=job_id, error=exc.reason)
 
     # -- API --------------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class AgentDispatcher:
         state = self.rooms.get(room.name)
         dispatch = None if state is None else state.dispatches.pop(dispatch_id, None)
         if state is None or dispatch is None:
-            raise RpcError("not_found", "dispatch ID not found")
+            raise Refusal(Code.NOT_FOUND, "dispatch ID not found")
         dispatch.state.deleted_at = time.time_ns()
         for job in list(dispatch.state.jobs):
             if job.id in state.jobs:
@@ -386,7 +387,7 @@ def dispatcher_for(node: SfuNode) -> AgentDispatcher:
 def _room_of(node: SfuNode, name: str) -> Room:
     room = node.rooms.get(name)
     if room is None or room.closed:
-        raise RpcError("not_found", f"requested room does not exist: {name}")
+        raise Refusal(Code.NOT_FOUND, f"requested room does not exist: {name}")
     return room
 
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.wrappers_pb2 import StringValue
-from livekit.protocol import models, rtc
+from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
-from trackyard.core import admin, limits, messages
-from trackyard.core.noderpc import RpcError
+from trackyard.core import admin, limits, messages, responses
+from trackyard.core.refusal import Code, Refusal
 from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import LOSSY, RELIABLE, Participant
 from trackyard.sfu.room import JoinRefusedError, Room
@@ -39,12 +39,12 @@ def method(name: str, request_type: type[Message]) -> Callable[[Handler], Handle
 async def handle(node: SfuNode, name: str, data: bytes) -> bytes:
     entry = _METHODS.get(name)
     if entry is None:
-        raise RpcError("unimplemented", f"node has no method {name}")
+        raise Refusal(Code.UNIMPLEMENTED, f"node has no method {name}")
     request_type, fn = entry
     try:
         request = request_type.FromString(data)
     except DecodeError as exc:
-        raise RpcError("invalid_argument", f"{name}: undecodable request: {exc}") from None
+        raise Refusal(Code.INVALID_ARGUMENT, f"{name}: undecodable request: {exc}") from None
     response = await fn(node, request)
     return response.SerializeToString()
 
@@ -52,7 +52,7 @@ async def handle(node: SfuNode, name: str, data: bytes) -> bytes:
 def _room(node: SfuNode, name: str) -> Room:
     room = node.rooms.get(name)
     if room is None or room.closed:
-        raise RpcError("not_found", f"requested room does not exist: {name}")
+        raise Refusal(Code.NOT_FOUND, f"requested room does not exist: {name}")
     return room
 
 
@@ -60,8 +60,8 @@ def _participant(node: SfuNode, room_name: str, identity: str) -> tuple[Room, Pa
     room = node.rooms.get(room_name)
     participant = None if room is None or room.closed else room.participants.get(identity)
     if room is None or participant is None:
-        raise RpcError(
-            "not_found", f"participant does not exist: {identity!r} in room {room_name!r}"
+        raise Refusal(
+            Code.NOT_FOUND, f"participant does not exist: {identity!r} in room {room_name!r}"
         )
     return room, participant
 
@@ -115,17 +115,15 @@ async def mute_published_track(node: SfuNode, req: room_pb.MuteRoomTrackRequest)
     _, participant = _participant(node, req.room, req.identity)
     if not req.muted and not node.config.room.enable_remote_unmute:
         # LiveKit's ErrRemoteUnmuteNoteEnabled (FailedPrecondition)
-        raise RpcError(
-            "failed_precondition",
+        raise Refusal(
+            Code.FAILED_PRECONDITION,
             "remote unmute not enabled: set room.enable_remote_unmute to allow it",
         )
     info = await participant.set_track_muted(req.track_sid, req.muted)
     if info is None:
-        raise RpcError("not_found", f"track {req.track_sid} not found on {req.identity}")
+        raise Refusal(Code.NOT_FOUND, f"track {req.track_sid} not found on {req.identity}")
     # tell the publisher's SDK, so its local track state follows
-    participant.send(
-        rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=req.track_sid, muted=req.muted))
-    )
+    participant.send(responses.mute(req.track_sid, req.muted))
     return room_pb.MuteRoomTrackResponse(track=info)
 
 
@@ -142,7 +140,7 @@ async def update_participant(node: SfuNode, req: room_pb.UpdateParticipantReques
         )
     )
     if refusal:
-        raise RpcError("invalid_argument", refusal)
+        raise Refusal(Code.INVALID_ARGUMENT, refusal)
     participant.update_info(
         metadata=req.metadata if req.metadata else None,
         name=req.name if req.name else None,
@@ -189,7 +187,7 @@ async def update_room_metadata(node: SfuNode, req: room_pb.UpdateRoomMetadataReq
     room = _room(node, req.room)
     refusal = limits.check_metadata(node.config.limit, req.metadata)
     if refusal:
-        raise RpcError("invalid_argument", refusal)
+        raise Refusal(Code.INVALID_ARGUMENT, refusal)
     room.set_metadata(req.metadata)
     return room.info()
 
@@ -197,7 +195,7 @@ async def update_room_metadata(node: SfuNode, req: room_pb.UpdateRoomMetadataReq
 @method("PerformRpc", room_pb.PerformRpcRequest)
 async def perform_rpc(node: SfuNode, req: room_pb.PerformRpcRequest) -> Message:
     if not req.destination_identity:
-        raise RpcError("invalid_argument", "destination identity is required")
+        raise Refusal(Code.INVALID_ARGUMENT, "destination identity is required")
     _, participant = _participant(node, req.room, req.destination_identity)
     payload = await serverrpc.perform(participant, req.method, req.payload, req.response_timeout_ms)
     return room_pb.PerformRpcResponse(payload=payload)
@@ -217,13 +215,13 @@ async def validate_join(node: SfuNode, req: room_pb.RoomParticipantIdentity) -> 
     room = node.rooms.get(req.room)
     if room is None:
         if not node.config.room.auto_create:
-            raise RpcError("not_found", f"room {req.room} does not exist")
+            raise Refusal(Code.NOT_FOUND, f"room {req.room} does not exist")
         return room_pb.RoomParticipantIdentity()
     try:
         room.check_admission(
             messages.SessionStart(session_id="", room=req.room, identity=req.identity)
         )
-    except JoinRefusedError as exc:
-        code = "permission_denied" if exc.status == 403 else "unavailable"
-        raise RpcError(code, exc.reason) from None
+    except JoinRefusedError as exc:  # transitional: until room.py raises Refusal (issue 11)
+        code = Code.PERMISSION_DENIED if exc.status == 403 else Code.UNAVAILABLE
+        raise Refusal(code, exc.reason) from None
     return room_pb.RoomParticipantIdentity()

@@ -21,7 +21,7 @@ from typing import Literal
 
 from livekit.protocol import models
 
-from trackyard.core.noderpc import RpcError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.sfu.participant import RELIABLE, Participant
 
 MAX_PAYLOAD_BYTES = 15360  # DataChannelRpcMaxPayloadBytes
@@ -41,29 +41,29 @@ REQUEST_PAYLOAD_TOO_LARGE = 1402
 UNSUPPORTED_SERVER = 1403
 UNSUPPORTED_VERSION = 1404
 
-# code -> (LiveKit's built-in message, the Twirp code its psrpc error becomes)
-_BUILT_IN: dict[int, tuple[str, str]] = {
-    APPLICATION_ERROR: ("Application error in method handler", "internal"),
-    CONNECTION_TIMEOUT: ("Connection timeout", "canceled"),
-    RESPONSE_TIMEOUT: ("Response timeout", "canceled"),
-    RECIPIENT_DISCONNECTED: ("Recipient disconnected", "unavailable"),
-    RESPONSE_PAYLOAD_TOO_LARGE: ("Response payload too large", "malformed"),
-    SEND_FAILED: ("Failed to send", "internal"),
-    UNSUPPORTED_METHOD: ("Method not supported at destination", "invalid_argument"),
-    RECIPIENT_NOT_FOUND: ("Recipient not found", "not_found"),
-    REQUEST_PAYLOAD_TOO_LARGE: ("Request payload too large", "malformed"),
-    UNSUPPORTED_SERVER: ("RPC not supported by server", "unimplemented"),
-    UNSUPPORTED_VERSION: ("Unsupported RPC version", "unimplemented"),
+# code -> (LiveKit's built-in message, the refusal code its psrpc error becomes)
+_BUILT_IN: dict[int, tuple[str, Code]] = {
+    APPLICATION_ERROR: ("Application error in method handler", Code.INTERNAL),
+    CONNECTION_TIMEOUT: ("Connection timeout", Code.CANCELED),
+    RESPONSE_TIMEOUT: ("Response timeout", Code.CANCELED),
+    RECIPIENT_DISCONNECTED: ("Recipient disconnected", Code.UNAVAILABLE),
+    RESPONSE_PAYLOAD_TOO_LARGE: ("Response payload too large", Code.MALFORMED),
+    SEND_FAILED: ("Failed to send", Code.INTERNAL),
+    UNSUPPORTED_METHOD: ("Method not supported at destination", Code.INVALID_ARGUMENT),
+    RECIPIENT_NOT_FOUND: ("Recipient not found", Code.NOT_FOUND),
+    REQUEST_PAYLOAD_TOO_LARGE: ("Request payload too large", Code.MALFORMED),
+    UNSUPPORTED_SERVER: ("RPC not supported by server", Code.UNIMPLEMENTED),
+    UNSUPPORTED_VERSION: ("Unsupported RPC version", Code.UNIMPLEMENTED),
 }
 
 
-def rpc_error(code: int, message: str | None = None, data: str = "") -> RpcError:
-    """The bus/Twirp error for an RPC error code (an application's own code is ``internal``)."""
-    built_in, twirp_code = _BUILT_IN.get(code, ("", "internal"))
+def rpc_error(code: int, message: str | None = None, data: str = "") -> Refusal:
+    """The refusal for an RPC error code (an application's own code is ``internal``)."""
+    built_in, refusal_code = _BUILT_IN.get(code, ("", Code.INTERNAL))
     text = f"RpcError {code}: {built_in if message is None else message}"
     if data:
         text += f": {data}"
-    return RpcError(twirp_code, text)
+    return Refusal(refusal_code, text)
 
 
 @dataclass
@@ -109,7 +109,7 @@ def intercept(sender: Participant, packet: models.DataPacket) -> bool:
 
 
 async def perform(participant: Participant, method: str, payload: str, timeout_ms: int) -> str:
-    """Call ``method`` on the participant's SDK; its response payload, or :class:`RpcError`."""
+    """Call ``method`` on the participant's SDK; its response payload, or a :class:`Refusal`."""
     if len(payload.encode()) > MAX_PAYLOAD_BYTES:
         raise rpc_error(REQUEST_PAYLOAD_TOO_LARGE)
     timeout_ms = timeout_ms or DEFAULT_RESPONSE_TIMEOUT_MS

@@ -21,48 +21,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from trackyard.core import admin
-from trackyard.core.auth import AuthError, Claims, verify_token
+from trackyard.core.auth import Claims, verify_token
 from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
-from trackyard.core.noderpc import RpcError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.signal.edge import Edge
+from trackyard.signal.twirp import error_json
 
 log = structlog.get_logger(__name__)
 
 PREFIX = "/admin/"
 
-_STATUS = {
-    "unauthenticated": 401,
-    "permission_denied": 403,
-    "not_found": 404,
-    "invalid_argument": 400,
-    "unavailable": 503,
-    "internal": 500,
-}
 
-
-class AdminError(Exception):
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-
-
-def _error(exc: AdminError) -> Response:
-    return JSONResponse({"code": exc.code, "msg": exc.msg}, _STATUS.get(exc.code, 500))
-
-
-def _claims(request: Request) -> Claims:
+def admin_claims(request: Request) -> Claims:
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
-        raise AdminError(
-            "unauthenticated",
+        raise Refusal(
+            Code.UNAUTHENTICATED,
             "no access token: pass 'Authorization: Bearer <jwt>' with an admin token "
             "(roomList + roomAdmin grants)",
         )
-    try:
-        return verify_token(header[7:].strip(), request.app.state.edge.keys)
-    except AuthError as exc:
-        raise AdminError("unauthenticated", exc.reason) from None
+    return verify_token(header[7:].strip(), request.app.state.edge.keys)
 
 
 def check_admin(claims: Claims, *, drain: bool) -> None:
@@ -74,12 +52,13 @@ def check_admin(claims: Claims, *, drain: bool) -> None:
         if not granted and (drain or name == "roomList")
     ]
     if missing:
-        raise AdminError(
-            "permission_denied", f"permission denied: token lacks the {' and '.join(missing)} grant"
+        raise Refusal(
+            Code.PERMISSION_DENIED,
+            f"permission denied: token lacks the {' and '.join(missing)} grant",
         )
     if drain and video.room:
-        raise AdminError(
-            "permission_denied",
+        raise Refusal(
+            Code.PERMISSION_DENIED,
             f"permission denied: token's admin grant is for room {video.room!r} only; draining a "
             "node needs a cluster admin token (roomAdmin + roomList, no room)",
         )
@@ -87,39 +66,37 @@ def check_admin(claims: Claims, *, drain: bool) -> None:
 
 async def list_nodes(request: Request) -> Response:
     try:
-        check_admin(_claims(request), drain=False)
+        check_admin(admin_claims(request), drain=False)
         edge: Edge = request.app.state.edge
         try:
             records = await edge.store.list_nodes()
         except StoreUnavailableError as exc:
-            raise AdminError("unavailable", str(exc)) from None
-    except AdminError as exc:
-        return _error(exc)
+            raise Refusal(Code.UNAVAILABLE, str(exc)) from None
+    except Refusal as exc:
+        return error_json(exc)
     return JSONResponse({"nodes": [r.model_dump(mode="json") for r in records]})
 
 
 async def drain(request: Request) -> Response:
     node_id = request.path_params["node_id"]
     try:
-        claims = _claims(request)
+        claims = admin_claims(request)
         check_admin(claims, drain=True)
         body = await request.body()
         try:
             req = admin.DrainRequest.model_validate(json.loads(body) if body.strip() else {})
         except (ValueError, ValidationError) as exc:
-            raise AdminError("invalid_argument", f"bad drain request: {exc}") from None
+            raise Refusal(Code.INVALID_ARGUMENT, f"bad drain request: {exc}") from None
         edge: Edge = request.app.state.edge
         try:
             if await edge.store.get_node(node_id) is None:
-                raise AdminError("not_found", f"no such node: {node_id} (see GET /admin/nodes)")
+                raise Refusal(Code.NOT_FOUND, f"no such node: {node_id} (see GET /admin/nodes)")
             record = await admin.drain_node(edge.rpc, node_id, req)
-        except RpcError as exc:
-            raise AdminError(exc.code, exc.msg) from None
         except (StoreUnavailableError, BusUnavailableError) as exc:
-            raise AdminError("unavailable", str(exc)) from None
-    except AdminError as exc:
-        log.info("admin api error", action="drain", node_id=node_id, code=exc.code, msg=exc.msg)
-        return _error(exc)
+            raise Refusal(Code.UNAVAILABLE, str(exc)) from None
+    except Refusal as exc:
+        log.info("admin api error", action="drain", node_id=node_id, code=exc.code, msg=exc.reason)
+        return error_json(exc)
     log.info(
         "node drain requested",
         node_id=node_id,

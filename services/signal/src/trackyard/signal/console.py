@@ -28,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from trackyard.core.errors import StoreUnavailableError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.signal import twirp
-from trackyard.signal.adminapi import AdminError, _claims, _error, check_admin
+from trackyard.signal.adminapi import admin_claims, check_admin
 from trackyard.signal.edge import Edge
 
 log = structlog.get_logger(__name__)
@@ -101,15 +102,15 @@ async def _room(edge: Edge, room: models.Room) -> dict[str, Any]:
 
 async def cluster(request: Request) -> Response:
     try:
-        check_admin(_claims(request), drain=False)
+        check_admin(admin_claims(request), drain=False)
         edge: Edge = request.app.state.edge
         try:
             nodes, rooms = await asyncio.gather(edge.store.list_nodes(), edge.store.list_rooms())
             room_views = await asyncio.gather(*(_room(edge, r) for r in rooms))
         except StoreUnavailableError as exc:
-            raise AdminError("unavailable", str(exc)) from None
-    except AdminError as exc:
-        return _error(exc)
+            raise Refusal(Code.UNAVAILABLE, str(exc)) from None
+    except Refusal as exc:
+        return twirp.error_json(exc)
     return JSONResponse(
         {
             "now": time.time(),
@@ -124,21 +125,18 @@ async def remove_participant(request: Request) -> Response:
     room = request.path_params["room"]
     identity = request.path_params["identity"]
     try:
-        claims = _claims(request)
+        claims = admin_claims(request)
         if claims.video.room != room:  # a token for that room's admin will do, too
             check_admin(claims, drain=True)
         elif not claims.video.room_admin:
-            raise AdminError(
-                "permission_denied", "permission denied: token lacks the roomAdmin grant"
+            raise Refusal(
+                Code.PERMISSION_DENIED, "permission denied: token lacks the roomAdmin grant"
             )
         req = room_pb.RoomParticipantIdentity(room=room, identity=identity)
         edge: Edge = request.app.state.edge
-        try:
-            await twirp._call(edge, "RemoveParticipant", twirp.METHODS["RemoveParticipant"], req)
-        except twirp.TwirpError as exc:
-            raise AdminError(exc.code, exc.msg) from None
-    except AdminError as exc:
+        await twirp.call(edge, "RemoveParticipant", req)
+    except Refusal as exc:
         log.info("admin api error", action="remove", room=room, identity=identity, code=exc.code)
-        return _error(exc)
+        return twirp.error_json(exc)
     log.info("participant removed", room=room, identity=identity, by=claims.identity)
     return JSONResponse({"room": room, "identity": identity, "removed": True})

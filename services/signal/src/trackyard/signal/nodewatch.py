@@ -59,10 +59,6 @@ class NodeWatch:
         if not self._sessions:
             self.idle.set()
 
-    @property
-    def session_count(self) -> int:
-        return sum(len(s) for s in self._sessions.values())
-
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="node-watch")

@@ -14,41 +14,24 @@ import time
 
 import structlog
 from google.protobuf.message import DecodeError
-from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
+from livekit.protocol import rtc
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from trackyard.core import ids, keys, limits, messages
+from trackyard.core import ids, keys, limits, messages, responses
 from trackyard.core.agentmessages import room_config_from_token
-from trackyard.core.auth import AuthError, Claims, check_join, verify_token
+from trackyard.core.auth import Claims, check_join, verify_token
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, publish_patiently
 from trackyard.core.errors import BusUnavailableError
-from trackyard.core.noderpc import RpcError
-from trackyard.core.routing import PlacementError
+from trackyard.core.refusal import CloseReason, Code, Refusal
 from trackyard.core.store import Placement
 from trackyard.signal.edge import Edge
 from trackyard.signal.metrics import SESSIONS, SIGNAL_MESSAGES, record_join
 
 log = structlog.get_logger(__name__)
-
-# WebSocket close codes (RFC 6455)
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INVALID = 1007
-CLOSE_TOO_BIG = 1009
-CLOSE_UNAVAILABLE = 1011
-
-_TWIRP_STATUS = {"not_found": 404, "permission_denied": 403, "unavailable": 503}
-
-
-class Refusal(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def _token(conn: HTTPConnection) -> str:
@@ -66,11 +49,8 @@ def _flag(conn: HTTPConnection, name: str, default: bool) -> bool:
 
 
 async def _authorize(edge: Edge, conn: HTTPConnection) -> tuple[Claims, str]:
-    try:
-        claims = verify_token(_token(conn), edge.keys)
-        room = check_join(claims, conn.query_params.get("room"))
-    except AuthError as exc:
-        raise Refusal(exc.status, exc.reason) from None
+    claims = verify_token(_token(conn), edge.keys)
+    room = check_join(claims, conn.query_params.get("room"))
     refusal = limits.check_join(
         edge.config.limit,
         room=room,
@@ -80,20 +60,20 @@ async def _authorize(edge: Edge, conn: HTTPConnection) -> tuple[Claims, str]:
         attributes=claims.attributes,
     )
     if refusal:  # LiveKit answers these with 400 (ValidateConnectRequest, StartSession)
-        raise Refusal(400, refusal)
+        raise Refusal(Code.INVALID_ARGUMENT, refusal)
     return claims, room
 
 
 async def _locate(edge: Edge, room: str, *, create: bool) -> Placement:
     try:
         placement = await edge.router.place(room, create=create)
-    except PlacementError as exc:
-        raise Refusal(exc.status, exc.reason) from None
+    except Refusal:
+        raise
     except Exception as exc:
         log.warning("placement failed", room=room, error=str(exc))
-        raise Refusal(503, f"cannot place room: {exc}") from None
+        raise Refusal(Code.UNAVAILABLE, f"cannot place room: {exc}") from None
     if placement is None:
-        raise Refusal(404, f"room {room} does not exist")
+        raise Refusal(Code.NOT_FOUND, f"room {room} does not exist")
     return placement
 
 
@@ -102,12 +82,9 @@ async def validate(request: Request) -> Response:
     edge: Edge = request.app.state.edge
     try:
         claims, room = await _authorize(edge, request)
-        try:
-            placement = await edge.router.place(room, create=False)
-        except PlacementError as exc:
-            raise Refusal(exc.status, exc.reason) from None
+        placement = await edge.router.place(room, create=False)
         if placement is None and not edge.config.room.auto_create:
-            raise Refusal(404, f"room {room} does not exist")
+            raise Refusal(Code.NOT_FOUND, f"room {room} does not exist")
         if placement is not None:
             try:
                 await edge.rpc.call(
@@ -118,10 +95,8 @@ async def validate(request: Request) -> Response:
                     ).SerializeToString(),
                     timeout=edge.config.signal.join_timeout,
                 )
-            except RpcError as exc:
-                raise Refusal(_TWIRP_STATUS.get(exc.code, 500), exc.msg) from None
             except BusUnavailableError as exc:
-                raise Refusal(503, str(exc)) from None
+                raise Refusal(Code.UNAVAILABLE, str(exc)) from None
     except Refusal as exc:
         return PlainTextResponse(exc.reason, status_code=exc.status)
     return PlainTextResponse("success")
@@ -149,7 +124,7 @@ async def rtc_socket(ws: WebSocket) -> None:
                 edge, room, create=edge.config.room.auto_create and not resume_sid
             )
         except Refusal as exc:
-            if resume_sid and exc.status == 404:  # no host: nothing to resume, rejoin
+            if resume_sid and exc.code is Code.NOT_FOUND:  # no host: nothing to resume, rejoin
                 await _ask_full_reconnect(ws)
                 return
             raise
@@ -165,14 +140,8 @@ async def rtc_socket(ws: WebSocket) -> None:
             grants=claims.video,
             kind=claims.kind,
             auto_subscribe=_flag(ws, "auto_subscribe", True),
-            adaptive_stream=_flag(ws, "adaptive_stream", False),
-            protocol=int(ws.query_params.get("protocol", "0") or 0),
-            sdk=ws.query_params.get("sdk", ""),
-            sdk_version=ws.query_params.get("version", ""),
             edge_id=edge.edge_id,
-            placement_epoch=placement.epoch,
             room_config=room_config_from_token(_token(ws)),
-            reconnect=bool(resume_sid),
             reconnect_sid=resume_sid,
         )
         kind = messages.RESUME if resume_sid else messages.JOIN
@@ -182,20 +151,25 @@ async def rtc_socket(ws: WebSocket) -> None:
                 Envelope(kind=kind, session=session_id, data=start.model_dump_json().encode()),
             )
         except BusUnavailableError as exc:
-            raise Refusal(503, f"cannot reach room host {node_id}: {exc}") from None
+            raise Refusal(Code.UNAVAILABLE, f"cannot reach room host {node_id}: {exc}") from None
         first = await sub.get(timeout=edge.config.signal.join_timeout)
         if first is None:
-            raise Refusal(503, f"room host {node_id} did not answer the join in time")
+            raise Refusal(Code.UNAVAILABLE, f"room host {node_id} did not answer the join in time")
         if first.kind == messages.CLOSE:
-            closed = _closed(first)
             if resume_sid:  # unknown sid, participant gone: the SDK rejoins from scratch
                 await sub.close()
                 await _drop_channel(edge, session_id)
                 await _ask_full_reconnect(ws)
                 return
-            raise Refusal(closed.status or 503, closed.reason or "join refused")
+            raise _closed(first).refusal("join refused")
     except Refusal as exc:
-        log.info("connection refused", status=exc.status, reason=exc.reason, path=ws.url.path)
+        log.info(
+            "connection refused",
+            code=exc.code.value,
+            status=exc.status,
+            reason=exc.reason,
+            path=ws.url.path,
+        )
         if node_id and sub is not None:
             await _client_gone(edge, node_id, session_id, ride_out=False)
         if sub is not None:
@@ -207,7 +181,7 @@ async def rtc_socket(ws: WebSocket) -> None:
     await ws.accept()
     await ws.send_bytes(first.data)
     join_seconds = time.perf_counter() - started
-    record_join(join_seconds, start.protocol)
+    record_join(join_seconds, int(ws.query_params.get("protocol", "0") or 0))
     SESSIONS.inc()
     slog = log.bind(room=room, participant=claims.identity, session=session_id, node=node_id)
     slog.info(
@@ -240,7 +214,7 @@ def _closed(env: Envelope) -> messages.SessionClosed:
     try:
         return messages.SessionClosed.model_validate_json(env.data)
     except ValidationError:
-        return messages.SessionClosed(status=500, reason="undecodable close from node")
+        return messages.SessionClosed.refused(Refusal(Code.INTERNAL, "undecodable close from node"))
 
 
 async def _drop_channel(edge: Edge, session_id: str) -> None:
@@ -270,16 +244,9 @@ async def _ask_full_reconnect(ws: WebSocket) -> None:
 
 async def _send_reconnect(ws: WebSocket, reason: str) -> None:
     """``leave{STATE_MISMATCH, RECONNECT}`` makes the SDK rejoin from scratch."""
-    leave = rtc.SignalResponse(
-        leave=rtc.LeaveRequest(
-            can_reconnect=True,
-            reason=models.DisconnectReason.STATE_MISMATCH,
-            action=rtc.LeaveRequest.RECONNECT,
-        )
-    )
     with contextlib.suppress(Exception):
-        await ws.send_bytes(leave.SerializeToString())
-    await _close(ws, CLOSE_NORMAL, reason)
+        await ws.send_bytes(responses.rejoin().SerializeToString())
+    await _close(ws, CloseReason.ENDED, reason)
 
 
 async def _pump_down(ws: WebSocket, sub: Subscription, slog: structlog.BoundLogger) -> None:
@@ -290,7 +257,7 @@ async def _pump_down(ws: WebSocket, sub: Subscription, slog: structlog.BoundLogg
                 await ws.send_bytes(env.data)
             elif env.kind == messages.CLOSE:
                 reason = _closed(env).reason or "session ended by server"
-                await ws.close(CLOSE_NORMAL, reason[:120])
+                await ws.close(CloseReason.ENDED, reason[:120])
                 return
     except (BusClosedError, WebSocketDisconnect, RuntimeError):
         return
@@ -311,36 +278,24 @@ async def _pump_up(
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if not done:
-                await _close(ws, CLOSE_NORMAL, "ping timeout: no message from client")
+                await _close(ws, CloseReason.ENDED, "ping timeout: no message from client")
                 return "ping timeout"
             if downstream in done:
                 return "closed by server"
             msg = receive.result()
             if msg["type"] == "websocket.disconnect":
                 return "client disconnected"
-            if msg.get("bytes") is None:
-                await _close(
-                    ws,
-                    CLOSE_UNSUPPORTED,
-                    "text frames are not supported: send binary SignalRequest",
-                )
-                return "text frame"
-            data: bytes = msg["bytes"]
-            if len(data) > cfg.max_message_size:
-                await _close(
-                    ws,
-                    CLOSE_TOO_BIG,
-                    f"message of {len(data)} bytes exceeds {cfg.max_message_size}",
-                )
-                return "message too big"
-            problem = _check_request(data)
-            if problem:
-                await _close(ws, CLOSE_INVALID, problem)
-                return problem
+            data: bytes | None = msg.get("bytes")
+            refusal = check_frame(data, cfg.max_message_size)
+            if refusal is not None:
+                await _close(ws, refusal.close_reason, refusal.reason)
+                return refusal.reason
+            assert data is not None  # check_frame refuses text frames
             SIGNAL_MESSAGES.inc()
             envelope = Envelope(kind=messages.SIGNAL, session=session_id, data=data)
             if not await _forward(edge, channel, envelope):
-                await _close(ws, CLOSE_UNAVAILABLE, "message bus unavailable; reconnect")
+                unavailable = Refusal(Code.UNAVAILABLE, "message bus unavailable; reconnect")
+                await _close(ws, unavailable.close_reason, unavailable.reason)
                 return "bus unavailable"
             receive = asyncio.ensure_future(ws.receive())
     except (WebSocketDisconnect, RuntimeError):
@@ -358,21 +313,28 @@ async def _forward(edge: Edge, channel: str, envelope: Envelope) -> bool:
     return False
 
 
-def _check_request(data: bytes) -> str:
+def check_frame(data: bytes | None, max_size: int) -> Refusal | None:
+    """Why a client frame (``None``: a text frame) must not reach the node, or None."""
+    if data is None:
+        return Refusal(
+            Code.UNIMPLEMENTED, "text frames are not supported: send binary SignalRequest"
+        )
+    if len(data) > max_size:
+        return Refusal(Code.RESOURCE_EXHAUSTED, f"message of {len(data)} bytes exceeds {max_size}")
     try:
         request = rtc.SignalRequest.FromString(data)
     except DecodeError:
-        return "malformed message: not a protobuf SignalRequest"
+        return Refusal(Code.MALFORMED, "malformed message: not a protobuf SignalRequest")
     if request.WhichOneof("message") is None:
-        return "malformed message: SignalRequest carries no known request"
-    return ""
+        return Refusal(Code.MALFORMED, "malformed message: SignalRequest carries no known request")
+    return None
 
 
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    log.info("closing client socket", code=code, reason=reason)
+async def _close(ws: WebSocket, why: CloseReason, reason: str) -> None:
+    log.info("closing client socket", code=why.value, why=why.name, reason=reason)
     if ws.application_state is WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
-            await ws.close(code, reason[:120])
+            await ws.close(why.value, reason[:120])
 
 
 async def rtc_v1_socket(ws: WebSocket) -> None:

@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from trackyard.core import limits, messages
-from trackyard.core.auth import AuthError, Claims, VideoGrants, verify_token
+from trackyard.core.auth import Claims, VideoGrants, verify_token
 from trackyard.core.config import LimitConfig
 from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
-from trackyard.core.noderpc import RpcError
-from trackyard.core.routing import PlacementError
+from trackyard.core.refusal import Code, Refusal
+from trackyard.core.store import Placement
 from trackyard.signal.edge import Edge
 from trackyard.signal.metrics import TWIRP_REQUESTS
 
@@ -37,34 +37,6 @@ log = structlog.get_logger(__name__)
 PREFIX = "/twirp/livekit.RoomService/"
 PROTOBUF = "application/protobuf"
 JSON = "application/json"
-
-TWIRP_STATUS = {
-    "canceled": 408,
-    "invalid_argument": 400,
-    "malformed": 400,
-    "deadline_exceeded": 408,
-    "not_found": 404,
-    "bad_route": 404,
-    "already_exists": 409,
-    "permission_denied": 403,
-    "unauthenticated": 401,
-    "resource_exhausted": 429,
-    "failed_precondition": 412,
-    "aborted": 409,
-    "out_of_range": 400,
-    "unimplemented": 501,
-    "internal": 500,
-    "unavailable": 503,
-    "dataloss": 500,
-}
-
-
-class TwirpError(Exception):
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-
 
 Grant = Callable[[VideoGrants, Message], str]  # returns a refusal, or "" when allowed
 
@@ -80,7 +52,7 @@ def _list(grants: VideoGrants, _req: Message) -> str:
     return "" if grants.room_list else "token lacks the roomList grant"
 
 
-def _admin(grants: VideoGrants, req: Message) -> str:
+def admin_grant(grants: VideoGrants, req: Message) -> str:
     room = getattr(req, "room", "")
     if not grants.room_admin:
         return "token lacks the roomAdmin grant"
@@ -101,22 +73,24 @@ METHODS: dict[str, _Method] = {
     "ListRooms": _Method(room_pb.ListRoomsRequest, room_pb.ListRoomsResponse, _list),
     "DeleteRoom": _Method(room_pb.DeleteRoomRequest, room_pb.DeleteRoomResponse, _create),
     "ListParticipants": _Method(
-        room_pb.ListParticipantsRequest, room_pb.ListParticipantsResponse, _admin
+        room_pb.ListParticipantsRequest, room_pb.ListParticipantsResponse, admin_grant
     ),
-    "GetParticipant": _Method(room_pb.RoomParticipantIdentity, models.ParticipantInfo, _admin),
+    "GetParticipant": _Method(room_pb.RoomParticipantIdentity, models.ParticipantInfo, admin_grant),
     "RemoveParticipant": _Method(
-        room_pb.RoomParticipantIdentity, room_pb.RemoveParticipantResponse, _admin
+        room_pb.RoomParticipantIdentity, room_pb.RemoveParticipantResponse, admin_grant
     ),
     "MutePublishedTrack": _Method(
-        room_pb.MuteRoomTrackRequest, room_pb.MuteRoomTrackResponse, _admin
+        room_pb.MuteRoomTrackRequest, room_pb.MuteRoomTrackResponse, admin_grant
     ),
-    "UpdateParticipant": _Method(room_pb.UpdateParticipantRequest, models.ParticipantInfo, _admin),
+    "UpdateParticipant": _Method(
+        room_pb.UpdateParticipantRequest, models.ParticipantInfo, admin_grant
+    ),
     "UpdateSubscriptions": _Method(
-        room_pb.UpdateSubscriptionsRequest, room_pb.UpdateSubscriptionsResponse, _admin
+        room_pb.UpdateSubscriptionsRequest, room_pb.UpdateSubscriptionsResponse, admin_grant
     ),
-    "SendData": _Method(room_pb.SendDataRequest, room_pb.SendDataResponse, _admin),
-    "UpdateRoomMetadata": _Method(room_pb.UpdateRoomMetadataRequest, models.Room, _admin),
-    "PerformRpc": _Method(room_pb.PerformRpcRequest, room_pb.PerformRpcResponse, _admin),
+    "SendData": _Method(room_pb.SendDataRequest, room_pb.SendDataResponse, admin_grant),
+    "UpdateRoomMetadata": _Method(room_pb.UpdateRoomMetadataRequest, models.Room, admin_grant),
+    "PerformRpc": _Method(room_pb.PerformRpcRequest, room_pb.PerformRpcResponse, admin_grant),
 }
 
 # Methods addressing one participant: an unknown room means an unknown participant (LiveKit's
@@ -138,21 +112,19 @@ async def handle(request: Request) -> Response:
     try:
         method = METHODS.get(name)
         if method is None:
-            raise TwirpError("bad_route", f"no RoomService method {name!r}")
-        claims = _claims(request)
-        req = _decode(method.request, await request.body(), as_json)
+            raise Refusal(Code.BAD_ROUTE, f"no RoomService method {name!r}")
+        claims = claims_of(request)
+        req = decode_body(method.request, await request.body(), as_json)
         refusal = method.grant(claims.video, req)
         if refusal:
-            raise TwirpError("unauthenticated", f"{PERMISSION_DENIED}: {name}: {refusal}")
+            raise Refusal(Code.UNAUTHENTICATED, f"{PERMISSION_DENIED}: {name}: {refusal}")
         edge: Edge = request.app.state.edge
         invalid = check_request(edge.config.limit, req)
         if invalid:
-            raise TwirpError("invalid_argument", invalid)
-        resp = await _call(edge, name, method, req)
-    except TwirpError as exc:
-        TWIRP_REQUESTS.labels(name, exc.code).inc()
-        log.info("room service error", method=name, code=exc.code, msg=exc.msg)
-        return JSONResponse({"code": exc.code, "msg": exc.msg}, TWIRP_STATUS.get(exc.code, 500))
+            raise Refusal(Code.INVALID_ARGUMENT, invalid)
+        resp = await call(edge, name, req)
+    except Refusal as exc:
+        return error_response(name, exc)
     TWIRP_REQUESTS.labels(name, "ok").inc()
     if as_json:
         body = json_format.MessageToJson(resp, preserving_proto_field_name=True)
@@ -160,26 +132,35 @@ async def handle(request: Request) -> Response:
     return Response(resp.SerializeToString(), media_type=PROTOBUF)
 
 
-def _claims(request: Request) -> Claims:
+def error_json(refusal: Refusal) -> Response:
+    """A Twirp error body, ``{"code", "msg"}``, with the code's HTTP status."""
+    return JSONResponse({"code": refusal.twirp_code, "msg": refusal.reason}, refusal.status)
+
+
+def error_response(method: str, refusal: Refusal) -> Response:
+    """A refused Twirp call, counted and logged under ``method``."""
+    TWIRP_REQUESTS.labels(method, refusal.twirp_code).inc()
+    log.info("twirp error", method=method, code=refusal.twirp_code, msg=refusal.reason)
+    return error_json(refusal)
+
+
+def claims_of(request: Request) -> Claims:
     """The token from ``Authorization: Bearer`` or, as LiveKit, an ``access_token`` parameter."""
     header = request.headers.get("authorization", "")
     if header:
         if not header.lower().startswith("bearer "):
-            raise TwirpError(
-                "unauthenticated", "invalid authorization header. Must start with Bearer "
+            raise Refusal(
+                Code.UNAUTHENTICATED, "invalid authorization header. Must start with Bearer "
             )
         token = header[7:].strip()
     else:
         token = request.query_params.get("access_token", "")
     if not token:
-        raise TwirpError(
-            "unauthenticated",
+        raise Refusal(
+            Code.UNAUTHENTICATED,
             f"{PERMISSION_DENIED}: no access token: pass 'Authorization: Bearer <jwt>'",
         )
-    try:
-        return verify_token(token, request.app.state.edge.keys)
-    except AuthError as exc:
-        raise TwirpError("unauthenticated", exc.reason) from None
+    return verify_token(token, request.app.state.edge.keys)
 
 
 def check_request(limit: LimitConfig, req: Message) -> str:
@@ -202,49 +183,57 @@ def check_request(limit: LimitConfig, req: Message) -> str:
     return ""
 
 
-def _decode(kind: type[Message], body: bytes, as_json: bool) -> Message:
+def decode_body(kind: type[Message], body: bytes, as_json: bool) -> Message:
     try:
         if as_json:
             return json_format.Parse(body or b"{}", kind(), ignore_unknown_fields=True)
         return kind.FromString(body)
     except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
         fmt = "JSON" if as_json else "protobuf"
-        raise TwirpError(
-            "malformed", f"body is not a {fmt} {kind.DESCRIPTOR.name}: {exc}"
+        raise Refusal(
+            Code.MALFORMED, f"body is not a {fmt} {kind.DESCRIPTOR.name}: {exc}"
         ) from None
 
 
-async def _call(edge: Edge, name: str, method: _Method, req: Message) -> Message:
+async def call(edge: Edge, name: str, req: Message) -> Message:
+    """Method ``name`` of RoomService (grants already checked), where the room lives."""
+    method = METHODS[name]
     if name == "ListRooms":
         assert isinstance(req, room_pb.ListRoomsRequest)
         try:
             rooms = await edge.store.list_rooms(list(req.names) or None)
         except StoreUnavailableError as exc:
-            raise TwirpError("unavailable", str(exc)) from None
+            raise Refusal(Code.UNAVAILABLE, str(exc)) from None
         return room_pb.ListRoomsResponse(rooms=rooms)
     room = req.name if isinstance(req, room_pb.CreateRoomRequest) else getattr(req, "room", "")
     if not room:
-        raise TwirpError("invalid_argument", f"{name}: room name is required")
-    try:
-        placement = await edge.router.place(room, create=name == "CreateRoom")
-    except PlacementError as exc:
-        raise TwirpError("unavailable", exc.reason) from None
-    except StoreUnavailableError as exc:
-        raise TwirpError("unavailable", str(exc)) from None
+        raise Refusal(Code.INVALID_ARGUMENT, f"{name}: room name is required")
+    placement = await place(edge, room, create=name == "CreateRoom")
     if placement is None:
         if name == "ListParticipants":
             return room_pb.ListParticipantsResponse()
         if name in _PARTICIPANT_METHODS:
-            raise TwirpError("not_found", f"participant does not exist: no room {room}")
-        raise TwirpError("not_found", f"requested room does not exist: {room}")
+            raise Refusal(Code.NOT_FOUND, f"participant does not exist: no room {room}")
+        raise Refusal(Code.NOT_FOUND, f"requested room does not exist: {room}")
     timeout = messages.RPC_TIMEOUT_SECONDS
     if isinstance(req, room_pb.PerformRpcRequest):
         # the node answers within the participant's response timeout (LiveKit's default 10 s)
         timeout += (req.response_timeout_ms or DEFAULT_RPC_TIMEOUT_MS) / 1000
-    try:
-        data = await edge.rpc.call(placement.node_id, name, req.SerializeToString(), timeout)
-    except RpcError as exc:
-        raise TwirpError(exc.code, exc.msg) from None
-    except BusUnavailableError as exc:
-        raise TwirpError("unavailable", str(exc)) from None
+    data = await call_node(edge, placement.node_id, name, req.SerializeToString(), timeout)
     return method.response.FromString(data)
+
+
+async def place(edge: Edge, room: str, *, create: bool) -> Placement | None:
+    """Where ``room`` lives; a store outage is ``unavailable``."""
+    try:
+        return await edge.router.place(room, create=create)
+    except StoreUnavailableError as exc:
+        raise Refusal(Code.UNAVAILABLE, str(exc)) from None
+
+
+async def call_node(edge: Edge, node_id: str, method: str, body: bytes, timeout: float) -> bytes:
+    """The node's answer (its refusals pass on unchanged); a bus outage is ``unavailable``."""
+    try:
+        return await edge.rpc.call(node_id, method, body, timeout)
+    except BusUnavailableError as exc:
+        raise Refusal(Code.UNAVAILABLE, str(exc)) from None

@@ -13,13 +13,11 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from livekit.protocol import agent_dispatch as ad_pb
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from trackyard.core import ids, limits, messages
 from trackyard.core.agentmessages import DISPATCH_PREFIX
-from trackyard.core.errors import BusUnavailableError, StoreUnavailableError
-from trackyard.core.noderpc import RpcError
-from trackyard.core.routing import PlacementError
+from trackyard.core.refusal import Code, Refusal
 from trackyard.signal import twirp
 from trackyard.signal.edge import Edge
 from trackyard.signal.metrics import TWIRP_REQUESTS
@@ -43,27 +41,23 @@ async def handle(request: Request) -> Response:
     try:
         entry = METHODS.get(name)
         if entry is None:
-            raise twirp.TwirpError("bad_route", f"no AgentDispatchService method {name!r}")
+            raise Refusal(Code.BAD_ROUTE, f"no AgentDispatchService method {name!r}")
         request_type, response_type = entry
-        claims = twirp._claims(request)
-        req = twirp._decode(request_type, await request.body(), as_json)
-        refusal = twirp._admin(claims.video, req)
+        claims = twirp.claims_of(request)
+        req = twirp.decode_body(request_type, await request.body(), as_json)
+        refusal = twirp.admin_grant(claims.video, req)
         if refusal:
-            raise twirp.TwirpError("unauthenticated", f"{twirp.PERMISSION_DENIED}: {refusal}")
+            raise Refusal(Code.UNAUTHENTICATED, f"{twirp.PERMISSION_DENIED}: {refusal}")
         edge: Edge = request.app.state.edge
         if isinstance(req, ad_pb.CreateAgentDispatchRequest):
             invalid = limits.check_metadata(edge.config.limit, req.metadata) or (
                 limits.check_attributes(edge.config.limit, req.attributes)
             )
             if invalid:
-                raise twirp.TwirpError("invalid_argument", invalid)
+                raise Refusal(Code.INVALID_ARGUMENT, invalid)
         resp = await _call(edge, name, req, response_type)
-    except twirp.TwirpError as exc:
-        TWIRP_REQUESTS.labels(label, exc.code).inc()
-        log.info("agent dispatch error", method=name, code=exc.code, msg=exc.msg)
-        return JSONResponse(
-            {"code": exc.code, "msg": exc.msg}, twirp.TWIRP_STATUS.get(exc.code, 500)
-        )
+    except Refusal as exc:
+        return twirp.error_response(label, exc)
     TWIRP_REQUESTS.labels(label, "ok").inc()
     if as_json:
         body = json_format.MessageToJson(resp, preserving_proto_field_name=True)
@@ -74,18 +68,12 @@ async def handle(request: Request) -> Response:
 async def _call(edge: Edge, name: str, req: Message, response_type: type[Message]) -> Message:
     room = getattr(req, "room", "")
     if not room:
-        raise twirp.TwirpError("invalid_argument", f"{name}: room name is required")
-    create = name == "CreateDispatch"
-    try:
-        placement = await edge.router.place(room, create=create)
-    except PlacementError as exc:
-        raise twirp.TwirpError("unavailable", exc.reason) from None
-    except StoreUnavailableError as exc:
-        raise twirp.TwirpError("unavailable", str(exc)) from None
+        raise Refusal(Code.INVALID_ARGUMENT, f"{name}: room name is required")
+    placement = await twirp.place(edge, room, create=name == "CreateDispatch")
     if placement is None:
         if name == "ListDispatch":
             return ad_pb.ListAgentDispatchResponse()
-        raise twirp.TwirpError("not_found", f"requested room does not exist: {room}")
+        raise Refusal(Code.NOT_FOUND, f"requested room does not exist: {room}")
     body: Message = req
     if isinstance(req, ad_pb.CreateAgentDispatchRequest):
         body = ad_pb.AgentDispatch(
@@ -97,12 +85,7 @@ async def _call(edge: Edge, name: str, req: Message, response_type: type[Message
             deployment=req.deployment,
             attributes=dict(req.attributes),
         )
-    try:
-        data = await edge.rpc.call(
-            placement.node_id, name, body.SerializeToString(), messages.RPC_TIMEOUT_SECONDS
-        )
-    except RpcError as exc:
-        raise twirp.TwirpError(exc.code, exc.msg) from None
-    except BusUnavailableError as exc:
-        raise twirp.TwirpError("unavailable", str(exc)) from None
+    data = await twirp.call_node(
+        edge, placement.node_id, name, body.SerializeToString(), messages.RPC_TIMEOUT_SECONDS
+    )
     return response_type.FromString(data)

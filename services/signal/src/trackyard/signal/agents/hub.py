@@ -43,9 +43,10 @@ from trackyard.core.agentmessages import (
     agent_token,
     registry_for,
 )
-from trackyard.core.auth import AuthError, verify_token
+from trackyard.core.auth import verify_token
 from trackyard.core.bus import Envelope, Subscription
-from trackyard.core.noderpc import RpcError, reply
+from trackyard.core.noderpc import reply
+from trackyard.core.refusal import CloseReason, Code, Refusal
 from trackyard.signal.edge import Edge
 
 log = structlog.get_logger(__name__)
@@ -121,7 +122,7 @@ class AgentHub:
                 worker = next(iter(self.workers.values()))
                 self.log.info("draining: closing worker", worker=worker.record.worker_id)
                 with contextlib.suppress(Exception):
-                    await worker.ws.close(1001, "server draining")
+                    await worker.ws.close(CloseReason.GOING_AWAY, "server draining")
                 await self._unregister(worker)
                 await asyncio.sleep(DRAIN_INTERVAL_SECONDS)
                 continue
@@ -153,12 +154,13 @@ class AgentHub:
         try:
             claims = verify_token(token, self.edge.keys)
             if not claims.video.agent:
-                raise AuthError(401, "permissions denied: token lacks the agent grant")
-        except AuthError as exc:
-            await ws.send_denial_response(_plain(exc.status, exc.reason))
-            return
-        if self.edge.draining:
-            await ws.send_denial_response(_plain(503, "server is draining"))
+                raise Refusal(
+                    Code.UNAUTHENTICATED, "permissions denied: token lacks the agent grant"
+                )
+            if self.edge.draining:
+                raise Refusal(Code.UNAVAILABLE, "server is draining")
+        except Refusal as exc:
+            await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
             return
         self.start()
         await ws.accept()
@@ -168,7 +170,7 @@ class AgentHub:
             worker = None
         if worker is None:
             with contextlib.suppress(Exception):
-                await ws.close(1008, "no registration")
+                await ws.close(CloseReason.REFUSED, "no registration")
             return
         self.log.info(
             "worker registered",
@@ -316,7 +318,7 @@ class AgentHub:
         worker = self.workers.get(env.headers.get("worker_id", ""))
         try:
             if worker is None:
-                raise RpcError("unavailable", "worker closed")
+                raise Refusal(Code.UNAVAILABLE, "worker closed")
             if method == ASSIGN_JOB:
                 state = await self._assign(worker, agent.Job.FromString(env.data), env)
                 await reply(self.edge.bus, env, state.SerializeToString())
@@ -326,19 +328,19 @@ class AgentHub:
                 await worker.send(agent.ServerMessage(termination=term))
                 await reply(self.edge.bus, env, b"")
             else:
-                raise RpcError("unimplemented", f"agent hub has no method {method}")
-        except RpcError as exc:
+                raise Refusal(Code.UNIMPLEMENTED, f"agent hub has no method {method}")
+        except Refusal as exc:
             await reply(self.edge.bus, env, error=exc)
         except WorkerGone:
-            await reply(self.edge.bus, env, error=RpcError("unavailable", "worker closed"))
+            await reply(self.edge.bus, env, error=Refusal(Code.UNAVAILABLE, "worker closed"))
         except Exception as exc:
             self.log.exception("agent call failed", method=method)
-            await reply(self.edge.bus, env, error=RpcError("internal", str(exc)))
+            await reply(self.edge.bus, env, error=Refusal(Code.INTERNAL, str(exc)))
 
     async def _assign(self, worker: Worker, job: agent.Job, env: Envelope) -> agent.JobState:
         """LiveKit's ``Worker.AssignJob``: offer, wait for the answer, assign with a token."""
         if job.id in worker.availability:
-            raise RpcError("already_exists", "duplicate job assignment")
+            raise Refusal(Code.ALREADY_EXISTS, "duplicate job assignment")
         now_ns = time.time_ns()
         job.state.worker_id = worker.record.worker_id
         job.state.updated_at = now_ns
@@ -350,7 +352,7 @@ class AgentHub:
             await worker.send(agent.ServerMessage(availability=agent.AvailabilityRequest(job=job)))
             res = await asyncio.wait_for(fut, AVAILABILITY_TIMEOUT_SECONDS)
         except TimeoutError:
-            raise RpcError("unavailable", "agent worker availability timeout") from None
+            raise Refusal(Code.UNAVAILABLE, "agent worker availability timeout") from None
         finally:
             worker.availability.pop(job.id, None)
         if res.terminate:
@@ -358,7 +360,7 @@ class AgentHub:
             job.state.status = agent.JobStatus.JS_SUCCESS
             return job.state
         if not res.available:
-            raise RpcError("unavailable", "worker not available")
+            raise Refusal(Code.UNAVAILABLE, "worker not available")
         identity = res.participant_identity or f"agent-{job.id}"
         attributes = dict(res.participant_attributes)
         attributes[AGENT_NAME_ATTRIBUTE] = worker.record.agent_name
@@ -391,10 +393,6 @@ def _pong(ping: agent.WorkerPing) -> agent.ServerMessage:
     return agent.ServerMessage(
         pong=agent.WorkerPong(last_timestamp=ping.timestamp, timestamp=int(time.time() * 1000))
     )
-
-
-def _plain(status: int, reason: str) -> PlainTextResponse:
-    return PlainTextResponse(reason, status_code=status)
 
 
 def hub_for(edge: Edge) -> AgentHub:
