@@ -132,7 +132,6 @@ class Layer:
         "height",
         "index",
         "keyframes",
-        "last_keyframe",
         "last_packet",
         "lsr",
         "lsr_time",
@@ -162,7 +161,6 @@ class Layer:
         self.nack_checked = 0.0
         self.active = False
         self.last_packet = 0.0
-        self.last_keyframe = 0.0
         self.keyframes = 0
         self.sr: tuple[int, int] | None = None  # (ntp, rtp) of the publisher's last SR
         self.sr_time = 0.0  # monotonic arrival time of that SR
@@ -618,7 +616,6 @@ class UpTrack:
                 else:
                     keyframe = False
                 if keyframe and fan_out:
-                    layer.last_keyframe = now
                     layer.keyframes += 1
             else:
                 out.audio_level = packet.extensions.audio_level
