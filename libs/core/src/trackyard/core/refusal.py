@@ -48,8 +48,9 @@ class Code(enum.StrEnum):
 class CloseReason(enum.IntEnum):
     """Why the edge closes a client's open signal socket; the value is the RFC 6455 close code.
 
-    LiveKit closes every socket with 1000 and no reason; the SDKs treat any code alike, so the
-    distinct codes (and the reason text) are for whoever reads the close: a developer, a log.
+    LiveKit closes every socket with 1000 and no reason. The browser SDK (``SignalClient``)
+    takes any other code on a connected socket as a lost connection and resumes, 1000 as a
+    deliberate end; the reason text is for whoever reads the close (a developer, a log).
     """
 
     ENDED = 1000  # session over: removed or left (a leave was sent), ping timeout, rejoin asked
