@@ -609,12 +609,13 @@ async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> bool:
     return True
 
 
-def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
-    """Encrypt and send one RTP packet synchronously: aiortc's ``_send_rtp`` without its
-    chain of four coroutines (DTLS -> ICE connection -> candidate pair -> protocol), which
-    would cost more than the rest of the forwarding work. Falls back to the asynchronous path
-    for anything but a plain UDP candidate pair (TURN). False if not connected. (The DTLS
-    transport's own byte/packet counters do not count these packets.)"""
+def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes, rtcp: bool = False) -> bool:
+    """Encrypt and send one RTP packet (``rtcp``: one compound RTCP packet) synchronously:
+    aiortc's ``_send_rtp`` without its chain of four coroutines (DTLS -> ICE connection ->
+    candidate pair -> protocol), which would cost more than the rest of the forwarding work.
+    Falls back to the asynchronous path for anything but a plain UDP candidate pair (TURN).
+    False if not connected. (The DTLS transport's own byte/packet counters do not count these
+    packets.)"""
     if transport._state is not _DTLS_CONNECTED:
         return False
     pair = transport._transport._connection._nominated.get(1)
@@ -622,26 +623,19 @@ def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
         return False
     protocol = pair.protocol
     if type(protocol) is not aioice.ice.StunProtocol:
-        spawn(send_rtp(transport, data))
+        spawn(send_rtp(transport, data))  # aiortc tells RTCP from RTP itself
         return True
-    protocol.transport.sendto(transport._tx_srtp.protect(data), pair.remote_addr)
+    srtp = transport._tx_srtp
+    protocol.transport.sendto(
+        srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr
+    )
     return True
 
 
 def send_rtcp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
     """Encrypt and send one (compound) RTCP packet synchronously, as ``send_rtp_nowait``
     does RTP: feedback on the packet path (NACK, PLI) is sent without awaiting anything."""
-    if transport._state is not _DTLS_CONNECTED:
-        return False
-    pair = transport._transport._connection._nominated.get(1)
-    if pair is None:
-        return False
-    protocol = pair.protocol
-    if type(protocol) is not aioice.ice.StunProtocol:
-        spawn(send_rtcp(transport, data))
-        return True
-    protocol.transport.sendto(transport._tx_srtp.protect_rtcp(data), pair.remote_addr)
-    return True
+    return send_rtp_nowait(transport, data, rtcp=True)
 
 
 async def send_rtcp(transport: RTCDtlsTransport, data: bytes) -> bool:
