@@ -63,7 +63,9 @@ def configure(copy: Copy, ext: tuple[bytes, int, int], i: int, srtp: Session | N
     f.ssrc, f.seq, f.ts, f.pt = 0x11223344 + i, (65530 + i) & 0xFFFF, 0xFFFFFFF0 + i, 96 + i % 3
     copy.set_route(None)
     if srtp is not None:  # build() protects with the route's session
-        copy.set_route(Route(srtp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("1.2.3.4", 9)))
+        copy.set_route(
+            Route(srtp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("1.2.3.4", 9))
+        )
 
 
 @pytest.mark.parametrize("protected", [False, True])
