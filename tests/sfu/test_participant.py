@@ -156,21 +156,25 @@ async def until(cond: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _make(grants: VideoGrants | None = None) -> Harness:
+@contextlib.asynccontextmanager
+async def joined(grants: VideoGrants | None = None) -> AsyncIterator[Harness]:
+    """A started participant that was sent its join response; closed at the end."""
     h = Harness(grants or VideoGrants(room_join=True, room="r"))
     h.participant.start()
-    h.participant.joined(rtc.JoinResponse())
+    h.participant.joined(rtc.SignalResponse(join=rtc.JoinResponse()))
     await h.outbox.expect("join")
-    return h
+    try:
+        yield h
+    finally:
+        await h.participant.close()
+        for task in list(h.tasks):
+            task.cancel()
 
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    h = await _make()
-    yield h
-    await h.participant.close()
-    for task in list(h.tasks):
-        task.cancel()
+    async with joined() as h:
+        yield h
 
 
 @contextlib.asynccontextmanager
@@ -216,15 +220,12 @@ async def test_add_track_then_offer_publishes(harness: Harness) -> None:
 
 
 async def test_add_track_without_permission_is_refused() -> None:
-    h = await _make(VideoGrants(room_join=True, room="r", can_publish=False))
-    try:
+    async with joined(VideoGrants(room_join=True, room="r", can_publish=False)) as h:
         h.request(add_track=rtc.AddTrackRequest(cid="c1", type=models.AUDIO))
         refused = (await h.outbox.expect("request_response")).request_response
         assert refused.reason == rtc.RequestResponse.NOT_ALLOWED
         assert refused.add_track.cid == "c1" and "canPublish" in refused.message
         assert not h.participant.pending_tracks and h.room.events == []
-    finally:
-        await h.participant.close()
 
 
 async def test_mute_changes_the_track_once(harness: Harness) -> None:
@@ -256,16 +257,13 @@ async def test_mute_before_media_publishes_muted(harness: Harness) -> None:
 
 
 async def test_metadata_update_allowed_by_grant() -> None:
-    h = await _make(VideoGrants(room_join=True, room="r", can_update_own_metadata=True))
-    try:
+    async with joined(VideoGrants(room_join=True, room="r", can_update_own_metadata=True)) as h:
         h.request(update_metadata=rtc.UpdateParticipantMetadata(metadata="m1", request_id=5))
         ok = (await h.outbox.expect("request_response")).request_response
         assert (ok.request_id, ok.reason) == (5, rtc.RequestResponse.OK)
         assert h.participant.metadata == "m1"
         assert h.room.events == [("changed", 1)]
         assert h.participant.info().metadata == "m1" and h.participant.info().version == 1
-    finally:
-        await h.participant.close()
 
 
 async def test_metadata_update_refused_without_grant(harness: Harness) -> None:
@@ -277,16 +275,13 @@ async def test_metadata_update_refused_without_grant(harness: Harness) -> None:
 
 
 async def test_metadata_over_the_limit_is_refused() -> None:
-    h = await _make(VideoGrants(room_join=True, room="r", can_update_own_metadata=True))
-    h.services.config.limit.max_metadata_size = 4
-    try:
+    async with joined(VideoGrants(room_join=True, room="r", can_update_own_metadata=True)) as h:
+        h.services.config.limit.max_metadata_size = 4
         h.request(update_metadata=rtc.UpdateParticipantMetadata(metadata="12345", request_id=8))
         refused = (await h.outbox.expect("request_response")).request_response
         assert refused.reason == rtc.RequestResponse.LIMIT_EXCEEDED
         assert refused.update_metadata.metadata == "12345"
         assert h.participant.metadata == "" and h.room.events == []
-    finally:
-        await h.participant.close()
 
 
 async def test_revoked_publish_permission_unpublishes(harness: Harness) -> None:
@@ -399,7 +394,7 @@ async def test_detached_session_buffers_then_resume_replays_in_order(harness: Ha
     assert h.liveness.detached_ == [p] and p.detached and p.resumable()
     assert h.outbox.drain() == []  # nothing went to the gone socket
     start = messages.SessionStart(session_id="SE_new", room="r", identity="p", edge_id="ED_2")
-    old = p.resume(start, rtc.ReconnectResponse())
+    old = p.resume(start, rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
     assert old == SESSION and p.session_id == "SE_new" and p.edge_id == "ED_2"
     await h.outbox.expect("pong")
     kinds = [r.WhichOneof("message") for r in h.outbox.seen]

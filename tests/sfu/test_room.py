@@ -17,10 +17,11 @@ from trackyard.core import messages
 from trackyard.core.auth import VideoGrants
 from trackyard.core.bus import Envelope
 from trackyard.core.config import Config
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import MemoryStore
 from trackyard.sfu.participant import Participant, ParticipantServices
 from trackyard.sfu.portrange import make_peer_connection
-from trackyard.sfu.room import JoinRefusedError, Room, RoomServices
+from trackyard.sfu.room import Room, RoomServices
 from trackyard.sfu.rtpstats import TrafficCounters
 
 WAIT = 5.0
@@ -256,15 +257,19 @@ async def test_admission_refuses_a_full_room_but_lets_an_identity_rejoin(node: F
     room = node.room(max_participants=2)
     await room.join(_start("a"))
     await room.join(_start("b"))
-    with pytest.raises(JoinRefusedError) as full:
+    with pytest.raises(Refusal) as full:
         await room.join(_start("c"))
-    assert full.value.status == 403 and "max_participants 2" in full.value.reason
+    assert (
+        full.value.code is Code.PERMISSION_DENIED
+        and full.value.status == 403
+        and "max_participants 2" in full.value.reason
+    )
     assert "c" not in room.participants and "SE_c" not in node.sent
     room.check_admission(_start("b"))  # replacing b keeps the count
     await _close(room)
-    with pytest.raises(JoinRefusedError) as closing:
+    with pytest.raises(Refusal) as closing:
         room.check_admission(_start("d"))
-    assert closing.value.status == 503
+    assert closing.value.code is Code.UNAVAILABLE and closing.value.status == 503
 
 
 async def test_empty_room_closes_after_empty_timeout(node: FakeNode) -> None:

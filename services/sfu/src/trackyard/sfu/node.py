@@ -20,15 +20,16 @@ from trackyard.core.bus import Bus, Envelope, Subscription, publish_patiently
 from trackyard.core.config import Config
 from trackyard.core.liveness import StoreGeneration
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
-from trackyard.core.noderpc import RpcError, reply
+from trackyard.core.noderpc import reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
 from trackyard.core.webhook import WebhookNotifier
 from trackyard.sfu import portrange, roomapi, rtphooks
 from trackyard.sfu.agents import dispatcher_for, room_agents_from_config
 from trackyard.sfu.metrics import NodeCollector
 from trackyard.sfu.participant import Participant, ParticipantServices
-from trackyard.sfu.room import JoinRefusedError, Room, RoomServices
+from trackyard.sfu.room import Room, RoomServices
 from trackyard.sfu.rtpstats import TrafficCounters as MediaCounters
 from trackyard.sfu.sessions import SessionReaper
 
@@ -425,7 +426,7 @@ class SfuNode:
             if participant is not None:
                 participant.deliver(env)
             elif env.kind == messages.SIGNAL:
-                self.spawn(self._refuse(env.session, 0, "session is not on this node"))
+                self.spawn(self._close_session(env.session, "session is not on this node"))
         elif env.kind == messages.JOIN:
             self.spawn(self._join(env))
         elif env.kind == messages.RESUME:
@@ -449,13 +450,13 @@ class SfuNode:
                     agents=room_agents_from_config(start.room_config),
                 )
                 if room is None:
-                    raise JoinRefusedError(404, f"room {start.room} does not exist")
+                    raise Refusal(Code.NOT_FOUND, f"room {start.room} does not exist")
                 await room.join(start)
-        except JoinRefusedError as exc:
+        except Refusal as exc:
             self.log.info(
                 "join refused", room=start.room, identity=start.identity, reason=exc.reason
             )
-            await self._refuse(start.session_id, exc.status, exc.reason)
+            await self._send_close(start.session_id, messages.SessionClosed.refused(exc))
 
     async def _resume(self, env: Envelope) -> None:
         """A ``reconnect=1&sid=`` socket on some edge: re-bind the participant to it."""
@@ -478,7 +479,8 @@ class SfuNode:
                     identity=start.identity,
                     sid=start.reconnect_sid,
                 )
-                await self._refuse(start.session_id, 404, "session cannot be resumed")
+                refusal = Refusal(Code.NOT_FOUND, "session cannot be resumed")
+                await self._send_close(start.session_id, messages.SessionClosed.refused(refusal))
                 return
             assert room is not None
             old = participant.resume(start, room.reconnect_response(participant))
@@ -488,10 +490,12 @@ class SfuNode:
             self.reaper.resumed(participant)
         if old != start.session_id:  # the old socket, if an edge still holds it, closes
             with contextlib.suppress(Exception):
-                await self._refuse(old, 0, "session resumed elsewhere")
+                await self._close_session(old, "session resumed elsewhere")
 
-    async def _refuse(self, session_id: str, status: int, reason: str) -> None:
-        closed = messages.SessionClosed(status=status, reason=reason)
+    async def _close_session(self, session_id: str, reason: str) -> None:
+        await self._send_close(session_id, messages.SessionClosed.ended(reason))
+
+    async def _send_close(self, session_id: str, closed: messages.SessionClosed) -> None:
         await self.bus.publish(
             keys.session_channel(session_id),
             Envelope(
@@ -503,10 +507,10 @@ class SfuNode:
         method = env.headers.get("method", "")
         try:
             data = await roomapi.handle(self, method, env.data)
-        except RpcError as exc:
+        except Refusal as exc:
             await reply(self.bus, env, error=exc)
         except Exception as exc:
             self.log.exception("room api call failed", method=method)
-            await reply(self.bus, env, error=RpcError("internal", f"{method} failed: {exc}"))
+            await reply(self.bus, env, error=Refusal(Code.INTERNAL, f"{method} failed: {exc}"))
         else:
             await reply(self.bus, env, data)

@@ -22,7 +22,7 @@ from aiortc import RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
-from trackyard.core import ids, limits, messages
+from trackyard.core import ids, limits, messages, responses
 from trackyard.core.bus import Envelope
 from trackyard.core.config import Config
 from trackyard.sfu import sdpcheck
@@ -137,7 +137,6 @@ class Participant:
         self.attributes = dict(start.attributes)
         self.kind = start.kind
         self.edge_id = start.edge_id  # the signal edge holding the WebSocket (liveness)
-        self.grants = start.grants
         self.permission = start.grants.permission()
         self.auto_subscribe = start.auto_subscribe
         self.joined_at = time.time()
@@ -255,9 +254,9 @@ class Participant:
     def start(self) -> None:
         self.signal.start()
 
-    def joined(self, join: rtc.JoinResponse) -> None:
+    def joined(self, join: rtc.SignalResponse) -> None:
         """Admitted: the join response goes out first (the SDK expects it first)."""
-        self.send(rtc.SignalResponse(join=join))
+        self.send(join)
         self.state = State.JOINED
 
     def deliver(self, env: Envelope) -> None:
@@ -292,11 +291,11 @@ class Participant:
     def resumable(self) -> bool:
         return self.state is not State.DISCONNECTED and not self.signal.replay_overflowed
 
-    def resume(self, start: messages.SessionStart, reconnect: rtc.ReconnectResponse) -> str:
+    def resume(self, start: messages.SessionStart, reconnect: rtc.SignalResponse) -> str:
         """Re-bind to the new session: answer ``reconnect``, then replay in order.
         Returns the old session id."""
         self.edge_id = start.edge_id
-        return self.signal.rebind(start.session_id, rtc.SignalResponse(reconnect=reconnect))
+        return self.signal.rebind(start.session_id, reconnect)
 
     # -- outgoing -----------------------------------------------------------------------------
 
@@ -309,38 +308,15 @@ class Participant:
         if self.state is not State.DISCONNECTED:
             self.signal.send_raw(env)
 
-    def send_leave(
-        self,
-        reason: models.DisconnectReason,
-        action: rtc.LeaveRequest.Action = rtc.LeaveRequest.DISCONNECT,
-    ) -> None:
-        self.send(
-            rtc.SignalResponse(
-                leave=rtc.LeaveRequest(
-                    can_reconnect=action == rtc.LeaveRequest.RECONNECT,
-                    reason=reason,
-                    action=action,
-                )
-            )
-        )
-
     def send_data(self, payload: bytes, label: str) -> bool:
         """Send on the subscriber channel ``label``; held (bounded) until the channel opens."""
         return self.subscriber.send_data(payload, label)
 
     def _send_offer(self, sdp: str, offer_id: int) -> None:
-        self.send(
-            rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id))
-        )
+        self.send(responses.offer(sdp, offer_id))
 
     def _respond(self, request_id: int, reason: rtc.RequestResponse.Reason, message: str) -> None:
-        self.send(
-            rtc.SignalResponse(
-                request_response=rtc.RequestResponse(
-                    request_id=request_id, reason=reason, message=message
-                )
-            )
-        )
+        self.send(responses.request_response(reason, message, request_id=request_id))
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -366,16 +342,10 @@ class Participant:
         await self.subscriber.negotiation.answer(answer.sdp, answer.type, answer.id)
 
     async def _on_ping_req(self, ping: rtc.Ping) -> None:
-        self.send(
-            rtc.SignalResponse(
-                pong_resp=rtc.Pong(
-                    last_ping_timestamp=ping.timestamp, timestamp=int(time.time() * 1000)
-                )
-            )
-        )
+        self.send(responses.pong_resp(ping.timestamp, int(time.time() * 1000)))
 
     async def _on_ping(self, timestamp: int) -> None:
-        self.send(rtc.SignalResponse(pong=timestamp))
+        self.send(responses.pong(timestamp))
 
     async def _on_leave(self, _leave: rtc.LeaveRequest) -> None:
         await self._listener.participant_gone(
@@ -386,7 +356,7 @@ class Participant:
         """LiveKit's answer to a failed negotiation (IssueFullReconnect, NegotiateFailed):
         ``leave{STATE_MISMATCH, RECONNECT}``; the client rejoins from scratch."""
         self.log.warning("negotiation failed; client rejoins", sdp=what, problem=problem)
-        self.send_leave(models.DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.RECONNECT)
+        self.send(responses.rejoin())
         await self._listener.participant_gone(
             self, models.DisconnectReason.STATE_MISMATCH, notify=False
         )
@@ -456,13 +426,11 @@ class Participant:
             exceeded = "exceeds attributes size limit"
         if exceeded:
             self.send(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        request_id=req.request_id,
-                        reason=rtc.RequestResponse.LIMIT_EXCEEDED,
-                        message=exceeded,
-                        update_metadata=req,
-                    )
+                responses.request_response(
+                    rtc.RequestResponse.LIMIT_EXCEEDED,
+                    exceeded,
+                    request_id=req.request_id,
+                    update_metadata=req,
                 )
             )
             return

@@ -13,7 +13,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from livekit.protocol import models, rtc
 from structlog.typing import FilteringBoundLogger
 
-from trackyard.core import ids, mime
+from trackyard.core import ids, mime, responses
 from trackyard.sfu import rtphooks, sdpcheck
 from trackyard.sfu import sdp as sdpparse
 from trackyard.sfu.audiolevel import AudioLevel, AudioLevelSettings
@@ -92,11 +92,7 @@ class Publisher:
         if refusal:
             self.log.info("add_track refused", cid=req.cid, reason=refusal)
             self._send(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=rtc.RequestResponse.NOT_ALLOWED, message=refusal, add_track=req
-                    )
-                )
+                responses.request_response(rtc.RequestResponse.NOT_ALLOWED, refusal, add_track=req)
             )
             return
         info = models.TrackInfo(
@@ -121,9 +117,7 @@ class Publisher:
                 mime_type=mime.canonical(codec.codec, kind), cid=codec.cid, layers=codec.layers
             )
         self.pending_tracks[req.cid] = info
-        self._send(
-            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=info))
-        )
+        self._send(responses.track_published(req.cid, info))
 
     def _refusal(self, req: rtc.AddTrackRequest, permission: models.ParticipantPermission) -> str:
         if not permission.can_publish:
@@ -154,11 +148,7 @@ class Publisher:
         for sid, info in list(self.tracks.items()):
             if not may_publish_source(permission, info.source):
                 self.log.info("permission revoked: unpublishing", track=sid)
-                self._send(
-                    rtc.SignalResponse(
-                        track_unpublished=rtc.TrackUnpublishedResponse(track_sid=sid)
-                    )
-                )
+                self._send(responses.track_unpublished(sid))
                 self._spawn(self.unpublish(sid))
         for cid, info in list(self.pending_tracks.items()):
             if not may_publish_source(permission, info.source):
@@ -183,11 +173,7 @@ class Publisher:
             return
         # aiortc drops a=rid/a=simulcast from answers; without them the client sends one layer
         sdp_text = rtphooks.simulcast_answer(self.pc.localDescription.sdp, offer.sdp)
-        self._send(
-            rtc.SignalResponse(
-                answer=rtc.SessionDescription(type="answer", sdp=sdp_text, id=offer.id)
-            )
-        )
+        self._send(responses.answer(sdp_text, offer.id))
 
     def _bind_media(self, offer_sdp: str) -> None:
         """Pending tracks whose cid appears as an msid in the offer become published; published
@@ -271,15 +257,7 @@ class Publisher:
             for q in (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQuality.HIGH)
         ]
         codec = mime.short_name(info.mime_type) or "vp8"  # LiveKit's wire form here
-        self._send(
-            rtc.SignalResponse(
-                subscribed_quality_update=rtc.SubscribedQualityUpdate(
-                    track_sid=track_sid,
-                    subscribed_qualities=qualities,
-                    subscribed_codecs=[rtc.SubscribedCodec(codec=codec, qualities=qualities)],
-                )
-            )
-        )
+        self._send(responses.subscribed_quality_update(track_sid, qualities, codec))
 
     # -- end --------------------------------------------------------------------------------
 

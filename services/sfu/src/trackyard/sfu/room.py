@@ -12,25 +12,17 @@ from typing import Protocol
 import structlog
 from livekit.protocol import models, rtc
 
-from trackyard.core import ids, messages, turn
+from trackyard.core import ids, messages, responses, turn
 from trackyard.core.bus import Envelope
 from trackyard.core.config import Config
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
 from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
 
 log = structlog.get_logger(__name__)
 
-SERVER_VERSION = "1.9.0"  # the SDKs require semver >= 1.8.0 when a version is given
-PROTOCOL_VERSION = 16
 SPEAKER_LEVEL_STEPS = 8  # levels are quantised (as LiveKit does) so noise sends no update
-
-
-class JoinRefusedError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -135,15 +127,16 @@ class Room:
 
     def check_admission(self, start: messages.SessionStart) -> None:
         if self.closed:
-            raise JoinRefusedError(503, f"room {self.name} is closing")
+            raise Refusal(Code.UNAVAILABLE, f"room {self.name} is closing")
         replacing = start.identity in self.participants
         if (
             self.max_participants
             and not replacing
             and len(self.participants) >= self.max_participants
         ):
-            raise JoinRefusedError(
-                403, f"room {self.name} is full (max_participants {self.max_participants})"
+            raise Refusal(
+                Code.PERMISSION_DENIED,
+                f"room {self.name} is full (max_participants {self.max_participants})",
             )
 
     async def join(self, start: messages.SessionStart) -> Participant:
@@ -168,45 +161,36 @@ class Room:
         self.log.info("participant joined", participant=participant.identity, psid=participant.sid)
         return participant
 
-    def _join_response(self, participant: Participant) -> rtc.JoinResponse:
+    def _join_response(self, participant: Participant) -> rtc.SignalResponse:
         cfg = self._services.config
         others = [
             p.info() for p in self.participants.values() if p is not participant and not p.hidden
         ]
-        return rtc.JoinResponse(
+        return responses.join(
             room=self.info(),
             participant=participant.info(),
-            other_participants=others,
-            server_version=SERVER_VERSION,
-            server_region=cfg.region,
-            subscriber_primary=True,
+            others=others,
             ice_servers=turn.ice_servers(cfg.rtc, participant.sid),
             ping_interval=cfg.signal.ping_interval,
             ping_timeout=cfg.signal.ping_timeout,
-            server_info=models.ServerInfo(
-                edition=models.ServerInfo.Standard,
-                version=SERVER_VERSION,
-                protocol=PROTOCOL_VERSION,
-                region=cfg.region,
-                node_id=self._services.node_id,
-            ),
+            region=cfg.region,
+            node_id=self._services.node_id,
         )
 
-    def reconnect_response(self, participant: Participant) -> rtc.ReconnectResponse:
+    def reconnect_response(self, participant: Participant) -> rtc.SignalResponse:
         cfg = self._services.config
-        join = self._join_response(participant)
-        return rtc.ReconnectResponse(
+        return responses.reconnect(
             ice_servers=turn.ice_servers(cfg.rtc, participant.sid),
-            client_configuration=join.client_configuration,
-            server_info=join.server_info,
+            region=cfg.region,
+            node_id=self._services.node_id,
         )
 
     def send_resume_snapshot(self, participant: Participant) -> None:
         """After the replay, as LiveKit's ResumeParticipant: everyone's current info (its own
         too: metadata may have changed) and the room."""
         infos = [p.info() for p in self.participants.values() if p is participant or not p.hidden]
-        participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=infos)))
-        participant.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+        participant.send(responses.participant_update(infos))
+        participant.send(responses.room_update(self.info()))
 
     async def remove(
         self,
@@ -221,13 +205,13 @@ class Room:
         del self.participants[participant.identity]
         self._listener.participant_removed(self, participant)
         if notify:
-            participant.send_leave(reason)
+            participant.send(responses.leave(reason))
         self._drop_subscriptions_to(participant)
         await participant.close(reason=models.DisconnectReason.Name(reason))
         if not participant.hidden:
             info = participant.info()
             info.disconnect_reason = reason
-            self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info])))
+            self.broadcast(responses.participant_update([info]))
         self._spawn(self._services.store.delete_participant(self.name, participant.identity))
         self._persist()
         self._listener.participant_left(self, participant)
@@ -257,9 +241,7 @@ class Room:
         self._stop_monitors()
         await self._listener.room_closed(self)
         for participant in list(self.participants.values()):
-            participant.send_leave(
-                models.DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.RECONNECT
-            )
+            participant.send(responses.rejoin())
             await self.remove(participant, models.DisconnectReason.STATE_MISMATCH, notify=False)
         self.log.info("room evicted", reason=reason)
 
@@ -299,7 +281,7 @@ class Room:
     def _announce(self, participant: Participant) -> None:
         """Send the participant's snapshot: to everyone, or only to itself when hidden."""
         info = participant.info()
-        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info]))
+        update = responses.participant_update([info])
         if participant.hidden:
             participant.send(update)
         else:
@@ -310,7 +292,7 @@ class Room:
 
     def set_metadata(self, metadata: str) -> None:
         self.metadata = metadata
-        self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+        self.broadcast(responses.room_update(self.info()))
         self._persist()
 
     # -- what its participants report (ParticipantListener) ----------------------------------
@@ -462,9 +444,7 @@ class Room:
             ]
             last = now
             if changed:
-                self.broadcast(
-                    rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=changed))
-                )
+                self.broadcast(responses.speakers_changed(changed))
 
     async def _quality_loop(self) -> None:
         """Every window: when anyone's quality changed (or someone new is scored), each active
@@ -488,11 +468,7 @@ class Room:
                     if found is not None:
                         publishers.add(found[0].sid)
                 updates = [now[sid] for sid in publishers if sid in now]
-                p.send(
-                    rtc.SignalResponse(
-                        connection_quality=rtc.ConnectionQualityUpdate(updates=updates)
-                    )
-                )
+                p.send(responses.connection_quality(updates))
 
 
 def _dependent(participant: Participant) -> bool:

@@ -149,6 +149,3 @@ class SessionReaper:
             window=self.window,
         )
         await room.remove(participant, reason, notify=True)
-
-    def pending(self) -> int:
-        return len(self._pending)

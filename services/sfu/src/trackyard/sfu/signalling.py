@@ -153,7 +153,7 @@ class SignalChannel:
     async def close(self, reason: str) -> None:
         """Tell the edge the session is over (after what is queued); stop both tasks."""
         self.closed = True
-        closed = messages.SessionClosed(status=0, reason=reason)
+        closed = messages.SessionClosed.ended(reason)
         self._queue_out(
             Envelope(
                 kind=messages.CLOSE, session=self.session_id, data=closed.model_dump_json().encode()
