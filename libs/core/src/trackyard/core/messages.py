@@ -53,9 +53,6 @@ class SessionClosed(BaseModel):
 
     code: str = ""
     reason: str = ""
-    # Transitional: nodes that still send an HTTP status (node.py before issue 11) are read
-    # by the edge through :meth:`refusal`; remove once every sender sets ``code``.
-    status: int = 0
 
     @classmethod
     def refused(cls, refusal: Refusal) -> SessionClosed:
@@ -67,11 +64,5 @@ class SessionClosed(BaseModel):
 
     def refusal(self, default: str) -> Refusal:
         """As a refusal (a close during a join means one); ``default``: the reason if none."""
-        if self.code:
-            code = Code.parse(self.code)
-        else:
-            code = _LEGACY_STATUS.get(self.status, Code.UNAVAILABLE)
+        code = Code.parse(self.code) if self.code else Code.UNAVAILABLE
         return Refusal(code, self.reason or default)
-
-
-_LEGACY_STATUS = {403: Code.PERMISSION_DENIED, 404: Code.NOT_FOUND}

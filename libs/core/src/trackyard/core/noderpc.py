@@ -19,8 +19,6 @@ from trackyard.core.refusal import Code, Refusal
 
 log = structlog.get_logger(__name__)
 
-RpcError = Refusal  # transitional: sfu/node.py still imports this name (issue 11); remove after
-
 
 class ChannelRpcClient:
     """Request/response on any bus channel; one reply channel per client, shared by its calls.

@@ -18,7 +18,7 @@ from trackyard.core import admin, limits, messages, responses
 from trackyard.core.refusal import Code, Refusal
 from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import LOSSY, RELIABLE, Participant
-from trackyard.sfu.room import JoinRefusedError, Room
+from trackyard.sfu.room import Room
 
 if TYPE_CHECKING:
     from trackyard.sfu.node import SfuNode
@@ -217,11 +217,6 @@ async def validate_join(node: SfuNode, req: room_pb.RoomParticipantIdentity) -> 
         if not node.config.room.auto_create:
             raise Refusal(Code.NOT_FOUND, f"room {req.room} does not exist")
         return room_pb.RoomParticipantIdentity()
-    try:
-        room.check_admission(
-            messages.SessionStart(session_id="", room=req.room, identity=req.identity)
-        )
-    except JoinRefusedError as exc:  # transitional: until room.py raises Refusal (issue 11)
-        code = Code.PERMISSION_DENIED if exc.status == 403 else Code.UNAVAILABLE
-        raise Refusal(code, exc.reason) from None
+    # raises the refusal a join would get
+    room.check_admission(messages.SessionStart(session_id="", room=req.room, identity=req.identity))
     return room_pb.RoomParticipantIdentity()
