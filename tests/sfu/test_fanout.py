@@ -34,6 +34,17 @@ class Route:
     sock: socket.socket
     addr: tuple[str, int]
 
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def family(self) -> int:
+        return int(self.sock.family)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sock.sendto(data, addr)
+
 
 @pytest.fixture
 def udp() -> Iterator[tuple[socket.socket, socket.socket]]:

@@ -6,7 +6,10 @@ DownTrack asks its ``Forwarder`` whether to forward it (the layer it currently f
 start of a keyframe on the layer it wants to switch to), and applies the decision: rewrites
 SSRC, payload type, sequence number, timestamp (``RtpMunger``) and, for VP8, the picture id
 fields (``Vp8Munger``), adds its own header extensions (MID, abs-send-time, audio level with the
-subscriber's negotiated ids) and sends it through aiortc's SRTP/ICE. The subscriber sees one
+subscriber's negotiated ids) and sends it through aiortc's SRTP/ICE: on a plain UDP route it
+fills its ``Copy`` and adds it to the source's ``Fanout``, which writes, protects and sends all
+copies of the packet in one native call after the fan-out; otherwise (TURN, no native library
+loaded: the reference path) it builds and sends the packet itself. The subscriber sees one
 continuous stream across layer switches and pauses. It keeps a short history of sent packets
 and answers NACKs with RTX (or a plain resend when RTX was not negotiated), forwards PLI/FIR to
 the UpTrack (throttled there), and sends sender reports derived from the publisher's, so the
@@ -63,6 +66,7 @@ from trackyard.sfu.rtphooks import (
 from trackyard.sfu.rtpmunger import RtpMunger, ts_after_pause, ts_diff, ts_on_reference
 from trackyard.sfu.rtppacket import (
     ExtensionWriter,
+    abs_send_time,
     ntp_to_compact,
     rtcp_bye,
     rtcp_sdes,
@@ -77,6 +81,8 @@ from trackyard.sfu.vp8 import Vp8Munger
 if TYPE_CHECKING:
     from aiortc import RTCRtpTransceiver
     from structlog.typing import FilteringBoundLogger
+
+    from trackyard.sfu.fanout import Copy
 
 __all__ = ["DownTrack"]
 
@@ -124,9 +130,16 @@ class DownTrack:
             history_size = 1024 if self._video else 128
         self._mask = _history_size(history_size) - 1
         n = self._mask + 1
+        # sent packets by sequence number, for NACKs: payload, seq, timestamp, pt | marker
         self._hist: list[bytes | None] = [None] * n
-        self._hist_hlen = [0] * n
+        self._hist_seq = [0] * n
+        self._hist_ts = [0] * n
+        self._hist_pt = [0] * n
         self._hist_rtx = [0.0] * n
+        # while the transport has a plain-UDP route: this subscriber's slot in the fan-out
+        self._copy: Copy | None = None
+        self._copy_own_payload = False
+        self._watched: object | None = None  # the transport whose state we follow
         # negotiated when aiortc starts the sender
         self._ssrc, self._rtx_ssrc = rtphooks.sender_ssrcs(self._sender)
         self._base_log = logger if logger is not None else log
@@ -283,11 +296,26 @@ class DownTrack:
         self._disabled = False
         self._pt_map.clear()
         self._hist = [None] * (self._mask + 1)
+        self._update_route()  # the copy comes from the new source's fan-out
         rtphooks.set_sender_msid(self._sender, stream_id, track_id)
         self.carried.add(stream_id)
         uptrack.add_sink(self)
         self._retarget()
         self.uptrack.request_keyframe(self._fwd.target)
+
+    def _update_route(self) -> None:
+        """(Re)build the fan-out copy when the transport's route, SSRC or extension ids
+        change; no copy (the Python send path) while there is no plain-UDP route."""
+        route = rtphooks.udp_route(self._sender.transport)
+        if route is None:
+            self._copy = None
+            return
+        copy = self.uptrack.fanout.new_copy()
+        copy.set_route(route)
+        copy.set_extensions(*self._ext.elements())
+        copy.fields.ssrc = self._ssrc
+        self._copy = copy
+        self._copy_own_payload = False
 
     # --- layer choice (PacketSink) ------------------------------------------------------
 
@@ -365,6 +393,11 @@ class DownTrack:
         self._ext = ExtensionWriter(params.header_extensions, params.mid)
         self._cname = params.cname or ""
         self._pt_map.clear()
+        transport = self._sender.transport
+        if self._watched is not transport:
+            self._watched = transport
+            rtphooks.on_transport_state(transport, self._update_route)
+        self._update_route()
         if self._fwd.start() and not self._closed:
             self.uptrack.request_keyframe(self._fwd.target)
 
@@ -491,16 +524,12 @@ class DownTrack:
             desc = packet.vp8
             if desc is not None:
                 payload = self._vp8.rewrite(payload, desc)
-            if self._video:
-                ext = self._ext.video(packet.abs_send_time)
-            else:
-                ext = self._ext.audio(packet.audio_level)
-            seq = mapped[0]
-            header = rtp_header(pt, rtp.marker, seq, mapped[1], self._ssrc, ext)
-            data = header + payload
+            seq, ts = mapped
             i = seq & self._mask
-            self._hist[i] = data
-            self._hist_hlen[i] = len(header)
+            self._hist[i] = payload
+            self._hist_seq[i] = seq
+            self._hist_ts[i] = ts
+            self._hist_pt[i] = pt | 0x80 if rtp.marker else pt
             self._hist_rtx[i] = 0.0
             self._last_sent = packet.arrival
             size = len(payload)
@@ -510,7 +539,26 @@ class DownTrack:
             if counters is not None:
                 counters.packets_out += 1
                 counters.bytes_out += size
-            rtphooks.send_rtp_nowait(self._sender.transport, data)
+            copy = self._copy
+            if copy is not None:  # the source's fan-out sends it with the other copies
+                f = copy.fields
+                f.seq = seq
+                f.ts = ts
+                f.pt = pt
+                if payload is not rtp.payload:  # rewritten for this subscriber (VP8 ids)
+                    copy.set_payload(payload)
+                    self._copy_own_payload = True
+                elif self._copy_own_payload:
+                    copy.set_payload(None)
+                    self._copy_own_payload = False
+                packet.fanout.add(copy)
+            else:
+                if self._video:
+                    ext = self._ext.video(packet.abs_send_time)
+                else:
+                    ext = self._ext.audio(packet.audio_level)
+                header = rtp_header(pt, rtp.marker, seq, ts, self._ssrc, ext)
+                rtphooks.send_rtp_nowait(self._sender.transport, header + payload)
         except Exception:
             self._failed()
 
@@ -519,23 +567,25 @@ class DownTrack:
         transport = self._sender.transport
         for seq in lost:
             i = seq & self._mask
-            data = self._hist[i]
-            if data is None or ((data[2] << 8) | data[3]) != seq:
+            payload = self._hist[i]
+            if payload is None or self._hist_seq[i] != seq:
                 continue
             if now - self._hist_rtx[i] < self._rtx_min_interval:
                 continue
             self._hist_rtx[i] = now
+            ptm = self._hist_pt[i]
+            ext = self._ext.video(abs_send_time()) if self._video else self._ext.audio(None)
+            header = rtp_header(ptm & 0x7F, ptm >> 7, seq, self._hist_ts[i], self._ssrc, ext)
+            data = header + payload
             if self._rtx_pt >= 0:
-                out = rtx_packet(
-                    data, self._hist_hlen[i], self._rtx_pt, self._rtx_seq, self._rtx_ssrc
-                )
+                out = rtx_packet(data, len(header), self._rtx_pt, self._rtx_seq, self._rtx_ssrc)
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             else:
                 out = data
             self.retransmits += 1
             if self.counters is not None:
                 self.counters.retransmits += 1
-                self.counters.retransmit_bytes += len(data) - self._hist_hlen[i]
+                self.counters.retransmit_bytes += len(payload)
             rtphooks.send_rtp_nowait(transport, out)
 
 

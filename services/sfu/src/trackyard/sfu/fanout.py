@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -59,11 +60,30 @@ int ty_fanout(const ty_packet *p, ty_copy *const *copies, int n, uint8_t *scratc
 
 
 class Route(Protocol):
-    """Where a copy goes: what ``rtphooks`` finds on a connected DTLS transport."""
+    """Where a copy goes: what ``rtphooks.udp_route`` finds on a connected DTLS transport."""
 
-    srtp: Session | None  # the transport's outbound SRTP session (None: clear RTP, tests)
-    sock: socket.socket  # the selected ICE pair's UDP socket
-    addr: tuple[str, int]  # the pair's remote address
+    @property
+    def srtp(self) -> Session | None:
+        """The transport's outbound SRTP session (None: clear RTP, tests)."""
+        ...
+
+    @property
+    def fd(self) -> int:
+        """The selected ICE pair's UDP socket."""
+        ...
+
+    @property
+    def family(self) -> int: ...
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        """The pair's remote address."""
+        ...
+
+    @property
+    def sendto(self) -> Callable[[bytes, tuple[str, int]], None]:
+        """Send on that socket the way its owner does (the asyncio transport)."""
+        ...
 
 
 class CopyFields(Protocol):
@@ -100,7 +120,7 @@ class Fanout(Protocol):
 
 class PyCopy:
     __slots__ = (
-        "_sock",
+        "_route",
         "abs_id",
         "addr",
         "fields",
@@ -117,7 +137,7 @@ class PyCopy:
     def __init__(self) -> None:
         self.fields = self
         self.srtp: Session | None = None
-        self._sock: socket.socket | None = None
+        self._route: Route | None = None
         self.addr: tuple[str, int] | None = None
         self.ssrc = self.ts = self.seq = self.pt = 0
         self.mid = b""
@@ -126,7 +146,7 @@ class PyCopy:
 
     def set_route(self, route: Route | None) -> None:
         self.srtp = route.srtp if route else None
-        self._sock = route.sock if route else None
+        self._route = route
         self.addr = route.addr if route else None
 
     def set_extensions(self, mid: bytes, abs_id: int, level_id: int) -> None:
@@ -181,9 +201,10 @@ class PyFanout:
         batch, self._batch = self._batch, []
         for copy in batch:
             data = self.build(copy, payload, marker, video, abs_time, level)
-            if copy._sock is not None and copy.addr is not None:
+            route = copy._route
+            if route is not None:
                 with contextlib.suppress(OSError):  # a full socket loses it, as the wire would
-                    copy._sock.sendto(data, copy.addr)
+                    route.sendto(data, route.addr)
         return len(batch)
 
 
@@ -245,8 +266,8 @@ class NativeCopy:
             c.srtp, c.fd, c.addrlen = ffi.NULL, -1, 0
             return
         c.srtp = ffi.cast("void *", _srtp_handle(route.srtp))
-        c.fd = route.sock.fileno()
-        raw = _sockaddr(route.sock.family, route.addr)
+        c.fd = route.fd
+        raw = _sockaddr(route.family, route.addr)
         c.addrlen = len(raw)
         ffi.memmove(c.addr, raw, len(raw))
 

@@ -632,6 +632,40 @@ def send_rtp_nowait(transport: RTCDtlsTransport, data: bytes, rtcp: bool = False
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class UdpRoute:
+    """A connected transport's plain-UDP path, for the native fan-out (``fanout.Route``):
+    its outbound SRTP session, the ICE pair's socket and remote address."""
+
+    srtp: Any  # pylibsrtp.Session
+    fd: int
+    family: int
+    addr: tuple[str, int]
+    sendto: Callable[[bytes, tuple[str, int]], None]
+
+
+def udp_route(transport: RTCDtlsTransport) -> UdpRoute | None:
+    """The route copies can be sent on directly; None while not connected, and for pairs
+    that are not plain UDP (TURN: those keep ``send_rtp_nowait``)."""
+    if transport._state is not _DTLS_CONNECTED or transport._tx_srtp is None:
+        return None
+    pair = transport._transport._connection._nominated.get(1)
+    if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
+        return None
+    udp = pair.protocol.transport
+    sock = udp.get_extra_info("socket")
+    if sock is None:
+        return None
+    return UdpRoute(
+        transport._tx_srtp, sock.fileno(), int(sock.family), pair.remote_addr, udp.sendto
+    )
+
+
+def on_transport_state(transport: RTCDtlsTransport, callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever the DTLS transport's state changes (routes come and go)."""
+    transport.on("statechange", callback)
+
+
 def send_rtcp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
     """Encrypt and send one (compound) RTCP packet synchronously, as ``send_rtp_nowait``
     does RTP: feedback on the packet path (NACK, PLI) is sent without awaiting anything."""

@@ -124,6 +124,11 @@ class ExtensionWriter:
         self._head_abs = b"\xbe\xde" + _U16.pack(words) + self._mid
         self._pad_abs = b"\x00" * (words * 4 - size)
 
+    def elements(self) -> tuple[bytes, int, int]:
+        """What the native fan-out writes the same blocks from: the MID element (header byte
+        and value), the abs-send-time element header byte, the audio level one (0: none)."""
+        return self._mid, self._abs_id, self._level_id
+
     def video(self, abs_time: int) -> bytes:
         """Extension block with MID and abs-send-time (each if negotiated)."""
         if self._abs_id:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from trackyard.sfu.fanout import Fanout
     from trackyard.sfu.rtphooks import CodecInfo
     from trackyard.sfu.vp8 import Vp8Descriptor
 
@@ -62,12 +63,15 @@ class ForwardedPacket:
     its stream closes the sequence gap). ``arrival``: ``time.monotonic()`` at reception.
     ``vp8``: its parsed payload descriptor (VP8 only). ``abs_send_time``: the 6.18
     fixed-point send time to stamp on copies (video). ``audio_level``: RFC 6464 (voice,
-    -dBov) when the publisher sent it (audio)."""
+    -dBov) when the publisher sent it (audio). ``fanout``: the source's batch; a sink
+    forwarding on a plain UDP route adds its copy, and the source sends them all at once
+    after the last sink."""
 
     __slots__ = (
         "abs_send_time",
         "arrival",
         "audio_level",
+        "fanout",
         "keyframe",
         "layer",
         "padding",
@@ -75,8 +79,9 @@ class ForwardedPacket:
         "vp8",
     )
 
-    def __init__(self, rtp: RtpView) -> None:
+    def __init__(self, rtp: RtpView, fanout: Fanout) -> None:
         self.rtp = rtp
+        self.fanout = fanout
         self.layer = 0
         self.keyframe = False
         self.padding = False
@@ -144,6 +149,11 @@ class TrackSource(Protocol):
 
     def sender_report(self, ssrc: int) -> tuple[int, int, float] | None:
         """The publisher's latest sender report for a stream: (ntp, rtp, monotonic arrival)."""
+        ...
+
+    @property
+    def fanout(self) -> Fanout:
+        """The batch its packets' copies are sent through (sinks take their ``Copy`` here)."""
         ...
 
     def add_sink(self, sink: PacketSink) -> None:

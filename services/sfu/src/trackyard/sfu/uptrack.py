@@ -63,6 +63,7 @@ from trackyard.sfu.connectionquality import (
     LOSS_WEIGHT_VIDEO,
     StreamWindow,
 )
+from trackyard.sfu.fanout import Fanout, make_fanout
 from trackyard.sfu.forwarder import KeyframeThrottle
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
@@ -190,6 +191,7 @@ class UpTrack:
         nack: bool = True,
         audio_level: AudioLevel | None = None,
         logger: FilteringBoundLogger | None = None,
+        fanout: Fanout | None = None,
     ) -> None:
         if kind not in ("audio", "video"):
             raise ValueError(f"UpTrack kind must be audio or video, not {kind!r}")
@@ -226,7 +228,8 @@ class UpTrack:
         self._started_at: float | None = None  # first packet
         self._starting = True  # within layer_timeout of the first packet
         # the hand-off to the sinks, refilled for every received packet
-        self._packet = ForwardedPacket(RtpPacket())
+        self._fanout = fanout if fanout is not None else make_fanout()
+        self._packet = ForwardedPacket(RtpPacket(), self._fanout)
         self._fanning_out = False  # PLIs asked for meanwhile wait in _plis_due
         self._plis_due: list[int] = []
 
@@ -299,6 +302,10 @@ class UpTrack:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def fanout(self) -> Fanout:
+        return self._fanout
 
     @property
     def downtracks(self) -> tuple[PacketSink, ...]:
@@ -628,6 +635,15 @@ class UpTrack:
             try:
                 for sink in sinks:
                     sink.forward(out)  # never raises (PacketSink contract)
+                if not out.padding:  # the copies the sinks added, in one native call
+                    level = out.audio_level
+                    self._fanout.send(
+                        payload,
+                        packet.marker,
+                        self.kind == "video",
+                        out.abs_send_time,
+                        -1 if level is None else (0x80 if level[0] else 0) | (level[1] & 0x7F),
+                    )
             finally:
                 self._fanning_out = False
             if not out.padding and counters is not None:  # LiveKit's forward latency
