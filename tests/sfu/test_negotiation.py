@@ -216,3 +216,19 @@ async def test_answer_with_an_id_we_never_sent_is_applied() -> None:
     await h.negotiation.request()
     await h.answer(99)
     assert state(h.negotiation) is NegotiationState.IDLE and h.failures == []
+
+
+async def test_no_answer_is_awaited_while_the_signal_is_gone() -> None:
+    """A detached session's offer waits in the replay buffer: its answer cannot come until
+    the resume, so the wait starts again then."""
+    h = Harness(answer_timeout=0.1, max_reoffers=1)
+    await h.negotiation.request()
+    await h.next_offer()
+    h.negotiation.signal_lost()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(h.offered.wait(), 0.4)  # several bounds pass: nothing
+    assert h.failures == [] and state(h.negotiation) is NegotiationState.OFFER_SENT
+    h.negotiation.signal_back()
+    assert (await h.next_offer())[1] == 2  # still no answer after the resume: offered again
+    await asyncio.wait_for(h.failed.wait(), 5)
+    assert h.failures == [("answer", "no answer after 2 offers")]

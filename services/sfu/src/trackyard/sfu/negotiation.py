@@ -3,18 +3,18 @@
 One offer is in flight at a time; changes made meanwhile are folded into one renegotiation
 after the answer. The answer is awaited for a bounded time: a lost one is re-offered a few
 times, then the participant is told to reconnect (LiveKit waits 15 s for an answer, then
-issues a full reconnect). Every state change goes through :meth:`SubscriberNegotiation._set`.
+issues a full reconnect). The wait is on hold while the signal socket is gone (a detached
+session: its offers wait for a resume in the replay buffer). Every state change goes through
+:meth:`SubscriberNegotiation._set`.
 
 States::
 
-    IDLE --request--> OFFER_SENT --answer--> IDLE
-                       |   ^  |
-               request |   |  +--no answer in time--> re-offer (bounded) / answer lost
-                       v   |
-          RENEGOTIATE_PENDING --answer--> OFFER_SENT (at once)
-                       |                  or WAITING_FOR_TRANSPORT (first DTLS not up yet)
-    WAITING_FOR_TRANSPORT --connected--> OFFER_SENT
-    any --close--> CLOSED
+    IDLE --change--> OFFER_SENT --answer--> IDLE
+    IDLE --change, first DTLS still connecting--> WAITING_FOR_TRANSPORT --connected--> OFFER_SENT
+    OFFER_SENT --change--> RENEGOTIATE_PENDING --answer--> OFFER_SENT (or WAITING_FOR_TRANSPORT)
+    OFFER_SENT, RENEGOTIATE_PENDING --no answer in time--> OFFER_SENT (re-offer, bounded)
+                                                          then CLOSED (client must reconnect)
+    any --bad description, close--> CLOSED
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class SubscriberNegotiation:
         self._reoffers = 0  # offers re-sent for the answer being awaited
         self._superseded: set[int] = set()  # ids of offers re-sent since (their answers: late)
         self._timer: asyncio.TimerHandle | None = None
+        self._signal_lost = False  # no answer can come: the answer wait is on hold
 
     def _set(self, state: NegotiationState, why: str) -> None:
         if state is not self.state:
@@ -104,9 +105,8 @@ class SubscriberNegotiation:
                 "subscriber negotiation", state=state.value, was=self.state.value, why=why
             )
         self.state = state
-        if state not in _AWAITING_ANSWER and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if state not in _AWAITING_ANSWER:
+            self._stop_timer()
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -173,6 +173,18 @@ class SubscriberNegotiation:
         if pending:
             await self.request()
 
+    def signal_lost(self) -> None:
+        """The signal socket is gone (detached): offers wait in the replay buffer, so the
+        wait for an answer is on hold until :meth:`signal_back`."""
+        self._signal_lost = True
+        self._stop_timer()
+
+    def signal_back(self) -> None:
+        """Resumed: the offer is replayed; its answer gets the full wait again."""
+        self._signal_lost = False
+        if self.state in _AWAITING_ANSWER:
+            self._start_timer()
+
     def close(self) -> None:
         self._set(NegotiationState.CLOSED, "closed")
 
@@ -197,11 +209,19 @@ class SubscriberNegotiation:
             self._superseded.add(self.offer_id)
         self.offer_id += 1
         self._send_offer(self._pc.localDescription.sdp, self.offer_id)
+        self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._stop_timer()
+        if not self._signal_lost:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._answer_timeout, self._answer_overdue
+            )
+
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            self._answer_timeout, self._answer_overdue
-        )
+            self._timer = None
 
     def _answer_overdue(self) -> None:
         self._timer = None

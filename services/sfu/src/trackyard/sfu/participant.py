@@ -285,6 +285,7 @@ class Participant:
         if self.state is State.DISCONNECTED or self.signal.detached:
             return
         self.signal.detached = True
+        self.subscriber.negotiation.signal_lost()
         self.log.info("signal detached; awaiting resume")
         self._services.liveness.detached(self)
 
@@ -295,7 +296,9 @@ class Participant:
         """Re-bind to the new session: answer ``reconnect``, then replay in order.
         Returns the old session id."""
         self.edge_id = start.edge_id
-        return self.signal.rebind(start.session_id, reconnect)
+        old = self.signal.rebind(start.session_id, reconnect)
+        self.subscriber.negotiation.signal_back()
+        return old
 
     # -- outgoing -----------------------------------------------------------------------------
 
