@@ -33,7 +33,8 @@ process, stream and offer):
 - ``janus``: the Janus WebRTC Server from Debian's package ``janus`` (1.1.x; installed with
   ``apt-get install -y janus`` when ``/usr/bin/janus`` is missing), its VideoRoom plugin with
   Janus's default threading (an event loop and thread per handle). ``janus2``: the same with
-  ``event_loops = 2`` in ``janus.jcfg`` (two shared loops, one per core). Each phase starts a
+  ``event_loops = 2`` in ``janus.jcfg`` (two shared loops, one per core); ``janus1``: one
+  shared loop (one core, as Trackyard's one process). Each phase starts a
   fresh Janus child process with a generated configuration (``benchmarks/janus.py``: only the
   VideoRoom plugin and the HTTP transport on 127.0.0.1, logging at warnings) and drives it
   over Janus's HTTP API: a session, a room, the publisher joins and publishes the client
@@ -684,8 +685,9 @@ async def setup_naive(clients: Clients, n: int, bitrate: int) -> Setup:
 
 
 JANUS_ROOM = 1000
-JANUS_PEERS: dict[str, int | None] = {"janus": None, "janus2": 2}  # peer -> event_loops
-PEER_MODES = {"trackyard": "forward", "janus": "janus", "janus2": "janus2"}
+# peer -> event_loops
+JANUS_PEERS: dict[str, int | None] = {"janus": None, "janus1": 1, "janus2": 2}
+PEER_MODES = {"trackyard": "forward", "janus": "janus", "janus1": "janus1", "janus2": "janus2"}
 
 
 async def setup_janus(clients: Clients, n: int, event_loops: int | None) -> Setup:
@@ -1181,8 +1183,8 @@ if __name__ == "__main__":
         choices=list(PEER_MODES),
         help="SFU to measure, repeatable (default trackyard): trackyard = Trackyard in this"
         " process; janus = Debian's Janus VideoRoom, default threading; janus2 = the same with"
-        " event_loops = 2. Janus peers install Janus if missing and run the whole benchmark in"
-        " a network namespace (scripts/netns)",
+        " event_loops = 2; janus1 = event_loops = 1. Janus peers install Janus if missing and"
+        " run the whole benchmark in a network namespace (scripts/netns)",
     )
     parser.add_argument(
         "--saturate",
