@@ -99,7 +99,9 @@ async def run_router(config: Config) -> int:
 
 
 async def run_signal(config: Config) -> int:
-    """Serve client sockets; on a signal stop taking new ones and exit when the last closes."""
+    """Serve client sockets. First signal: drain (refuse new sockets, send clients to resume
+    through another edge) and exit 0 once their sockets are gone or at
+    ``signal.drain_deadline``; a second signal exits at once (1)."""
     store, bus = make_store_and_bus(config)
     router = HttpRouter(
         config.router.urls or [f"http://{config.router.bind_address}:{config.router.port}"],
@@ -117,8 +119,7 @@ async def run_signal(config: Config) -> int:
     idle = asyncio.Event()
 
     async def drain() -> None:
-        edge.draining = True
-        await edge.nodewatch.idle.wait()
+        await edge.drain(config.signal.drain_deadline)
         idle.set()
 
     tasks: set[asyncio.Task[None]] = set()

@@ -346,6 +346,9 @@ class SignalConfig(_Section):
     ping_interval: int = Field(10, ge=1)
     ping_timeout: int = Field(20, ge=1)
     join_timeout: Seconds = Field(10.0, gt=0)  # wait for the SFU's JoinResponse
+    # on SIGTERM the edge asks its clients to resume elsewhere (leave{RESUME}) and exits when
+    # their sockets are gone; at this deadline it closes the rest (1001) and exits
+    drain_deadline: Seconds = Field(5.0, gt=0)
 
 
 class RouterConfig(_Section):
@@ -375,6 +378,10 @@ class NodeConfig(_Section):
     # rtc.turn_servers entry (udp/tcp; aiortc takes one TURN server). Off by default: a node
     # is reachable on node_ip, and each allocation costs a round trip at every join
     use_turn_servers: bool = False
+    # SFU processes per host (``trackyard sfu --workers``): one node per core; 0 = one per core
+    workers: int = Field(1, ge=0)
+    # what the nodes of one host share in their records (default: the host name)
+    host_id: str = ""
 
 
 # LiveKit config keys Trackyard knows but does not act on (``pkg/config/config.go`` and the

@@ -1,10 +1,13 @@
-"""What a signal edge holds: config, keys, store, bus, router and a node RPC client."""
+"""What a signal edge holds: config, keys, store, bus, router, a node RPC client, and the
+client sockets it carries (which its drain sends elsewhere)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -13,11 +16,26 @@ from trackyard.core.auth import KeyProvider
 from trackyard.core.bus import Bus
 from trackyard.core.config import Config
 from trackyard.core.noderpc import NodeRpcClient
+from trackyard.core.refusal import Code, Refusal
 from trackyard.core.routing import Router
 from trackyard.core.store import Store
 from trackyard.signal.nodewatch import NodeWatch
 
 log = structlog.get_logger(__name__)
+
+# After the drain deadline closed the last sockets: how long their clean-up (telling the node)
+# may take before the edge exits anyway.
+CLOSE_GRACE = 2.0
+
+
+class ClientSocket(Protocol):
+    """An open client signal socket, as the edge's drain sees it."""
+
+    async def send_elsewhere(self) -> None:
+        """Ask the client to resume through another edge, keeping its session on the node."""
+
+    async def close_going_away(self) -> None:
+        """The drain deadline passed: close the socket (the SDKs resume on such a close)."""
 
 
 @dataclass
@@ -27,7 +45,7 @@ class Edge:
     bus: Bus
     router: Router
     edge_id: str = field(default_factory=lambda: ids.new_id("ED_"))
-    draining: bool = False
+    draining: bool = False  # not ready (``/readyz`` 503); set by :meth:`drain` and by dev mode
 
     def __post_init__(self) -> None:
         self.keys = KeyProvider(self.config.keys)
@@ -41,6 +59,15 @@ class Edge:
             dead_after=node.dead_after,
         )
         self._heartbeat: asyncio.Task[None] | None = None
+        # This edge's own drain: no new sockets, and the open ones are sent elsewhere.
+        # (An all-in-one server draining its node only sets ``draining``: its edge keeps
+        # taking the sockets of the rooms the node still hosts.)
+        self.leaving = False
+        # session id -> its open socket; None while the upgrade waits for the node
+        self._sockets: dict[str, ClientSocket | None] = {}
+        self._no_sockets = asyncio.Event()
+        self._no_sockets.set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Register this edge (a record with a TTL, rewritten every heartbeat) and watch the
@@ -68,6 +95,65 @@ class Edge:
             except Exception as exc:
                 log.debug("cannot register edge", edge=self.edge_id, error=str(exc))
             await asyncio.sleep(self.config.node.heartbeat_interval)
+
+    # -- client sockets and the drain ------------------------------------------------------
+
+    def admit(self, session_id: str) -> None:
+        """A client opens ``/rtc``; refused while the edge drains, so that a load balancer
+        (which retries a 503 elsewhere, or has seen ``/readyz`` fail) takes it elsewhere."""
+        if self.leaving:
+            raise Refusal(Code.UNAVAILABLE, "signal edge is draining; connect again")
+        self._sockets[session_id] = None
+        self._no_sockets.clear()
+
+    def attach(self, session_id: str, socket: ClientSocket) -> None:
+        """The session's socket is open. One whose upgrade raced the drain is sent on at once."""
+        self._sockets[session_id] = socket
+        if self.leaving:
+            self._spawn(socket.send_elsewhere())
+
+    def release(self, session_id: str) -> None:
+        """The session's socket is gone (or its upgrade was refused)."""
+        self._sockets.pop(session_id, None)
+        if not self._sockets:
+            self._no_sockets.set()
+
+    @property
+    def sockets(self) -> int:
+        return len(self._sockets)
+
+    async def drain(self, deadline: float) -> bool:
+        """Take no new sockets, ask every client to resume through another edge, and return
+        when their sockets are gone (True) or, at ``deadline`` seconds, once the remaining
+        ones are closed (False). Sessions stay on their nodes: the resume finds them."""
+        self.draining = True
+        self.leaving = True
+        open_sockets = [s for s in self._sockets.values() if s is not None]
+        log.info(
+            "draining: sending clients elsewhere", edge=self.edge_id, sockets=len(open_sockets)
+        )
+        for socket in open_sockets:
+            self._spawn(socket.send_elsewhere())
+        try:
+            await asyncio.wait_for(self._no_sockets.wait(), deadline)
+            log.info("drained: no client socket left", edge=self.edge_id)
+            return True
+        except TimeoutError:
+            pass
+        left = [s for s in self._sockets.values() if s is not None]
+        log.warning(
+            "drain deadline: closing the remaining sockets", edge=self.edge_id, sockets=len(left)
+        )
+        for socket in left:
+            self._spawn(socket.close_going_away())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_sockets.wait(), CLOSE_GRACE)
+        return False
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def ready(self) -> tuple[bool, str]:
         """Can this edge serve now? (``/readyz``)"""

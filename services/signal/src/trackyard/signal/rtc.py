@@ -14,8 +14,8 @@ import time
 
 import structlog
 from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
-from livekit.protocol import rtc
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
@@ -111,6 +111,65 @@ async def rtc_socket(ws: WebSocket) -> None:
     edge: Edge = ws.app.state.edge
     started = time.perf_counter()
     session_id = ids.new_id(ids.SESSION)
+    try:
+        edge.admit(session_id)
+    except Refusal as exc:  # draining
+        log.info("connection refused", code=exc.code.value, status=exc.status, reason=exc.reason)
+        await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
+        return
+    try:
+        await _serve(edge, ws, session_id, started)
+    finally:
+        edge.release(session_id)
+
+
+class _OpenSocket:
+    """The edge's hold on one open session socket, for its drain (:meth:`Edge.drain`)."""
+
+    def __init__(
+        self,
+        edge: Edge,
+        ws: WebSocket,
+        node_id: str,
+        session_id: str,
+        slog: structlog.BoundLogger,
+    ) -> None:
+        self.edge = edge
+        self.ws = ws
+        self.node_id = node_id
+        self.session_id = session_id
+        self.slog = slog
+        self._node_told = False
+
+    async def send_elsewhere(self) -> None:
+        """Detach the session on its node (it keeps the participant and buffers what it
+        would send, for the resume to replay), then ``leave{MIGRATION, RESUME}``: both SDKs
+        resume at once on it (browser: ``handleDisconnect`` without delay; Rust/Python:
+        ``retry_now``), open the new socket through the load balancer and close this one
+        themselves. Not closed here: the Rust SDK takes a socket closing while it already
+        reconnects as a failed resume and rejoins from scratch."""
+        self.slog.info("draining: asking the client to resume through another edge")
+        await self.tell_node_gone()
+        with contextlib.suppress(Exception):
+            await self.ws.send_bytes(
+                responses.leave(
+                    models.DisconnectReason.MIGRATION, rtc.LeaveRequest.RESUME
+                ).SerializeToString()
+            )
+
+    async def close_going_away(self) -> None:
+        """The drain deadline: a client that ignored the leave gets a close; both SDKs resume on
+        a 1001 (the browser SDK ignores a 1000 on a connected socket)."""
+        await _close(self.ws, CloseReason.GOING_AWAY, "signal edge shut down; resume elsewhere")
+
+    async def tell_node_gone(self) -> None:
+        """``client_gone`` once: the node detaches the session (no leave)."""
+        if not self._node_told:
+            self._node_told = True
+            await _client_gone(self.edge, self.node_id, self.session_id, ride_out=True)
+
+
+async def _serve(edge: Edge, ws: WebSocket, session_id: str, started: float) -> None:
     resume_sid = ws.query_params.get("sid", "") if _flag(ws, "reconnect", False) else ""
     if _flag(ws, "reconnect", False) and not resume_sid:
         await _ask_full_reconnect(ws)
@@ -196,6 +255,8 @@ async def rtc_socket(ws: WebSocket) -> None:
         downstream.cancel()
 
     edge.nodewatch.add(node_id, session_id, evict)
+    socket = _OpenSocket(edge, ws, node_id, session_id, slog)
+    edge.attach(session_id, socket)
     try:
         reason = await _pump_up(edge, ws, node_id, session_id, downstream)
     finally:
@@ -204,7 +265,7 @@ async def rtc_socket(ws: WebSocket) -> None:
         downstream.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await downstream
-        await _client_gone(edge, node_id, session_id, ride_out=True)
+        await socket.tell_node_gone()
         await sub.close()
         await _drop_channel(edge, session_id)
     slog.info("session ended", reason=reason)

@@ -1,0 +1,125 @@
+"""A draining edge in process: not ready, refuses new sockets, sends its clients to resume
+elsewhere without ending their sessions, and is done when their sockets are gone or at the
+deadline. The node behind it is the fake of :mod:`tests.signal.fakes`; the same drain against
+real processes, SDK clients and HAProxy is ``tests/cluster/test_edge_drain.py``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+from fastapi import FastAPI
+from livekit.protocol import models, rtc
+from starlette.websockets import WebSocketDisconnect
+
+from tests.signal.fakes import fake_node, token
+from trackyard.core import messages
+from trackyard.core.refusal import CloseReason
+from trackyard.signal.edge import Edge
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's notice about its httpx transport
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+JOIN = f"/rtc?access_token={token('alice', roomJoin=True, room='r')}"
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+def _drain(client: TestClient, edge: Edge, deadline: float) -> Future[bool]:
+    """Start the edge's drain on the app's event loop (where its sockets live)."""
+    assert client.portal is not None
+    return client.portal.start_task_soon(edge.drain, deadline)
+
+
+def _kinds(edge: Edge) -> list[str]:
+    return [env.kind for env in fake_node(edge).received]
+
+
+def test_idle_edge_drains_at_once(client: TestClient, edge: Edge) -> None:
+    assert client.get("/readyz").status_code == 200
+    assert _drain(client, edge, 30).result(timeout=5) is True
+    resp = client.get("/readyz")
+    assert (resp.status_code, resp.text) == (503, "draining")
+
+
+def test_draining_edge_refuses_new_sockets(client: TestClient, edge: Edge) -> None:
+    _drain(client, edge, 30).result(timeout=5)
+    for query in (JOIN, JOIN + "&reconnect=1&sid=PA_fake"):  # joins and resumes alike
+        with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect(query):
+            pass
+        assert denied.value.status_code == 503  # Code.UNAVAILABLE, what HAProxy retries on
+        assert "draining" in denied.value.text
+    assert fake_node(edge).received == []  # never reached the node
+    assert edge.sockets == 0
+
+
+def test_clients_are_sent_to_resume_elsewhere_and_sessions_kept(
+    client: TestClient, edge: Edge
+) -> None:
+    with client.websocket_connect(JOIN) as ws:
+        assert rtc.SignalResponse.FromString(ws.receive_bytes()).WhichOneof("message") == "join"
+        assert edge.sockets == 1
+        drained = _drain(client, edge, 30)
+        leave = rtc.SignalResponse.FromString(ws.receive_bytes()).leave
+        assert leave.action == rtc.LeaveRequest.RESUME
+        assert leave.reason == models.DisconnectReason.MIGRATION
+        # the node was told the socket is going (it detaches: no leave) before the client
+        # heard of it, so whatever it sends from then on waits for the resume
+        assert _kinds(edge) == [messages.JOIN, messages.CLIENT_GONE]
+        assert not drained.done()  # the socket is still open: the SDK closes it itself
+        assert client.get("/readyz").status_code == 503
+    # the client closed its socket (as the SDK does once it resumed elsewhere): drained
+    assert drained.result(timeout=5) is True
+    assert _kinds(edge) == [messages.JOIN, messages.CLIENT_GONE]  # told once, never a leave
+    assert not any(
+        env.kind == messages.SIGNAL and rtc.SignalRequest.FromString(env.data).HasField("leave")
+        for env in fake_node(edge).received
+    )
+
+
+def test_deadline_closes_the_sockets_left_going_away(client: TestClient, edge: Edge) -> None:
+    with client.websocket_connect(JOIN) as ws:
+        ws.receive_bytes()  # join
+        drained = _drain(client, edge, 0.3)
+        assert rtc.SignalResponse.FromString(ws.receive_bytes()).leave.action == (
+            rtc.LeaveRequest.RESUME
+        )
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_bytes()  # this client ignores the leave; the deadline closes it
+        assert closed.value.code == CloseReason.GOING_AWAY == 1001
+        assert drained.result(timeout=5) is False
+    assert edge.sockets == 0
+    assert _kinds(edge) == [messages.JOIN, messages.CLIENT_GONE]
+
+
+class _Socket:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def send_elsewhere(self) -> None:
+        self.calls.append("send_elsewhere")
+
+    async def close_going_away(self) -> None:
+        self.calls.append("close_going_away")
+
+
+def test_upgrade_racing_the_drain_is_sent_on_once_open(client: TestClient, edge: Edge) -> None:
+    """A join the node was still answering when the drain began holds the drain open; once
+    its socket opens, the client is sent elsewhere at once."""
+    assert client.portal is not None
+    client.portal.call(edge.admit, "SE_racing")  # the upgrade waits for the node
+    drained = _drain(client, edge, 30)
+    with pytest.raises(TimeoutError):
+        drained.result(timeout=0.2)
+    socket = _Socket()
+    client.portal.call(edge.attach, "SE_racing", socket)  # the node answered: socket open
+    client.portal.call(edge.release, "SE_racing")  # the client went
+    assert drained.result(timeout=5) is True
+    assert socket.calls == ["send_elsewhere"]
