@@ -43,6 +43,7 @@ class NodeRecord(BaseModel):
     id: str  # "ND_..."
     address: str = ""  # internal address (host:port) of the node's HTTP API
     region: str = ""
+    host: str = ""  # the host it runs on: the nodes of one `trackyard sfu --workers K` share it
     state: NodeState = NodeState.SERVING
     # while draining with a deadline: when (epoch seconds) its participants are moved elsewhere
     drain_deadline_at: float | None = None

@@ -206,6 +206,7 @@ class SfuNode:
             id=self.node_id,
             address=self.address,
             region=self.config.region,
+            host=self.config.node.host_id,
             state=self.state,
             drain_deadline_at=self.drain_deadline_at,
             started_at=self.started_at,
