@@ -235,13 +235,40 @@ def router(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = N
 
 
 @cli.command()
-def sfu(config: ConfigOpt = None, port: PortOpt = None, region: RegionOpt = None) -> None:
+def sfu(
+    config: ConfigOpt = None,
+    port: PortOpt = None,
+    region: RegionOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="SFU processes on this host, each its own node with its own slice of the port"
+            " range (0: one per core; default node.workers, 1)"
+        ),
+    ] = None,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
     """An SFU node: hosts rooms; drains on SIGTERM/SIGINT/SIGQUIT (second signal forces exit)."""
+    from trackyard.cli import workers as pool
     from trackyard.cli.services import run_sfu
 
     cfg = _load(config, region=region)
     if port is not None:
         cfg.node.api_port = port
+    try:
+        if worker is not None:  # one of a supervisor's workers
+            index, count = pool.parse_worker(worker)
+            cfg = pool.worker_config(cfg, index, count)
+            pool.die_with_parent()
+        else:
+            count = cfg.node.workers if workers is None else workers
+            count = count or pool.default_workers()
+            if count > 1:
+                pool.worker_config(cfg, count - 1, count)  # refuse a bad slicing up front
+                sys.exit(pool.supervise(pool.own_command(), count))
+    except ConfigError as exc:
+        typer.echo(f"trackyard: invalid config: {exc}", err=True)
+        sys.exit(2)
     sys.exit(_run(run_sfu(cfg)))
 
 
