@@ -29,7 +29,7 @@ def node_record(port: int) -> dict[str, Any] | None:
         response = httpx.get(f"http://127.0.0.1:{port}/node", timeout=2)
     except httpx.HTTPError:
         return None
-    return response.json() if response.status_code == 200 else None  # type: ignore[no-any-return]
+    return response.json() if response.status_code == 200 else None
 
 
 def worker_pid(supervisor: TrackyardProcess, index: int) -> int | None:
