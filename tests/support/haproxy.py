@@ -1,9 +1,10 @@
 """HAProxy (Debian's ``haproxy``, installed by ``scripts/bootstrap --test``) in front of edges.
 
-TCP mode, ``balance first``: every client goes to the first healthy edge, so killing that
-edge takes all sockets down at once; a connection refused by a dead edge is redispatched to
-the next one (``retries`` + ``option redispatch``), and health checks every 200 ms take it
-out of rotation.
+HTTP mode (WebSockets pass through after the upgrade), ``balance first``: every client goes to
+the first healthy edge, so losing that edge takes all sockets down at once. A connection
+refused by a dead edge, or an upgrade a draining edge refuses with 503, is retried on the next
+one (``retry-on`` + ``option redispatch``: the retry avoids the server that failed), and
+health checks of ``/readyz`` every 200 ms take a dead or draining edge out of rotation.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ CONFIG = """
 global
   maxconn 512
 defaults
-  mode tcp
+  mode http
   timeout connect 1s
   timeout client 120s
   timeout server 120s
+  timeout tunnel 120s
   retries 3
-  option redispatch
+  option redispatch 1
+  retry-on conn-failure empty-response 503
 listen edges
   bind 127.0.0.1:{port}
   balance first
+  option httpchk
+  http-check send meth GET uri /readyz
+  http-check expect status 200
 {servers}
 """
 
