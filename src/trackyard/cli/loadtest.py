@@ -11,6 +11,7 @@ import typer
 
 RESOLUTIONS = ("low", "medium", "high")
 CODECS = ("vp8", "h264")
+QUALITIES = ("low", "medium", "high")
 
 
 def load_test_command(
@@ -32,8 +33,14 @@ def load_test_command(
     ] = "medium",
     video_codec: Annotated[str, typer.Option(help="vp8 or h264")] = "vp8",
     simulcast: Annotated[
-        bool, typer.Option(help="publish simulcast layers (not supported yet: aiortc sends one)")
+        bool,
+        typer.Option(
+            help="publish video as 3 simulcast layers (rids q/h/f: 1/4, 1/2, full resolution)"
+        ),
     ] = False,
+    subscriber_quality: Annotated[
+        str, typer.Option(help="the simulcast layer subscribers ask for: low, medium or high")
+    ] = "high",
     join_rate: Annotated[float, typer.Option(min=0.1, max=1000, help="joins per second")] = 10.0,
     join_timeout: Annotated[float, typer.Option(min=1, max=120, help="seconds per join")] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON only")] = False,
@@ -49,11 +56,8 @@ def load_test_command(
         problems.append(f"--video-resolution must be one of {', '.join(RESOLUTIONS)}")
     if video_codec.lower() not in CODECS:
         problems.append(f"--video-codec must be one of {', '.join(CODECS)}")
-    if simulcast:
-        problems.append(
-            "--simulcast is not supported yet: the publishers are aiortc peers, which send one "
-            "layer (no RID-based simulcast); run without it"
-        )
+    if subscriber_quality.lower() not in QUALITIES:
+        problems.append(f"--subscriber-quality must be one of {', '.join(QUALITIES)}")
     if video_publishers + audio_publishers == 0 and subscribers == 0:
         problems.append("nothing to do: no publishers and no subscribers")
     if problems:
@@ -78,6 +82,7 @@ def load_test_command(
         video_resolution=video_resolution,
         video_codec=video_codec.lower(),
         simulcast=simulcast,
+        subscriber_quality=subscriber_quality.lower(),
         join_rate=join_rate,
         join_timeout=join_timeout,
         as_json=as_json,

@@ -33,7 +33,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
-from trackyard.loadtest.media import ReplayTrack, ice_protocols
+from trackyard.loadtest.media import EncodedFrame, ReplayTrack, SimulcastLayer, ice_protocols
+from trackyard.loadtest.simulcast import SimulcastSender, simulcast_offer
+from trackyard.sfu import rtphooks
 
 PROTOCOL_VERSION = 15  # the v0 signalling generation the LiveKit SDKs of 2025 speak
 SIGNAL_TIMEOUT = 15.0
@@ -136,6 +138,8 @@ class PublishSpec:
     width: int = 0
     height: int = 0
     bitrate: int = 0
+    # video simulcast: the layers (lowest first) and their pre-encoded loops
+    layers: list[tuple[SimulcastLayer, list[EncodedFrame]]] | None = None
 
 
 class Tester:
@@ -150,6 +154,7 @@ class Tester:
         *,
         publish: PublishSpec | None = None,
         subscribe: bool = False,
+        quality: int | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -157,6 +162,10 @@ class Tester:
         self.room = room
         self.publish = publish
         self.subscribe = subscribe
+        # subscriber: the simulcast layer to ask for (models.VideoQuality; None: the server's
+        # default, the highest)
+        self.quality = quality
+        self._quality_asked: set[str] = set()
         self.ws: Any = None
         self.join: rtc.JoinResponse | None = None
         self.error = ""  # why this tester failed, if it did
@@ -174,12 +183,23 @@ class Tester:
         self._offer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self.track: ReplayTrack | None = None
+        self.simulcast: SimulcastSender | None = None
         self.sender: RTCRtpSender | None = None
-        self.nacks = 0  # publisher: NACKed packets the server asked for
-        self.plis = 0  # publisher: keyframe requests
+        self._nacks = 0  # publisher: NACKed packets the server asked for
+        self._plis = 0  # publisher: keyframe requests
         self.published_sid = ""
 
     # -- what it measured ---------------------------------------------------------------------
+
+    @property
+    def nacks(self) -> int:
+        """Publisher: NACKed packets the server asked for."""
+        return self._nacks + (self.simulcast.nacks if self.simulcast else 0)
+
+    @property
+    def plis(self) -> int:
+        """Publisher: keyframe requests (PLI/FIR)."""
+        return self._plis + (self.simulcast.plis if self.simulcast else 0)
 
     def media_streams(self) -> list[StreamCounter]:
         return [s for s in self.streams.values() if not s.rtx]
@@ -201,6 +221,8 @@ class Tester:
 
     async def sent(self) -> tuple[int, int]:
         """Publisher: (packets, bytes) sent."""
+        if self.simulcast is not None:
+            return self.simulcast.sent()
         if self.sender is None:
             return 0, 0
         for stat in (await self.sender.getStats()).values():
@@ -328,6 +350,8 @@ class Tester:
                 for fut in self._pending_tracks.values():
                     if not fut.done():
                         fut.set_exception(JoinError(f"add_track refused: {resp.message}"))
+        elif which == "subscribed_quality_update":
+            self._on_quality_update(msg.subscribed_quality_update)
         elif which == "leave":
             reason = models.DisconnectReason.Name(msg.leave.reason)
             if not self.error:
@@ -363,6 +387,34 @@ class Tester:
                     )
                 )
             )
+            await self._ask_quality()
+
+    async def _ask_quality(self) -> None:
+        """Subscriber: ask for ``quality`` of each video track once (UpdateTrackSettings)."""
+        if self.quality is None:
+            return
+        sids = [
+            sid
+            for sid, kind in self.sdp.kind_of.items()
+            if kind == "video" and sid not in self._quality_asked
+        ]
+        if sids:
+            self._quality_asked.update(sids)
+            settings = rtc.UpdateTrackSettings(
+                track_sids=sids, quality=models.VideoQuality.Name(self.quality)
+            )
+            await self._send(rtc.SignalRequest(track_setting=settings))
+
+    def _on_quality_update(self, update: rtc.SubscribedQualityUpdate) -> None:
+        """Publisher: stop sending the layers nobody wants (the SDKs' dynacast)."""
+        if self.simulcast is None or update.track_sid != self.published_sid:
+            return
+        qualities = list(update.subscribed_qualities)
+        codec = self.publish.codec if self.publish is not None else ""
+        for c in update.subscribed_codecs:  # per-codec form (LiveKit >= 1.5)
+            if c.codec.lower() == codec:
+                qualities = list(c.qualities)
+        self.simulcast.set_wanted({int(q.quality): q.enabled for q in qualities})
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         pc = (
@@ -413,6 +465,9 @@ class Tester:
     # -- publishing ---------------------------------------------------------------------------
 
     async def _publish(self, spec: PublishSpec) -> None:
+        if spec.layers is not None:
+            await self._publish_simulcast(spec, spec.layers)
+            return
         track = ReplayTrack(spec.frames, kind=spec.kind, fps=spec.fps)
         self.track = track
         video = spec.kind == "video"
@@ -464,6 +519,61 @@ class Tester:
         answer = await self._answer
         await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
 
+    async def _publish_simulcast(
+        self, spec: PublishSpec, layers: list[tuple[SimulcastLayer, list[EncodedFrame]]]
+    ) -> None:
+        """Announce the layers as the SDKs do (``layers`` lowest first, ``simulcast_codecs``),
+        offer them as Chrome does (``a=rid`` / ``a=simulcast``) and send them ourselves."""
+        rtphooks.install_simulcast_extensions()  # aiortc offers the rtp-stream-id extension
+        simulcast = SimulcastSender(layers, spec.fps)
+        self.simulcast = simulcast
+        cid = f"TR_loadtest_{self.name}"
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[models.TrackInfo] = loop.create_future()
+        self._pending_tracks[cid] = fut
+        req = rtc.AddTrackRequest(
+            cid=cid,
+            name="camera",
+            type=models.TrackType.VIDEO,
+            source=models.TrackSource.CAMERA,
+            width=spec.width,
+            height=spec.height,
+            simulcast_codecs=[rtc.SimulcastCodec(codec=spec.codec, cid=cid)],
+        )
+        for layer, _ in layers:
+            req.layers.append(
+                models.VideoLayer(
+                    quality=models.VideoQuality.Name(layer.quality),
+                    width=layer.spec.width,
+                    height=layer.spec.height,
+                    bitrate=layer.spec.bitrate,
+                )
+            )
+        await self._send(rtc.SignalRequest(add_track=req))
+        info = await fut
+        self.published_sid = info.sid
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.publisher_pc = pc
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        mime = f"video/{spec.codec}"
+        caps = RTCRtpSender.getCapabilities("video").codecs
+        chosen = [c for c in caps if c.mimeType.lower() == mime]
+        if spec.codec == "h264":
+            chosen = [c for c in chosen if "packetization-mode=1" in _fmtp(c)][:1] or chosen
+        transceiver.setCodecPreferences(chosen)  # no RTX: NACKed packets are resent as they were
+        sender = transceiver.sender
+        self.sender = sender
+        rtphooks.set_sender_msid(sender, f"PA_loadtest_{self.name}", cid)
+        simulcast.attach(sender)
+        self._answer = loop.create_future()
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = simulcast_offer(pc.localDescription.sdp, simulcast.rids)
+        await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp)))
+        answer = await self._answer
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        if simulcast.error:
+            raise JoinError(simulcast.error)
+
     def _count_rtcp(self, sender: RTCRtpSender) -> None:
         from aiortc.rtp import RtcpPsfbPacket, RtcpRtpfbPacket
 
@@ -471,9 +581,9 @@ class Tester:
 
         async def handle(packet: Any) -> None:
             if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == 1:  # NACK
-                self.nacks += len(packet.lost)
+                self._nacks += len(packet.lost)
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (1, 4):  # PLI, FIR
-                self.plis += 1
+                self._plis += 1
             await inner(packet)
 
         sender.__dict__["_handle_rtcp_packet"] = handle
@@ -503,6 +613,8 @@ class Tester:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.simulcast is not None:
+            await self.simulcast.stop()
         for pc in (self.publisher_pc, self.subscriber_pc):
             if pc is not None:
                 with contextlib.suppress(Exception):

@@ -58,6 +58,38 @@ RESOLUTIONS: dict[str, tuple[int, int, int]] = {
 }
 
 
+@dataclass(frozen=True)
+class SimulcastLayer:
+    """One simulcast layer as the LiveKit SDKs publish it: ``rid`` q/h/f, its
+    ``models.VideoQuality`` (LOW/MEDIUM/HIGH = 0/1/2) and what it is encoded as."""
+
+    rid: str
+    quality: int
+    spec: VideoSpec
+
+
+# the lower layers' bitrates by height: LiveKit's VideoPresets (h90 90k, h180 160k, h360 450k,
+# h540 800k; 40k below 90 lines); the full layer keeps its --video-resolution bitrate
+_LAYER_BITRATES = ((45, 40_000), (90, 90_000), (180, 160_000), (360, 450_000), (540, 800_000))
+
+
+def _even(n: float) -> int:
+    return max(2, int(n) // 2 * 2)  # yuv420p needs even sizes
+
+
+def simulcast_layers(codec: str, resolution: str) -> list[SimulcastLayer]:
+    """q, h, f at 1/4, 1/2 and full resolution (LiveKit's rids and order: lowest first)."""
+    width, height, bitrate = RESOLUTIONS[resolution]
+    out: list[SimulcastLayer] = []
+    for quality, (rid, scale) in enumerate((("q", 4), ("h", 2), ("f", 1))):
+        w, h = _even(width / scale), _even(height / scale)
+        rate = bitrate
+        if scale > 1:
+            rate = next((b for top, b in _LAYER_BITRATES if h <= top), bitrate)
+        out.append(SimulcastLayer(rid, quality, VideoSpec(codec, w, h, rate)))
+    return out
+
+
 def _noise(rng: random.Random, height: int, width: int, block: int = 8) -> bytes:
     """Noise in ``block`` x ``block`` squares, smoothed horizontally: detail an encoder can
     spend bits on without needing far more than its target bitrate."""

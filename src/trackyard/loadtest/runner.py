@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import math
 import resource
 import signal
@@ -29,6 +30,7 @@ from trackyard.core.auth import VideoGrants, create_token
 from trackyard.loadtest import media
 from trackyard.loadtest.client import JoinError, PublishSpec, Tester
 
+QUALITIES = {"low": 0, "medium": 1, "high": 2}  # models.VideoQuality
 AUTH_STATUSES = (401, 403)
 LEAVE_TIMEOUT = 10.0
 TABLE_ROWS = 24  # subscribers shown in the live table (worst first); publishers always
@@ -48,6 +50,7 @@ class Options:
     video_resolution: str = "medium"
     video_codec: str = "vp8"
     simulcast: bool = False
+    subscriber_quality: str = "high"  # low | medium | high: the simulcast layer subscribers ask for
     join_rate: float = 10.0
     join_timeout: float = 20.0
     as_json: bool = False
@@ -72,6 +75,7 @@ class Run:
     window_bytes_start: dict[str, int] = field(default_factory=dict)
     window_packets_start: dict[str, int] = field(default_factory=dict)
     window_unix: tuple[float, float] = (0.0, 0.0)
+    layer_bytes: dict[str, tuple[int, int]] = field(default_factory=dict)  # tester/rid -> window
 
 
 def _cpu() -> float:
@@ -107,9 +111,15 @@ def make_testers(opts: Options, video: Any, audio: Any) -> tuple[list[Tester], d
         expected[room] = opts.video_publishers + opts.audio_publishers
         for i in range(opts.video_publishers):
             name = f"{prefix}video-pub-{i}"
-            spec = PublishSpec(
-                "video", video, media.VIDEO_FPS, opts.video_codec, width, height, bitrate
-            )
+            if opts.simulcast:  # video: the layers, lowest first, with their loops
+                spec = PublishSpec(
+                    "video", None, media.VIDEO_FPS, opts.video_codec, width, height, bitrate
+                )
+                spec.layers = video
+            else:
+                spec = PublishSpec(
+                    "video", video, media.VIDEO_FPS, opts.video_codec, width, height, bitrate
+                )
             pubs.append(
                 Tester(name, opts.url, _token(opts, name, room, publish=True), room, publish=spec)
             )
@@ -119,21 +129,27 @@ def make_testers(opts: Options, video: Any, audio: Any) -> tuple[list[Tester], d
             pubs.append(
                 Tester(name, opts.url, _token(opts, name, room, publish=True), room, publish=spec)
             )
+        # ask for a layer only when it is not the default (the highest)
+        quality = QUALITIES[opts.subscriber_quality]
+        ask = quality if quality != QUALITIES["high"] else None
         for i in range(opts.subscribers):
             name = f"{prefix}sub-{i}"
-            subs.append(
-                Tester(
-                    name, opts.url, _token(opts, name, room, publish=False), room, subscribe=True
-                )
-            )
+            token = _token(opts, name, room, publish=False)
+            subs.append(Tester(name, opts.url, token, room, subscribe=True, quality=ask))
     return pubs + subs, expected
 
 
 def prepare_media(opts: Options) -> tuple[Any, Any]:
     """The pre-encoded loops (cached on disk after the first run)."""
     width, height, bitrate = media.RESOLUTIONS[opts.video_resolution]
-    video = audio = None
-    if opts.video_publishers:
+    video: Any = None
+    audio = None
+    if opts.video_publishers and opts.simulcast:
+        video = [
+            (layer, media.cached(layer.spec.key, functools.partial(media.encode_video, layer.spec)))
+            for layer in media.simulcast_layers(opts.video_codec, opts.video_resolution)
+        ]
+    elif opts.video_publishers:
         spec = media.VideoSpec(opts.video_codec, width, height, bitrate)
         video = media.cached(spec.key, lambda: media.encode_video(spec))
     if opts.audio_publishers:
@@ -169,8 +185,12 @@ async def execute(opts: Options, console: Console) -> Run:
             started_unix = time.time()
             run.window_bytes_start = {t.name: _bytes(t) for t in run.joined}
             run.window_packets_start = {t.name: t.received()[0] for t in run.joined}
+            layers_start = _layer_bytes(run)
             await _measure(run, console, stop)
             run.window_unix = (started_unix, time.time())
+            run.layer_bytes = {
+                k: (layers_start.get(k, 0), end) for k, end in _layer_bytes(run).items()
+            }
         run.window_end = time.monotonic()
         run.cpu_end = _cpu()
         await _sent_totals(run)
@@ -184,6 +204,16 @@ async def execute(opts: Options, console: Console) -> Run:
 
 def _bytes(t: Tester) -> int:
     return t.received()[1]
+
+
+def _layer_bytes(run: Run) -> dict[str, int]:
+    """Bytes sent so far per simulcast layer of each publisher (``tester/rid``)."""
+    return {
+        f"{t.name}/{s.layer.rid}": s.octets
+        for t in run.joined
+        if t.simulcast is not None
+        for s in t.simulcast.layers
+    }
 
 
 async def _join_all(run: Run, console: Console, stop: asyncio.Event) -> None:
@@ -263,7 +293,22 @@ async def _table(run: Run) -> Group:
     for t in pubs:
         packets, sent_bytes = await t.sent()
         rate = _rate(run, t.name, now, sent_bytes)
-        table.add_row(t.name, t.room, "1 sent", f"{packets}", _bps(rate), "-", f"{t.nacks} recv")
+        if t.simulcast is None:
+            tracks = "1 sent"
+        else:
+            tracks = f"{sum(s.active for s in t.simulcast.layers)}/{len(t.simulcast.layers)} layers"
+        table.add_row(t.name, t.room, tracks, f"{packets}", _bps(rate), "-", f"{t.nacks} recv")
+        for s in t.simulcast.layers if t.simulcast is not None else []:
+            spec = s.layer.spec
+            table.add_row(
+                f"  {s.layer.rid} {spec.width}x{spec.height}",
+                "",
+                "sending" if s.active else "paused",
+                f"{s.packets}",
+                _bps(_rate(run, f"{t.name}/{s.layer.rid}", now, s.octets)),
+                "-",
+                f"{s.keyframe_requests} PLI",
+            )
     rows = []
     for t in subs:
         packets, got_bytes, lost, rtx = t.received()
@@ -376,6 +421,8 @@ def summarize(run: Run) -> dict[str, Any]:
             "codec": opts.video_codec,
             "resolution": opts.video_resolution,
             "simulcast": opts.simulcast,
+            "subscriber_quality": opts.subscriber_quality,
+            "layers": _layers_summary(run, window),
         },
         "duration_s": round(window, 2),
         "stopped_early": run.stopped_early or None,
@@ -409,6 +456,37 @@ def summarize(run: Run) -> dict[str, Any]:
     }
 
 
+def _layers_summary(run: Run, window: float) -> list[dict[str, Any]]:
+    """Per simulcast layer, over all video publishers: what was sent, at what bitrate in the
+    window, how many publishers were still sending it at the end (dynacast may pause it)."""
+    pubs = [t.simulcast for t in run.joined if t.simulcast is not None]
+    if not pubs:
+        return []
+    out: list[dict[str, Any]] = []
+    for i, first in enumerate(pubs[0].layers):
+        rid = first.layer.rid
+        states = [p.layers[i] for p in pubs]
+        names = [t.name for t in run.joined if t.simulcast is not None]
+        window_bytes = sum(
+            end - start for start, end in (run.layer_bytes.get(f"{n}/{rid}", (0, 0)) for n in names)
+        )
+        out.append(
+            {
+                "rid": rid,
+                "width": first.layer.spec.width,
+                "height": first.layer.spec.height,
+                "target_bps": first.layer.spec.bitrate,
+                "packets_sent": sum(s.packets for s in states),
+                "bitrate_bps_per_publisher": round(window_bytes * 8 / window / len(pubs))
+                if window
+                else 0,
+                "sending_at_end": sum(s.active for s in states),
+                "keyframe_requests": sum(s.keyframe_requests for s in states),
+            }
+        )
+    return out
+
+
 def ok(summary: dict[str, Any]) -> bool:
     return (
         not summary["fatal"]
@@ -438,6 +516,13 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         f"{p['received']} received, {p['lost']} lost ({p['loss']:.3%}), "
         f"{p['retransmitted']} retransmitted; {p['nacks_to_publishers']} NACKed to publishers",
     )
+    for layer in summary["video"]["layers"]:
+        table.add_row(
+            f"layer {layer['rid']} {layer['width']}x{layer['height']}",
+            f"{_bps(layer['bitrate_bps_per_publisher'])} per publisher, "
+            f"{layer['packets_sent']} packets sent, {layer['keyframe_requests']} keyframe "
+            f"requests, sending at the end: {layer['sending_at_end']}",
+        )
     table.add_row("measured for", f"{summary['duration_s']} s")
     table.add_row(
         "tester CPU",
