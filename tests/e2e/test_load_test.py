@@ -8,6 +8,8 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
+
 from tests.support.trackyard import API_KEY, API_SECRET, TRACKYARD, TrackyardProcess
 
 VIDEO_KBPS = (400, 2500)  # the medium (640x360) loop: ~1.1 Mbps, pre-encoded at 800 kbps CBR
@@ -115,9 +117,11 @@ def test_nothing_listening_and_bad_options() -> None:
     assert error["reason"].startswith(f"cannot connect to ws://127.0.0.1:{dead.port}")
     assert error["count"] == 2  # the publisher, and the subscriber
 
-    out = _load_test(dead, "--api-key", API_KEY, "--api-secret", API_SECRET, "--simulcast")
+    out = _load_test(
+        dead, "--api-key", API_KEY, "--api-secret", API_SECRET, "--subscriber-quality", "best"
+    )
     assert out.returncode == 2
-    assert "--simulcast is not supported yet" in out.stderr
+    assert "--subscriber-quality must be one of low, medium, high" in out.stderr
     out = _load_test(dead, "--video-resolution", "huge")
     assert out.returncode == 2
     assert "--api-key and --api-secret" in out.stderr
@@ -178,3 +182,113 @@ async def test_ctrl_c_leaves_cleanly_and_reports(server: TrackyardProcess) -> No
 
 async def _is(value: Any, expected: int) -> bool:
     return bool(await value == expected)
+
+
+def _simulcast_args(room: str, *extra: str) -> list[str]:
+    return [
+        "--api-key",
+        API_KEY,
+        "--api-secret",
+        API_SECRET,
+        "--room",
+        room,
+        "--simulcast",
+        "--video-publishers",
+        "1",
+        "--subscribers",
+        "4",
+        "--duration",
+        "8",
+        "--json",
+        *extra,
+    ]
+
+
+def _check_clean(report: Any) -> None:
+    assert report["errors"] == [] and report["fatal"] is None
+    assert report["testers"]["joined"] == 5 and report["testers"]["failed"] == 0
+    assert report["tracks"] == {"expected": 4, "received": 4, "missing": []}
+    assert report["packets"]["lost"] == 0
+    assert 7.5 <= report["duration_s"] <= 10
+
+
+async def test_simulcast_run_sends_three_layers(server: TrackyardProcess) -> None:
+    """Subscribers at the default (highest) quality get the full layer; the server saw the
+    track announced as three layers (ListParticipants) and wants all of them."""
+    import asyncio
+
+    from livekit import api
+
+    from tests.support.cluster import eventually
+
+    proc = await asyncio.create_subprocess_exec(
+        TRACKYARD,
+        "load-test",
+        "--url",
+        server.ws_url,
+        *_simulcast_args("load-simulcast"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    try:
+        async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+
+            async def video_track() -> Any:
+                req = api.ListParticipantsRequest(room="load-simulcast")
+                for p in (await lk.room.list_participants(req)).participants:
+                    for t in p.tracks:
+                        if t.type == api.TrackType.VIDEO:
+                            return t
+                return None
+
+            track = await eventually(video_track, timeout=30, what="the simulcast track")
+        assert track.simulcast
+        announced = sorted((lay.quality, lay.width, lay.height) for lay in track.layers)
+        assert announced == [(0, 160, 90), (1, 320, 180), (2, 640, 360)]
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+        assert proc.returncode == 0, err.decode() + out.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 5)
+    report = json.loads(out)
+    _check_clean(report)
+    layers = {lay["rid"]: lay for lay in report["video"]["layers"]}
+    assert [(r, lay["width"], lay["height"]) for r, lay in layers.items()] == [
+        ("q", 160, 90),
+        ("h", 320, 180),
+        ("f", 640, 360),
+    ]
+    for lay in layers.values():  # somebody wants HIGH: the server keeps all layers on
+        assert lay["sending_at_end"] == 1 and lay["packets_sent"] > 8 * 25
+    full = layers["f"]["bitrate_bps_per_publisher"]
+    assert layers["q"]["bitrate_bps_per_publisher"] < layers["h"]["bitrate_bps_per_publisher"]
+    assert layers["h"]["bitrate_bps_per_publisher"] < full
+    per_sub = report["bitrate_bps"]["per_subscriber_mean"]
+    assert 0.85 * full < per_sub < 1.15 * full, (per_sub, full)
+
+
+@pytest.mark.parametrize(("quality", "rid"), [("low", "q"), ("medium", "h")])
+def test_simulcast_subscribers_get_the_layer_they_ask_for(
+    server: TrackyardProcess, quality: str, rid: str
+) -> None:
+    """Subscribers asking for a lower quality receive that layer's bitrate: the server did get
+    the three layers (with only the full one, it would forward that or nothing), and its
+    subscribed_quality_update paused the layers above (the publisher stopped sending them)."""
+    out = _load_test(
+        server, *_simulcast_args(f"load-simulcast-{quality}", "--subscriber-quality", quality)
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    report = json.loads(out.stdout)
+    _check_clean(report)
+    assert report["video"]["subscriber_quality"] == quality
+    layers = {lay["rid"]: lay for lay in report["video"]["layers"]}
+    wanted = layers[rid]["bitrate_bps_per_publisher"]
+    per_sub = report["bitrate_bps"]["per_subscriber_mean"]
+    # (the full layer alone would give ~1.1 Mbps, or nothing once paused)
+    assert 0.7 * wanted < per_sub < 1.3 * wanted, (per_sub, wanted)
+    order = ["q", "h", "f"]
+    for other, lay in layers.items():
+        expect_on = order.index(other) <= order.index(rid)
+        assert lay["sending_at_end"] == int(expect_on), (other, lay)
