@@ -21,6 +21,7 @@ from tests.support.ports import free_port
 CONFIG = """
 global
   maxconn 512
+  stats socket {admin} level admin
 defaults
   mode http
   timeout connect 1s
@@ -46,6 +47,7 @@ class HAProxy:
         if not Path(binary).exists():
             raise RuntimeError("haproxy is not installed: run scripts/bootstrap --test")
         self.binary = binary
+        self.backends = backends
         self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="trackyard-haproxy-")
         servers = "\n".join(
@@ -53,7 +55,8 @@ class HAProxy:
             for i, p in enumerate(backends)
         )
         self.config = Path(self._dir.name) / "haproxy.cfg"
-        self.config.write_text(CONFIG.format(port=self.port, servers=servers))
+        self.admin = Path(self._dir.name) / "admin.sock"
+        self.config.write_text(CONFIG.format(port=self.port, servers=servers, admin=self.admin))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +76,22 @@ class HAProxy:
                     return self
             time.sleep(0.05)
         raise TimeoutError("haproxy did not listen")
+
+    def states(self) -> list[str]:
+        """Each backend's health as HAProxy sees it (``UP``, ``DOWN``, ``UP 1/2``, ...), in
+        the order given."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(self.admin))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        header, *rows = data.decode().lstrip("# ").splitlines()
+        cols = header.split(",")
+        name, status = cols.index("svname"), cols.index("status")
+        found = {r.split(",")[name]: r.split(",")[status] for r in rows if r}
+        return [found[f"e{i}"] for i in range(len(self.backends))]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -23,19 +23,12 @@ from trackyard.signal.nodewatch import NodeWatch
 
 log = structlog.get_logger(__name__)
 
-# After the drain deadline closed the last sockets: how long their clean-up (telling the node)
-# may take before the edge exits anyway.
-CLOSE_GRACE = 2.0
-
 
 class ClientSocket(Protocol):
     """An open client signal socket, as the edge's drain sees it."""
 
     async def send_elsewhere(self) -> None:
-        """Ask the client to resume through another edge, keeping its session on the node."""
-
-    async def close_going_away(self) -> None:
-        """The drain deadline passed: close the socket (the SDKs resume on such a close)."""
+        """Have the client resume through another edge, keeping its session on the node."""
 
 
 @dataclass
@@ -123,9 +116,10 @@ class Edge:
         return len(self._sockets)
 
     async def drain(self, deadline: float) -> bool:
-        """Take no new sockets, ask every client to resume through another edge, and return
-        when their sockets are gone (True) or, at ``deadline`` seconds, once the remaining
-        ones are closed (False). Sessions stay on their nodes: the resume finds them."""
+        """Take no new sockets, send every client to resume through another edge, and return
+        when their sockets are gone (True) or at ``deadline`` seconds (False: what is left, a
+        close handshake or an upgrade still waiting for its node, ends with the process).
+        Sessions stay on their nodes: the resume finds them."""
         self.draining = True
         self.leaving = True
         open_sockets = [s for s in self._sockets.values() if s is not None]
@@ -136,19 +130,11 @@ class Edge:
             self._spawn(socket.send_elsewhere())
         try:
             await asyncio.wait_for(self._no_sockets.wait(), deadline)
-            log.info("drained: no client socket left", edge=self.edge_id)
-            return True
         except TimeoutError:
-            pass
-        left = [s for s in self._sockets.values() if s is not None]
-        log.warning(
-            "drain deadline: closing the remaining sockets", edge=self.edge_id, sockets=len(left)
-        )
-        for socket in left:
-            self._spawn(socket.close_going_away())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._no_sockets.wait(), CLOSE_GRACE)
-        return False
+            log.warning("drain deadline passed", edge=self.edge_id, sockets=len(self._sockets))
+            return False
+        log.info("drained: no client socket left", edge=self.edge_id)
+        return True
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)

@@ -14,8 +14,8 @@ import time
 
 import structlog
 from google.protobuf.message import DecodeError
-from livekit.protocol import models, rtc
 from livekit.protocol import room as room_pb
+from livekit.protocol import rtc
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
@@ -143,24 +143,16 @@ class _OpenSocket:
 
     async def send_elsewhere(self) -> None:
         """Detach the session on its node (it keeps the participant and buffers what it
-        would send, for the resume to replay), then ``leave{MIGRATION, RESUME}``: both SDKs
-        resume at once on it (browser: ``handleDisconnect`` without delay; Rust/Python:
-        ``retry_now``), open the new socket through the load balancer and close this one
-        themselves. Not closed here: the Rust SDK takes a socket closing while it already
-        reconnects as a failed resume and rejoins from scratch."""
-        self.slog.info("draining: asking the client to resume through another edge")
-        await self.tell_node_gone()
-        with contextlib.suppress(Exception):
-            await self.ws.send_bytes(
-                responses.leave(
-                    models.DisconnectReason.MIGRATION, rtc.LeaveRequest.RESUME
-                ).SerializeToString()
-            )
+        would send, for the resume to replay), then close the socket with 1001: both SDKs
+        resume on that (the browser SDK on any close but 1000, the Rust/Python SDK on any),
+        through the load balancer, on another edge.
 
-    async def close_going_away(self) -> None:
-        """The drain deadline: a client that ignored the leave gets a close; both SDKs resume on
-        a 1001 (the browser SDK ignores a 1000 on a connected socket)."""
-        await _close(self.ws, CloseReason.GOING_AWAY, "signal edge shut down; resume elsewhere")
+        Not ``leave{RESUME}`` (LiveKit's migration): the Rust SDK resumes on it too, but its
+        own closing of the old socket then counts as a second failure during the resume, and
+        it makes its *next* reconnect a full rejoin (seen with livekit 1.2.1)."""
+        self.slog.info("draining: sending the client to resume through another edge")
+        await self.tell_node_gone()
+        await _close(self.ws, CloseReason.GOING_AWAY, "signal edge draining; resume elsewhere")
 
     async def tell_node_gone(self) -> None:
         """``client_gone`` once: the node detaches the session (no leave)."""
