@@ -200,16 +200,22 @@ def _simulcast_args(room: str, *extra: str) -> list[str]:
         "--duration",
         "8",
         "--json",
+        "--decode-sample",
         *extra,
     ]
 
 
-def _check_clean(report: Any) -> None:
+def _check_clean(report: Any, size: tuple[int, int]) -> None:
+    """A clean simulcast run whose decoded sample track has the layer size ``size``."""
     assert report["errors"] == [] and report["fatal"] is None
     assert report["testers"]["joined"] == 5 and report["testers"]["failed"] == 0
     assert report["tracks"] == {"expected": 4, "received": 4, "missing": []}
     assert report["packets"]["lost"] == 0
     assert 7.5 <= report["duration_s"] <= 10
+    sample = report["decoded_sample"]
+    assert sample["tester"] == "sub-0" and sample["track"].startswith("TR_")
+    assert (sample["width"], sample["height"]) == size
+    assert sample["frames"] > 0.8 * 30 * 8  # 30 fps decoded for the whole run
 
 
 async def test_simulcast_run_sends_three_layers(server: TrackyardProcess) -> None:
@@ -253,7 +259,7 @@ async def test_simulcast_run_sends_three_layers(server: TrackyardProcess) -> Non
             proc.kill()
             await asyncio.wait_for(proc.wait(), 5)
     report = json.loads(out)
-    _check_clean(report)
+    _check_clean(report, (640, 360))
     layers = {lay["rid"]: lay for lay in report["video"]["layers"]}
     assert [(r, lay["width"], lay["height"]) for r, lay in layers.items()] == [
         ("q", 160, 90),
@@ -269,19 +275,22 @@ async def test_simulcast_run_sends_three_layers(server: TrackyardProcess) -> Non
     assert 0.85 * full < per_sub < 1.15 * full, (per_sub, full)
 
 
-@pytest.mark.parametrize(("quality", "rid"), [("low", "q"), ("medium", "h")])
+@pytest.mark.parametrize(
+    ("quality", "rid", "size"), [("low", "q", (160, 90)), ("medium", "h", (320, 180))]
+)
 def test_simulcast_subscribers_get_the_layer_they_ask_for(
-    server: TrackyardProcess, quality: str, rid: str
+    server: TrackyardProcess, quality: str, rid: str, size: tuple[int, int]
 ) -> None:
-    """Subscribers asking for a lower quality receive that layer's bitrate: the server did get
-    the three layers (with only the full one, it would forward that or nothing), and its
-    subscribed_quality_update paused the layers above (the publisher stopped sending them)."""
+    """Subscribers asking for a lower quality receive that layer (its bitrate, and its size in
+    the decoded sample): the server did get the three layers (with only the full one, it would
+    forward that or nothing), and its subscribed_quality_update paused the layers above (the
+    publisher stopped sending them)."""
     out = _load_test(
         server, *_simulcast_args(f"load-simulcast-{quality}", "--subscriber-quality", quality)
     )
     assert out.returncode == 0, out.stderr + out.stdout
     report = json.loads(out.stdout)
-    _check_clean(report)
+    _check_clean(report, size)
     assert report["video"]["subscriber_quality"] == quality
     layers = {lay["rid"]: lay for lay in report["video"]["layers"]}
     wanted = layers[rid]["bitrate_bps_per_publisher"]

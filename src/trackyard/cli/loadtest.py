@@ -41,6 +41,12 @@ def load_test_command(
     subscriber_quality: Annotated[
         str, typer.Option(help="the simulcast layer subscribers ask for: low, medium or high")
     ] = "high",
+    decode_sample: Annotated[
+        bool,
+        typer.Option(
+            help="the first subscriber also decodes one video track (PyAV) to prove the content"
+        ),
+    ] = False,
     join_rate: Annotated[float, typer.Option(min=0.1, max=1000, help="joins per second")] = 10.0,
     join_timeout: Annotated[float, typer.Option(min=1, max=120, help="seconds per join")] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON only")] = False,
@@ -83,6 +89,7 @@ def load_test_command(
         video_codec=video_codec.lower(),
         simulcast=simulcast,
         subscriber_quality=subscriber_quality.lower(),
+        decode_sample=decode_sample,
         join_rate=join_rate,
         join_timeout=join_timeout,
         as_json=as_json,

@@ -24,11 +24,13 @@ from typing import Any
 import httpx
 import websockets
 from aiortc import (
+    MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
@@ -155,6 +157,7 @@ class Tester:
         publish: PublishSpec | None = None,
         subscribe: bool = False,
         quality: int | None = None,
+        decode: bool = False,
     ) -> None:
         self.name = name
         self.url = url
@@ -166,6 +169,12 @@ class Tester:
         # default, the highest)
         self.quality = quality
         self._quality_asked: set[str] = set()
+        # subscriber: decode the first video track (aiortc's receiver, PyAV) to prove the content
+        self.decode = decode
+        self.decoded_track = ""
+        self.decoded_frames = 0
+        self.decoded_size: tuple[int, int] = (0, 0)  # of the last decoded frame
+        self._passthrough: set[int] = set()  # SSRCs whose packets aiortc also gets (decoding)
         self.ws: Any = None
         self.join: rtc.JoinResponse | None = None
         self.error = ""  # why this tester failed, if it did
@@ -371,8 +380,25 @@ class Tester:
                     elif pc.connectionState == "failed" and not self.error:
                         self.error = "subscriber connection failed"
 
+                if self.decode:
+
+                    @pc.on("track")
+                    def _track(track: MediaStreamTrack) -> None:
+                        if track.kind == "video" and not self.decoded_track:
+                            self.decoded_track = track.id
+                            self._tasks.append(
+                                asyncio.create_task(self._decode(track), name=f"{self.name}-dec")
+                            )
+
             pc = self.subscriber_pc
             self.sdp.parse(offer.sdp)
+            if self.decode:
+                sample = self.decoded_track or next(
+                    (sid for sid, kind in self.sdp.kind_of.items() if kind == "video"), ""
+                )
+                self._passthrough.update(
+                    ssrc for ssrc, sid in self.sdp.track_of.items() if sid and sid == sample
+                )
             await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
             await pc.setLocalDescription(await pc.createAnswer())
             self._hook_sockets(pc)
@@ -436,10 +462,20 @@ class Tester:
         except (ValueError, KeyError, TypeError):
             return  # a candidate aiortc cannot use (TCP, mDNS): skip it
 
+    async def _decode(self, track: MediaStreamTrack) -> None:
+        """Count the frames aiortc decodes from the sample track's packets."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.decoded_frames += 1
+                self.decoded_size = (int(frame.width), int(frame.height))  # type: ignore[union-attr]
+
     def _hook_sockets(self, pc: RTCPeerConnection) -> None:
-        """Count RTP off the sockets; everything else goes on to aiortc."""
+        """Count RTP off the sockets; everything else goes on to aiortc (and the RTP of a
+        decoded sample track too)."""
         streams = self.streams
         sdp = self.sdp
+        passthrough = self._passthrough
         monotonic = time.monotonic
         from_bytes = int.from_bytes
         for protocol in ice_protocols(pc):
@@ -457,6 +493,8 @@ class Tester:
                             sdp.track_of.get(ssrc, ""), ssrc in sdp.rtx
                         )
                     counter.add((data[2] << 8) | data[3], len(data), monotonic())
+                    if ssrc in passthrough:
+                        inner(data, addr)
                 else:
                     inner(data, addr)
 

@@ -50,6 +50,7 @@ class Options:
     video_resolution: str = "medium"
     video_codec: str = "vp8"
     simulcast: bool = False
+    decode_sample: bool = False  # the first subscriber decodes one video track
     subscriber_quality: str = "high"  # low | medium | high: the simulcast layer subscribers ask for
     join_rate: float = 10.0
     join_timeout: float = 20.0
@@ -135,7 +136,10 @@ def make_testers(opts: Options, video: Any, audio: Any) -> tuple[list[Tester], d
         for i in range(opts.subscribers):
             name = f"{prefix}sub-{i}"
             token = _token(opts, name, room, publish=False)
-            subs.append(Tester(name, opts.url, token, room, subscribe=True, quality=ask))
+            decode = opts.decode_sample and not subs and opts.video_publishers > 0
+            subs.append(
+                Tester(name, opts.url, token, room, subscribe=True, quality=ask, decode=decode)
+            )
     return pubs + subs, expected
 
 
@@ -405,6 +409,19 @@ def summarize(run: Run) -> dict[str, Any]:
         if len(t.tracks_received()) < run.expected_tracks.get(t.room, 0)
     ]
     first_packet = [d for t in joined_subs if (d := t.first_packet_delay()) is not None]
+    sample: dict[str, Any] | None = None
+    for t in subs:
+        if t.decode:
+            width, height = t.decoded_size
+            sample = {
+                "tester": t.name,
+                "track": t.decoded_track or None,
+                "frames": t.decoded_frames,
+                "width": width,
+                "height": height,
+            }
+            if t in run.joined and not t.decoded_frames and not run.stopped_early:
+                errors[f"{t.name} decoded no frame of its sample video track"] += 1
     cpu = run.cpu_end - run.cpu_start
     pubs = [t for t in run.joined if t.publish is not None]
     return {
@@ -427,6 +444,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "duration_s": round(window, 2),
         "stopped_early": run.stopped_early or None,
         "tracks": {"expected": expected, "received": received, "missing": missing},
+        "decoded_sample": sample,
         "join_latency_ms": _percentiles([t.join_latency for t in run.joined if t.join_latency]),
         "time_to_first_packet_ms": _percentiles(first_packet),
         "window_unix": {"start": run.window_unix[0], "end": run.window_unix[1]},
@@ -522,6 +540,13 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{_bps(layer['bitrate_bps_per_publisher'])} per publisher, "
             f"{layer['packets_sent']} packets sent, {layer['keyframe_requests']} keyframe "
             f"requests, sending at the end: {layer['sending_at_end']}",
+        )
+    sample = summary["decoded_sample"]
+    if sample is not None:
+        table.add_row(
+            "decoded sample",
+            f"{sample['tester']}: {sample['frames']} frames of {sample['track']}, "
+            f"{sample['width']}x{sample['height']}",
         )
     table.add_row("measured for", f"{summary['duration_s']} s")
     table.add_row(
