@@ -46,7 +46,7 @@ async def test_wanted_layers_are_reported(publisher: tuple[Participant, MemoryBu
     participant, _ = publisher
     info = models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO, mime_type="video/VP8")
     participant.tracks[info.sid] = info
-    participant._on_wanted_quality("TR_v", models.VideoQuality.MEDIUM)
+    participant.publisher.wanted_quality("TR_v", models.VideoQuality.MEDIUM)
     update = await _next_quality_update(participant)
     assert update.track_sid == "TR_v"
     enabled = {q.quality: q.enabled for q in update.subscribed_qualities}
@@ -56,7 +56,7 @@ async def test_wanted_layers_are_reported(publisher: tuple[Participant, MemoryBu
         models.VideoQuality.HIGH: False,
     }
     assert [c.codec for c in update.subscribed_codecs] == ["vp8"]
-    participant._on_wanted_quality("TR_v", None)  # nobody wants the video
+    participant.publisher.wanted_quality("TR_v", None)  # nobody wants the video
     update = await _next_quality_update(participant)
     assert not any(q.enabled for q in update.subscribed_qualities)
 
@@ -65,6 +65,6 @@ async def test_audio_gets_no_quality_update(publisher: tuple[Participant, Memory
     participant, _ = publisher
     audio = models.TrackInfo(sid="TR_a", type=models.TrackType.AUDIO, mime_type="audio/opus")
     participant.tracks[audio.sid] = audio
-    participant._on_wanted_quality("TR_a", models.VideoQuality.HIGH)
+    participant.publisher.wanted_quality("TR_a", models.VideoQuality.HIGH)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(_next_quality_update(participant), 0.5)

@@ -496,10 +496,6 @@ class Participant:
     def _data(self, raw: bytes, label: str) -> None:
         self._listener.data_received(self, raw, label)
 
-    def _on_wanted_quality(self, track_sid: str, quality: int | None) -> None:
-        # kept for tests/sfu/test_quality_update.py; the UpTrack calls the publisher directly
-        self.publisher.wanted_quality(track_sid, quality)
-
     # -- subscribing --------------------------------------------------------------------------
 
     async def subscribe(self, up: UpTrack, *, publisher_sid: str, track_sid: str) -> bool:
