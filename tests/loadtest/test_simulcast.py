@@ -179,3 +179,27 @@ async def test_dynacast_pauses_and_resumes_on_a_keyframe(publisher: tuple[Any, S
     assert _tick(sender, sent, 3) == {"q": [3], "f": [4]}  # resumed on its next keyframe
     assert sender.layers[2].packets == f_packets + 1
     assert not sender.layers[1].active
+
+
+async def test_an_answer_without_rid_fails_the_publish() -> None:
+    frames = [EncodedFrame(b"\x00" * 10, True)]
+    sender = sc.SimulcastSender([(simulcast_layers("vp8", "low")[0], frames)], fps=30)
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    rtp_sender = RTCRtpSender("video", dtls)
+    sender.attach(rtp_sender)
+    sender.sender_started(
+        rtphooks.SendParameters(
+            mid="0",
+            cname=None,
+            ssrc=1,
+            rtx_ssrc=0,
+            codecs=[rtphooks.CodecInfo(96, "video/vp8", 90000)],
+            header_extensions={sc.EXT_MID: 1},  # the server dropped rtp-stream-id
+        )
+    )
+    with pytest.raises(sc.SimulcastError, match="did not accept RID simulcast"):
+        await sender.started
+    assert sender.sent() == (0, 0)
+    await rtp_sender.stop()

@@ -36,7 +36,7 @@ from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
 
 from trackyard.loadtest.media import EncodedFrame, ReplayTrack, SimulcastLayer, ice_protocols
-from trackyard.loadtest.simulcast import SimulcastSender, simulcast_offer
+from trackyard.loadtest.simulcast import SimulcastError, SimulcastSender, simulcast_offer
 from trackyard.sfu import rtphooks
 
 PROTOCOL_VERSION = 15  # the v0 signalling generation the LiveKit SDKs of 2025 speak
@@ -609,8 +609,10 @@ class Tester:
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp)))
         answer = await self._answer
         await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-        if simulcast.error:
-            raise JoinError(simulcast.error)
+        try:
+            await simulcast.started
+        except SimulcastError as exc:
+            raise JoinError(str(exc)) from None
 
     def _count_rtcp(self, sender: RTCRtpSender) -> None:
         from aiortc.rtp import RtcpPsfbPacket, RtcpRtpfbPacket

@@ -145,7 +145,8 @@ class SimulcastSender:
         self.nacks = 0  # NACKed packets the server asked for
         self.plis = 0  # keyframe requests (PLI/FIR), all layers
         self.late = 0  # ticks so late the pacing was reset
-        self.error = ""
+        # aiortc starts the sender once DTLS is up: then the layers go out, or the error
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sender: RTCRtpSender | None = None
         self._ext = HeaderExtensionsMap()
         self._mid = ""
@@ -173,10 +174,13 @@ class SimulcastSender:
         assert sender is not None
         ext = params.header_extensions
         if EXT_RID not in ext or EXT_MID not in ext or not params.mid or not params.codecs:
-            self.error = (
-                "the server's answer did not accept RID simulcast "
-                f"(header extensions: {sorted(ext)}, mid: {params.mid!r})"
-            )
+            if not self.started.done():
+                self.started.set_exception(
+                    SimulcastError(
+                        "the server's answer did not accept RID simulcast "
+                        f"(header extensions: {sorted(ext)}, mid: {params.mid!r})"
+                    )
+                )
             return
         self._pt = params.codecs[0].payload_type
         self._mid = params.mid
@@ -201,6 +205,8 @@ class SimulcastSender:
         rtphooks.on_transport_state(transport, state)
         state()
         self._task = asyncio.create_task(self._run(), name="simulcast-sender")
+        if not self.started.done():
+            self.started.set_result(None)
 
     async def handle_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == _NACK:
