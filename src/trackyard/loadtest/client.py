@@ -438,7 +438,7 @@ class Tester:
         qualities = list(update.subscribed_qualities)
         codec = self.publish.codec if self.publish is not None else ""
         for c in update.subscribed_codecs:  # per-codec form (LiveKit >= 1.5)
-            if c.codec.lower() == codec:
+            if c.codec.lower().removeprefix("video/") == codec:
                 qualities = list(c.qualities)
         self.simulcast.set_wanted({int(q.quality): q.enabled for q in qualities})
 

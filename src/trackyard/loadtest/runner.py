@@ -322,10 +322,13 @@ async def _table(run: Run) -> Group:
     rows.sort(key=lambda r: (-r[0], r[1].name))
     for loss, t, packets, rate, lost, rtx in rows[:TABLE_ROWS]:
         expected = run.expected_tracks.get(t.room, 0)
+        tracks = f"{len(t.tracks_received())}/{expected}"
+        if t.decode:  # the decoded sample's size tells the layer it gets
+            tracks += f" {t.decoded_size[0]}x{t.decoded_size[1]}"
         table.add_row(
             t.name,
             t.room,
-            f"{len(t.tracks_received())}/{expected}",
+            tracks,
             f"{packets}",
             _bps(rate),
             f"{loss:.2%} ({lost})",
