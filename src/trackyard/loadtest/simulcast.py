@@ -195,8 +195,7 @@ class SimulcastSender:
         transport = sender.transport
         # RTCP feedback is routed to senders by SSRC: the layers' SSRCs come here too
         # (aiortc registers only the one SSRC it would send on itself)
-        for ssrc in self.by_ssrc:
-            transport._rtp_router.register_sender(sender, ssrc)
+        rtphooks.route_rtcp_ssrcs(sender, self.by_ssrc)
 
         def state() -> None:
             if transport.state == "connected":

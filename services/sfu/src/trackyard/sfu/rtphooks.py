@@ -45,7 +45,7 @@ import random
 import re
 import socket
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, Protocol
@@ -165,6 +165,7 @@ def _needs() -> list[_Need]:
             (RTCDtlsTransport, "__init__"), "_rtp_router", "uses", "RTCDtlsTransport._rtp_router"
         ),
         _Need(RTCDtlsTransport, "_handle_rtp_data", "attr", "RTCDtlsTransport._handle_rtp_data"),
+        _Need(RtpRouter, "register_sender", "attr", "RtpRouter.register_sender"),
         _Need(
             (RTCDtlsTransport, "_handle_rtp_data"),
             "route_rtp",
@@ -659,6 +660,13 @@ def udp_route(transport: RTCDtlsTransport) -> UdpRoute | None:
     return UdpRoute(
         transport._tx_srtp, sock.fileno(), int(sock.family), pair.remote_addr, udp.sendto
     )
+
+
+def route_rtcp_ssrcs(sender: RTCRtpSender, ssrcs: Iterable[int]) -> None:
+    """Route RTCP feedback (PLI, NACK, reports) about ``ssrcs`` to ``sender``: aiortc routes
+    only the one SSRC it sends on itself (a simulcast sender sends several)."""
+    for ssrc in ssrcs:
+        sender.transport._rtp_router.register_sender(sender, ssrc)
 
 
 def on_transport_state(transport: RTCDtlsTransport, callback: Callable[[], None]) -> None:
