@@ -6,14 +6,21 @@ through HAProxy, which takes them to the other edge (the draining one refuses up
 503, retried elsewhere, and fails ``/readyz``). Verdict: same participant and track SIDs,
 nobody saw anyone leave, decoded media never stopped for longer than ``DRAIN_GAP`` in either
 direction, and the drained edge exited 0 on its own, before its deadline (its sockets were
-gone), without an error in any log.
+gone), without an error in any log. An upgrade still waiting (for a frozen router) holds
+the drain until the deadline (then exit 0); a second signal ends the drain at once (exit 1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
 import signal
+import socket
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from livekit import rtc
@@ -21,11 +28,12 @@ from livekit import rtc
 from tests.support.chaos import Peer, all_see_media, bad_log_lines, video_peer
 from tests.support.cluster import Cluster, cluster_fixture, eventually, participant_identities
 from tests.support.haproxy import HAProxy
-from tests.support.sdk import EventWaiter
+from tests.support.sdk import EventWaiter, token
+from tests.support.trackyard import TrackyardProcess
 
 pytestmark = pytest.mark.sdk
 
-DRAIN_DEADLINE = 8.0  # signal.drain_deadline here; the clients leave long before it
+DRAIN_DEADLINE = 2.0  # signal.drain_deadline here; SDK clients are gone long before it
 DRAIN_GAP = 1.5  # seconds without a decoded frame, either direction, across the drain
 FRAMES = 5
 
@@ -66,7 +74,7 @@ async def _drain_and_check(
     edge.signal(signal.SIGTERM)
     exited = asyncio.create_task(exit_code())
     for waiter in reconnected:
-        await waiter.wait(timeout=DRAIN_DEADLINE)
+        await waiter.wait(timeout=10)  # the SDK's resume takes ~3 s (its PC checks)
     resumed_at = time.monotonic()  # the SDKs' "reconnected": after their PC checks
     code, exited_at = await asyncio.wait_for(exited, DRAIN_DEADLINE + 10)
     back = await all_see_media(peers, resumed_at, count=FRAMES, timeout=5)
@@ -107,5 +115,83 @@ async def test_sigterm_edge_clients_resume_elsewhere_without_media_gap(cluster: 
             e0.start()
             await eventually(lambda: lb.states()[0] == "UP", timeout=5, what="e0 back in HAProxy")
             await _drain_and_check(cluster, lb, [a, b], 1, room)
+    e1.start()
     bad = bad_log_lines(cluster.logs(full=True))
     assert not bad, "\n".join(bad)
+
+
+@contextlib.asynccontextmanager
+async def _upgrade_waiting(cluster: Cluster, port: int, identity: str) -> AsyncIterator[None]:
+    """A client's upgrade the edge holds open: it waits for the router, which is frozen
+    (SIGSTOP; the edge's router calls time out after 3 s). The router thaws on exit."""
+    router = cluster.routers[0]
+    assert router.proc is not None
+    key = base64.b64encode(os.urandom(16)).decode()
+    router.proc.send_signal(signal.SIGSTOP)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"GET /rtc?access_token={token(identity, 'edge-drain-held')} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            await eventually(
+                lambda: _unread_bytes_at(router.ready_port),
+                timeout=5,
+                what="the edge's placement call to reach the frozen router",
+            )
+            yield
+    finally:
+        router.proc.send_signal(signal.SIGCONT)
+
+
+def _unread_bytes_at(port: int) -> bool:
+    """Some TCP connection to ``port`` on this host has data its owner did not read
+    (``/proc/net/tcp``): the edge's request reached the frozen router."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        rx_queue = int(fields[4].split(":")[1], 16)
+        if local_port == port and fields[3] == "01" and rx_queue > 0:
+            return True
+    return False
+
+
+async def _exit(proc: TrackyardProcess, timeout: float) -> tuple[int, float]:
+    code = await asyncio.wait_for(asyncio.to_thread(proc.wait, timeout), timeout + 1)
+    return code, time.monotonic()
+
+
+async def _draining(edge: TrackyardProcess) -> None:
+    await eventually(
+        lambda: "draining: sending clients elsewhere" in edge.logs(),
+        timeout=5,
+        what="the drain to start",
+    )
+
+
+async def test_socket_still_opening_holds_the_edge_until_the_deadline(cluster: Cluster) -> None:
+    edge = cluster.edges[0]
+    async with _upgrade_waiting(cluster, edge.port, "held"):
+        drained_at = time.monotonic()
+        edge.signal(signal.SIGTERM)
+        await _draining(edge)
+        code, exited_at = await _exit(edge, DRAIN_DEADLINE + 10)
+    assert code == 0, edge.logs()
+    assert exited_at - drained_at >= DRAIN_DEADLINE
+    assert "drain deadline passed" in edge.logs()
+    edge.start()
+
+
+async def test_second_signal_ends_the_drain_at_once(cluster: Cluster) -> None:
+    edge = cluster.edges[0]
+    async with _upgrade_waiting(cluster, edge.port, "held2"):
+        edge.signal(signal.SIGTERM)
+        await _draining(edge)
+        forced_at = time.monotonic()
+        edge.signal(signal.SIGTERM)
+        code, exited_at = await _exit(edge, DRAIN_DEADLINE + 10)
+    assert code == 1, edge.logs()
+    print(f"second signal: edge exited after {exited_at - forced_at:.2f}s")
+    assert exited_at - forced_at < DRAIN_DEADLINE
+    edge.start()

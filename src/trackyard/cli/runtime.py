@@ -161,9 +161,13 @@ class Servers:
     async def _first(self) -> None:
         await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
 
-    def request_stop(self) -> None:
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop serving; ``force``: without waiting for open connections and requests still
+        being handled (uvicorn's second Ctrl-C)."""
         for server, _ in self._servers:
             server.should_exit = True
+            if force:
+                server.force_exit = True
 
     async def stop(self, timeout: float = 5.0) -> None:
         self.request_stop()

@@ -137,7 +137,8 @@ async def run_signal(config: Config) -> int:
     )
     waits = [asyncio.create_task(idle.wait()), asyncio.create_task(forced.wait())]
     await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
-    servers.request_stop()
+    # forced: an upgrade still waiting for its node or router does not hold the exit
+    servers.request_stop(force=forced.is_set())
     await edge.stop()
     await _finish(servers, serving, waits)
     await edge.rpc.close()
