@@ -33,7 +33,7 @@ from tests.support.trackyard import TrackyardProcess
 
 pytestmark = pytest.mark.sdk
 
-DRAIN_DEADLINE = 2.0  # signal.drain_deadline here; SDK clients are gone long before it
+DRAIN_DEADLINE = 1.5  # signal.drain_deadline here; SDK clients are gone long before it
 DRAIN_GAP = 1.5  # seconds without a decoded frame, either direction, across the drain
 FRAMES = 5
 
@@ -177,8 +177,10 @@ async def test_socket_still_opening_holds_the_edge_until_the_deadline(cluster: C
         edge.signal(signal.SIGTERM)
         await _draining(edge)
         code, exited_at = await _exit(edge, DRAIN_DEADLINE + 10)
+    print(f"held upgrade: edge exited {exited_at - drained_at:.2f}s after SIGTERM")
     assert code == 0, edge.logs()
-    assert exited_at - drained_at >= DRAIN_DEADLINE
+    # at the deadline, not when the held upgrade gives up (router timeout 3 s)
+    assert DRAIN_DEADLINE <= exited_at - drained_at < DRAIN_DEADLINE + 1.0
     assert "drain deadline passed" in edge.logs()
     edge.start()
 

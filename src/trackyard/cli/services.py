@@ -117,9 +117,11 @@ async def run_signal(config: Config) -> int:
     servers.add_metrics(config)
     forced = asyncio.Event()
     idle = asyncio.Event()
+    late = False  # the drain reached its deadline
 
     async def drain() -> None:
-        await edge.drain(config.signal.drain_deadline)
+        nonlocal late
+        late = not await edge.drain(config.signal.drain_deadline)
         idle.set()
 
     tasks: set[asyncio.Task[None]] = set()
@@ -137,8 +139,9 @@ async def run_signal(config: Config) -> int:
     )
     waits = [asyncio.create_task(idle.wait()), asyncio.create_task(forced.wait())]
     await asyncio.wait([*waits, serving], return_when=asyncio.FIRST_COMPLETED)
-    # forced: an upgrade still waiting for its node or router does not hold the exit
-    servers.request_stop(force=forced.is_set())
+    # forced or past the deadline: an upgrade still waiting for its node or router does not
+    # hold the exit
+    servers.request_stop(force=forced.is_set() or late)
     await edge.stop()
     await _finish(servers, serving, waits)
     await edge.rpc.close()
