@@ -57,6 +57,9 @@ def test_draining_edge_refuses_new_sockets(client: TestClient, edge: Edge) -> No
             pass
         assert denied.value.status_code == 503  # Code.UNAVAILABLE, what HAProxy retries on
         assert "draining" in denied.value.text
+    # and /rtc/validate says so, as the SDKs ask it why an upgrade failed
+    resp = client.get("/rtc/validate", params={"access_token": JOIN.split("=", 1)[1]})
+    assert resp.status_code == 503 and "draining" in resp.text
     assert fake_node(edge).received == []  # never reached the node
     assert edge.sockets == 0
 

@@ -91,11 +91,15 @@ class Edge:
 
     # -- client sockets and the drain ------------------------------------------------------
 
-    def admit(self, session_id: str) -> None:
-        """A client opens ``/rtc``; refused while the edge drains, so that a load balancer
-        (which retries a 503 elsewhere, or has seen ``/readyz`` fail) takes it elsewhere."""
+    def check_open(self) -> None:
+        """Refuse (503) while the edge drains, so that a load balancer (which retries a 503
+        elsewhere, or has seen ``/readyz`` fail) takes the client elsewhere."""
         if self.leaving:
             raise Refusal(Code.UNAVAILABLE, "signal edge is draining; connect again")
+
+    def admit(self, session_id: str) -> None:
+        """A client opens ``/rtc`` (see :meth:`check_open`)."""
+        self.check_open()
         self._sockets[session_id] = None
         self._no_sockets.clear()
 

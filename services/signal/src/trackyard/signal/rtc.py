@@ -81,6 +81,7 @@ async def validate(request: Request) -> Response:
     """``GET /rtc/validate``: why would a connect with these credentials fail?"""
     edge: Edge = request.app.state.edge
     try:
+        edge.check_open()
         claims, room = await _authorize(edge, request)
         placement = await edge.router.place(room, create=False)
         if placement is None and not edge.config.room.auto_create:
