@@ -56,7 +56,9 @@ class Edge:
         # (An all-in-one server draining its node only sets ``draining``: its edge keeps
         # taking the sockets of the rooms the node still hosts.)
         self.leaving = False
-        # session id -> its open socket; None while the upgrade waits for the node
+        # session id -> its open socket; None for one the drain waits for but does not send
+        # away itself: an upgrade still waiting for its node, an agent worker (the hub sends
+        # those away one at a time)
         self._sockets: dict[str, ClientSocket | None] = {}
         self._no_sockets = asyncio.Event()
         self._no_sockets.set()

@@ -162,10 +162,24 @@ class AgentHub:
         except Refusal as exc:
             await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
             return
+        # The edge's drain waits for this socket too; the hub sends it away at its own pace
+        # (one worker every DRAIN_INTERVAL_SECONDS, in _refresh).
+        hold = f"agent-worker-{id(ws)}"
+        try:
+            self.edge.admit(hold)
+        except Refusal as exc:
+            await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
+            return
+        try:
+            await self._serve_worker(ws, claims.api_key)
+        finally:
+            self.edge.release(hold)
+
+    async def _serve_worker(self, ws: WebSocket, api_key: str) -> None:
         self.start()
         await ws.accept()
         try:
-            worker = await self._handshake(ws, claims.api_key)
+            worker = await self._handshake(ws, api_key)
         except WorkerGone:
             worker = None
         if worker is None:
