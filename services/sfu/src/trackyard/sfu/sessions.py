@@ -38,6 +38,7 @@ class SessionReaper:
         self._node = node
         self._generation = generation
         self._edge_missing: dict[str, float] = {}  # edge id -> when first seen missing
+        self._edge_gone: set[str] = set()  # edges judged dead: their participants detached
         self._pending: dict[str, asyncio.Task[None]] = {}  # participant sid -> removal
 
     @property
@@ -55,9 +56,14 @@ class SessionReaper:
         for edge_id in list(self._edge_missing):
             if edge_id not in by_edge:
                 del self._edge_missing[edge_id]
+        self._edge_gone &= by_edge.keys()
         if self._generation.settling():
             self._edge_missing.clear()  # the store may have forgotten live edges
             return
+        # A registration can lapse without the edge dying (a stalled store outlives its TTL
+        # before the edge's next write lands): judge an edge gone only when it stayed
+        # missing for node.dead_after on this node's own clock, as nodes are judged.
+        grace = self._node.config.node.dead_after
         for edge_id, participants in by_edge.items():
             try:
                 alive = await self._node.store.edge_alive(edge_id)
@@ -69,9 +75,12 @@ class SessionReaper:
             if alive:
                 self._edge_missing.pop(edge_id, None)
                 continue
-            if edge_id in self._edge_missing:
+            if edge_id in self._edge_gone:
                 continue
-            self._edge_missing[edge_id] = time.monotonic()
+            since = self._edge_missing.setdefault(edge_id, time.monotonic())
+            if time.monotonic() - since < grace:
+                continue
+            self._edge_gone.add(edge_id)
             log.warning("signal edge is gone", edge=edge_id, participants=len(participants))
             for p in participants:
                 p.detach()  # buffers what it would have been sent, for a resume elsewhere
