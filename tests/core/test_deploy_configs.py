@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from trackyard.cli.workers import worker_config
 from trackyard.core.config import Config
 from trackyard.router.selector import build_selector
 
@@ -104,11 +105,15 @@ def test_compose_host_network_processes_do_not_collide() -> None:
             continue
         assert svc["command"] == ["sfu"], name
         assert svc["environment"].get("NODE_IP"), f"{name}: advertise the host's address"
-        ports += [cfg.node.api_port, cfg.prometheus.port]
-        ranges.append((cfg.rtc.port_range_start, cfg.rtc.port_range_end))
+        workers = cfg.node.workers or 1  # `trackyard sfu --workers K`: K nodes, K slices
+        for worker in (worker_config(cfg, i, workers) for i in range(workers)):
+            ports += [worker.node.api_port, worker.prometheus.port]
+            ranges.append((worker.rtc.port_range_start, worker.rtc.port_range_end))
         # the container gets its SIGKILL only after the drain deadline moved everyone
         assert _duration(svc["stop_grace_period"]) > cfg.node.drain_deadline, name
     assert len(ports) == len(set(ports)), ports
+    sfus = sum(1 for svc, _ in _trackyard_services().values() if svc["command"] == ["sfu"])
+    assert len(ranges) > sfus  # one of them runs `--workers`: more nodes than SFU services
     ranges.sort()
     assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges)), ranges
 
