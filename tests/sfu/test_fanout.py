@@ -46,15 +46,24 @@ class Route:
         self.sock.sendto(data, addr)
 
 
-@pytest.fixture
-def udp() -> Iterator[tuple[socket.socket, socket.socket]]:
+def udp_pair(timeout: float | None = None) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A sending socket and a bound receiving one (big buffer; ``timeout`` None: non-blocking)."""
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
-    rx.settimeout(2.0)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if timeout is None:
+        rx.setblocking(False)
+    else:
+        rx.settimeout(timeout)
     yield tx, rx
     tx.close()
     rx.close()
+
+
+@pytest.fixture
+def udp() -> Iterator[tuple[socket.socket, socket.socket]]:
+    yield from udp_pair(2.0)
 
 
 # (mid element, abs-send-time element id, audio level element id) as ExtensionWriter makes them

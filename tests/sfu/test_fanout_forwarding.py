@@ -13,12 +13,12 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiortc.rtp import RtcpRtpfbPacket, RtpPacket
 
+from tests.sfu.test_fanout import Route, udp_pair
 from tests.sfu.test_simulcast import (  # noqa: F401  (fixtures used by name)
     _setup,
     capture_nowait,
@@ -30,36 +30,9 @@ from trackyard.sfu.native import build
 from trackyard.sfu.uptrack import QUALITY_HIGH, QUALITY_LOW
 
 
-@dataclass(frozen=True)
-class ClearRoute:
-    """A plain UDP route without SRTP (the fan-out's ``Route``)."""
-
-    sock: socket.socket
-    addr: tuple[str, int]
-    srtp: None = None
-
-    @property
-    def fd(self) -> int:
-        return self.sock.fileno()
-
-    @property
-    def family(self) -> int:
-        return int(self.sock.family)
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sock.sendto(data, addr)
-
-
 @pytest.fixture
 def udp() -> Iterator[tuple[socket.socket, socket.socket]]:
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("127.0.0.1", 0))
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    rx.setblocking(False)
-    yield tx, rx
-    tx.close()
-    rx.close()
+    yield from udp_pair()
 
 
 def drain(rx: socket.socket, into: list[bytes]) -> None:
@@ -87,7 +60,7 @@ async def test_native_and_python_paths_send_the_same_packets(
     tx, rx = udp
     monkeypatch.setattr(random, "randrange", lambda *a: 4242)  # same munger seeds for both
     _, pub, (py_dt, c_dt), (py_out, c_rtcp), _ = await _setup([QUALITY_HIGH, QUALITY_HIGH], [])
-    route: Any = ClearRoute(tx, rx.getsockname())
+    route = Route(None, tx, rx.getsockname())  # plain UDP, no SRTP
     monkeypatch.setattr("trackyard.sfu.rtphooks.udp_route", lambda transport: route)
     c_dt._update_route()  # what a DTLS state change to "connected" does
     assert c_dt._copy is not None and py_dt._copy is None
