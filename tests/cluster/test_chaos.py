@@ -23,12 +23,11 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 import websockets
-from livekit import rtc
 
 from tests.support.chaos import all_see_media, bad_log_lines, video_peer
 from tests.support.cluster import Cluster, cluster_fixture, eventually, participant_identities
 from tests.support.haproxy import HAProxy
-from tests.support.sdk import EventWaiter, connected, token
+from tests.support.sdk import EventWaiter, connected, sids, token
 
 pytestmark = pytest.mark.sdk
 
@@ -139,7 +138,7 @@ async def test_kill_edge_behind_haproxy_resumes_without_media_gap(cluster: Clust
     with HAProxy([e0.port, e1.port]) as lb:
         async with video_peer(lb.ws_url, "a", room) as a, video_peer(lb.ws_url, "b", room) as b:
             await all_see_media([a, b], 0.0, count=FRAMES, timeout=15)
-            sids = {p.identity: _sids(p.room) for p in (a, b)}
+            sids = {p.identity: sids(p.room) for p in (a, b)}
             left = [EventWaiter(p.room, "participant_disconnected") for p in (a, b)]
             reconnected = [EventWaiter(p.room, "reconnected") for p in (a, b)]
             killed_at = time.monotonic()
@@ -159,7 +158,7 @@ async def test_kill_edge_behind_haproxy_resumes_without_media_gap(cluster: Clust
                 (p.identity, p.sid, p.disconnect_reason) for w in left for (p,) in w.calls
             ]
             assert not seen_leaving, f"someone saw a resuming participant leave: {seen_leaving}"
-            after = {p.identity: _sids(p.room) for p in (a, b)}
+            after = {p.identity: sids(p.room) for p in (a, b)}
             assert after == sids, (after, sids)
             assert await participant_identities(e1, room) == ["a", "b"]
             await eventually(
@@ -174,16 +173,6 @@ async def test_kill_edge_behind_haproxy_resumes_without_media_gap(cluster: Clust
 
 
 RESUME_GAP = 3.0  # seconds without a decoded frame across an edge's kill -9 and the resume
-
-
-def _sids(room: rtc.Room) -> tuple[str, frozenset[str], dict[str, str]]:
-    """The client's own SID, its tracks' SIDs, and the SIDs it knows the others by."""
-    local = room.local_participant
-    return (
-        local.sid,
-        frozenset(local.track_publications),
-        {p.identity: p.sid for p in room.remote_participants.values()},
-    )
 
 
 SLOW_NODE = 1.5  # a node frozen this long (< dead_after 2 s) is slow, not dead

@@ -23,12 +23,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from livekit import rtc
 
 from tests.support.chaos import Peer, all_see_media, bad_log_lines, video_peer
 from tests.support.cluster import Cluster, cluster_fixture, eventually, participant_identities
 from tests.support.haproxy import HAProxy
-from tests.support.sdk import EventWaiter, token
+from tests.support.sdk import EventWaiter, sids, token
 from tests.support.trackyard import TrackyardProcess
 
 pytestmark = pytest.mark.sdk
@@ -45,16 +44,6 @@ cluster = cluster_fixture(
 )
 
 
-def _sids(room: rtc.Room) -> tuple[str, frozenset[str], dict[str, str]]:
-    """The client's own SID, its tracks' SIDs, and the SIDs it knows the others by."""
-    local = room.local_participant
-    return (
-        local.sid,
-        frozenset(local.track_publications),
-        {p.identity: p.sid for p in room.remote_participants.values()},
-    )
-
-
 async def _drain_and_check(
     cluster: Cluster, lb: HAProxy, peers: list[Peer], victim: int, room: str
 ) -> None:
@@ -62,7 +51,7 @@ async def _drain_and_check(
     edge, other = cluster.edges[victim], cluster.edges[1 - victim]
     a, b = peers
     resumed_before = other.logs().count("session resumed")
-    sids = {p.identity: _sids(p.room) for p in peers}
+    sids = {p.identity: sids(p.room) for p in peers}
     left = [EventWaiter(p.room, "participant_disconnected") for p in peers]
     reconnected = [EventWaiter(p.room, "reconnected") for p in peers]
 
@@ -93,7 +82,7 @@ async def _drain_and_check(
         assert gap < DRAIN_GAP, f"{p.identity} lost {q.identity}'s media for {gap:.2f}s"
     seen_leaving = [(p.identity, p.sid, p.disconnect_reason) for w in left for (p,) in w.calls]
     assert not seen_leaving, f"someone saw a resuming participant leave: {seen_leaving}"
-    assert {p.identity: _sids(p.room) for p in peers} == sids  # resumed, not rejoined
+    assert {p.identity: sids(p.room) for p in peers} == sids  # resumed, not rejoined
     assert await participant_identities(other, room) == ["a", "b"]
     assert lb.alive()
     for proc in cluster.all_processes():

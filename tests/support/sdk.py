@@ -95,3 +95,13 @@ async def perform_rpc(lk: api.LiveKitAPI, req: api.PerformRpcRequest) -> api.Per
         service._auth_header(api.VideoGrants(room_admin=True, room=req.room)),
         api.PerformRpcResponse,
     )
+
+
+def sids(room: rtc.Room) -> tuple[str, frozenset[str], dict[str, str]]:
+    """The client's own SID, its tracks' SIDs, and the SIDs it knows the others by."""
+    local = room.local_participant
+    return (
+        local.sid,
+        frozenset(local.track_publications),
+        {p.identity: p.sid for p in room.remote_participants.values()},
+    )
