@@ -138,7 +138,7 @@ async def test_kill_edge_behind_haproxy_resumes_without_media_gap(cluster: Clust
     with HAProxy([e0.port, e1.port]) as lb:
         async with video_peer(lb.ws_url, "a", room) as a, video_peer(lb.ws_url, "b", room) as b:
             await all_see_media([a, b], 0.0, count=FRAMES, timeout=15)
-            sids = {p.identity: sids(p.room) for p in (a, b)}
+            before = {p.identity: sids(p.room) for p in (a, b)}
             left = [EventWaiter(p.room, "participant_disconnected") for p in (a, b)]
             reconnected = [EventWaiter(p.room, "reconnected") for p in (a, b)]
             killed_at = time.monotonic()
@@ -159,7 +159,7 @@ async def test_kill_edge_behind_haproxy_resumes_without_media_gap(cluster: Clust
             ]
             assert not seen_leaving, f"someone saw a resuming participant leave: {seen_leaving}"
             after = {p.identity: sids(p.room) for p in (a, b)}
-            assert after == sids, (after, sids)
+            assert after == before, (after, before)
             assert await participant_identities(e1, room) == ["a", "b"]
             await eventually(
                 lambda: _stored_identities(cluster, room) == ["a", "b"],

@@ -51,7 +51,7 @@ async def _drain_and_check(
     edge, other = cluster.edges[victim], cluster.edges[1 - victim]
     a, b = peers
     resumed_before = other.logs().count("session resumed")
-    sids = {p.identity: sids(p.room) for p in peers}
+    before = {p.identity: sids(p.room) for p in peers}
     left = [EventWaiter(p.room, "participant_disconnected") for p in peers]
     reconnected = [EventWaiter(p.room, "reconnected") for p in peers]
 
@@ -82,7 +82,7 @@ async def _drain_and_check(
         assert gap < DRAIN_GAP, f"{p.identity} lost {q.identity}'s media for {gap:.2f}s"
     seen_leaving = [(p.identity, p.sid, p.disconnect_reason) for w in left for (p,) in w.calls]
     assert not seen_leaving, f"someone saw a resuming participant leave: {seen_leaving}"
-    assert {p.identity: sids(p.room) for p in peers} == sids  # resumed, not rejoined
+    assert {p.identity: sids(p.room) for p in peers} == before  # resumed, not rejoined
     assert await participant_identities(other, room) == ["a", "b"]
     assert lb.alive()
     for proc in cluster.all_processes():
