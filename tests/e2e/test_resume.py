@@ -22,9 +22,18 @@ from tests.support.trackyard import TrackyardProcess
 pytestmark = pytest.mark.sdk
 
 MOVER_ADDR = "127.0.0.2"  # the mover reaches the edge here; only this address is cut
+# ping_timeout must outlast the SDK's resume, not just detect the cut: while the Rust SDK
+# (livekit 1.2.1) resumes it sends no pings (queued until its peer connections are connected
+# again, plus a 1 s settle) and the server has nothing to send after the publisher answer, so
+# both the SDK's own ping timer and the edge's run on the *new* socket meanwhile. That resume
+# takes ~3 s here from the publisher answer to the SDK's first ping (the 1 s settle, and ~2 s
+# until its publisher connection counts as connected again: presumably the ICE restart it
+# offers, which aiortc answers without restarting). With ping_timeout 3 the new socket died
+# first 1 run in 6-8 ("signal connection severed during resume", then a full rejoin with new
+# SIDs, whose old remote track then never got frames again).
 CONFIG = {
     "bind_addresses": ["127.0.0.1", MOVER_ADDR],
-    "signal": {"ping_interval": 1, "ping_timeout": 3},
+    "signal": {"ping_interval": 1, "ping_timeout": 8},
     "node": {"reconnect_window": 20},
     "logging": {"level": "debug"},
 }
@@ -119,13 +128,15 @@ async def test_signal_cut_by_network_resumes(server: TrackyardProcess, room_name
                 cut = time.monotonic()
                 with tcp_blocked(MOVER_ADDR, server.port):
                     await reconnecting.wait(timeout=20)
+                away = time.monotonic()
                 await reconnected.wait(timeout=30)
                 back = time.monotonic()
                 await recv.frames_after(back, 30)
                 await sent.frames_after(back, 30)
                 gap_recv, gap_sent = recv.max_gap(cut), sent.max_gap(cut)
                 print(
-                    f"resume: signal outage {back - cut:.2f}s, media gap received "
+                    f"resume: signal outage {back - cut:.2f}s (resume {back - away:.2f}s), "
+                    f"media gap received "
                     f"{gap_recv:.3f}s, sent {gap_sent:.3f}s"
                 )
                 assert mover.local_participant.sid == sid
