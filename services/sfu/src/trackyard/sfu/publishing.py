@@ -206,6 +206,7 @@ class Publisher:
                 counters=self._counters,
                 on_wanted_quality=functools.partial(self.wanted_quality, info.sid),
                 audio_level=AudioLevel(self._audio) if section.kind == "audio" else None,
+                logger=self.log,  # room and participant context in the media plane's logs
             )
             up.attach(transceiver, mid=section.mid, rids=section.rids)
             self._quality_held[info.sid] = []

@@ -110,6 +110,7 @@ class Subscriber:
                 track_id=track_sid,
                 counters=self._counters,
                 history_size=self._history_size,
+                logger=self.log,  # room and participant context in the media plane's logs
             )
         self.downtracks[track_sid] = dt
         self.log.debug("subscribed", track=track_sid, publisher=publisher_sid)
