@@ -86,6 +86,15 @@ async def publisher(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any,
     monkeypatch.setattr(rtphooks, "send_rtp_nowait", capture)
     frames = [EncodedFrame(bytes([i]) * 40, i in KEYFRAMES) for i in range(8)]
     layers = [(layer, frames) for layer in simulcast_layers("vp8", "medium")]
+    sender, rtp_sender = _started(layers, {sc.EXT_MID: 1, sc.EXT_RID: 10})
+    yield sender, sent
+    await sender.stop()
+    await rtp_sender.stop()
+
+
+def _started(layers: Any, extensions: dict[str, int]) -> tuple[Any, RTCRtpSender]:
+    """A SimulcastSender attached to a real (unconnected) aiortc sender, started with the
+    header extensions the server's answer gave it."""
     sender = sc.SimulcastSender(layers, fps=30)
     dtls = RTCDtlsTransport(
         RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
@@ -99,12 +108,10 @@ async def publisher(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any,
             ssrc=rtphooks.sender_ssrcs(rtp_sender)[0],
             rtx_ssrc=0,
             codecs=[rtphooks.CodecInfo(96, "video/vp8", 90000)],
-            header_extensions={sc.EXT_MID: 1, sc.EXT_RID: 10},
+            header_extensions=extensions,
         )
     )
-    yield sender, sent
-    await sender.stop()
-    await rtp_sender.stop()
+    return sender, rtp_sender
 
 
 def _parse(data: bytes) -> RtpPacket:
@@ -183,22 +190,8 @@ async def test_dynacast_pauses_and_resumes_on_a_keyframe(publisher: tuple[Any, S
 
 async def test_an_answer_without_rid_fails_the_publish() -> None:
     frames = [EncodedFrame(b"\x00" * 10, True)]
-    sender = sc.SimulcastSender([(simulcast_layers("vp8", "low")[0], frames)], fps=30)
-    dtls = RTCDtlsTransport(
-        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
-    )
-    rtp_sender = RTCRtpSender("video", dtls)
-    sender.attach(rtp_sender)
-    sender.sender_started(
-        rtphooks.SendParameters(
-            mid="0",
-            cname=None,
-            ssrc=1,
-            rtx_ssrc=0,
-            codecs=[rtphooks.CodecInfo(96, "video/vp8", 90000)],
-            header_extensions={sc.EXT_MID: 1},  # the server dropped rtp-stream-id
-        )
-    )
+    layers = [(simulcast_layers("vp8", "low")[0], frames)]
+    sender, rtp_sender = _started(layers, {sc.EXT_MID: 1})  # the server dropped rtp-stream-id
     with pytest.raises(sc.SimulcastError, match="did not accept RID simulcast"):
         await sender.started
     assert sender.sent() == (0, 0)
