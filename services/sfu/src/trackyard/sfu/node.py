@@ -25,7 +25,7 @@ from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
 from trackyard.core.webhook import WebhookNotifier
-from trackyard.sfu import portrange, roomapi, rtphooks
+from trackyard.sfu import fanout, portrange, roomapi, rtphooks
 from trackyard.sfu.agents import dispatcher_for, room_agents_from_config
 from trackyard.sfu.metrics import NodeCollector
 from trackyard.sfu.participant import Participant, ParticipantServices
@@ -100,7 +100,7 @@ class SfuNode:
         self._consumer = asyncio.create_task(self._consume(self._sub), name="node-consumer")
         await self.report()
         self._stats_task = asyncio.create_task(self._report_loop(), name="node-stats")
-        self.log.info("sfu node started", region=self.config.region)
+        self.log.info("sfu node started", region=self.config.region, fan_out=fanout.describe())
 
     async def stop(self) -> None:
         for room in list(self.rooms.values()):
