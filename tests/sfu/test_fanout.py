@@ -146,7 +146,7 @@ def test_batches_arrive_as_the_reference_sends_them(
     udp: tuple[socket.socket, socket.socket],
 ) -> None:
     tx, rx = udp
-    n = 150  # more than one sendmmsg batch (64)
+    n = 300  # more than one sendmmsg batch (64) and than the first array size (256)
     native = run_batch(NativeFanout(), tx, rx, n)
     reference = run_batch(PyFanout(), tx, rx, n)
     assert len(native) == n

@@ -39,7 +39,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SLOT = 2048  # bytes per packet in the scratch buffer: MTU + header + SRTP trailer fit
-MAX_COPIES = 4096  # per received packet (subscribers of one track on one node)
+FIRST_CAPACITY = 256  # copies per received packet before the array grows
 
 _CDEF = """
 typedef int (*ty_protect_fn)(void *ctx, void *rtp, int *len);
@@ -293,7 +293,8 @@ class NativeFanout:
         if loaded is None:
             raise RuntimeError(f"native fan-out unavailable: {_native_error}")
         self._ffi, self._lib, self._protect = loaded
-        self._copies = self._ffi.new("ty_copy *[]", MAX_COPIES)
+        self._copies = self._ffi.new("ty_copy *[]", FIRST_CAPACITY)
+        self._capacity = FIRST_CAPACITY
         self._n = 0
         self._packet = self._ffi.new("ty_packet *")
         self._scratch = self._ffi.new("uint8_t[]", 64 * SLOT)
@@ -302,9 +303,12 @@ class NativeFanout:
         return NativeCopy(self._ffi)
 
     def add(self, copy: Copy) -> None:
-        if self._n < MAX_COPIES:
-            self._copies[self._n] = copy._c  # type: ignore[attr-defined]
-            self._n += 1
+        if self._n == self._capacity:  # more subscribers than ever: twice the room
+            grown = self._ffi.new("ty_copy *[]", 2 * self._capacity)
+            self._ffi.memmove(grown, self._copies, self._ffi.sizeof("ty_copy *") * self._n)
+            self._copies, self._capacity = grown, 2 * self._capacity
+        self._copies[self._n] = copy._c  # type: ignore[attr-defined]
+        self._n += 1
 
     def _fill(self, payload: bytes, marker: int, video: bool, abs_time: int, level: int) -> Any:
         pk = self._packet
