@@ -43,6 +43,7 @@ class SessionStart(BaseModel):
     reconnect_sid: str = ""  # RESUME only: the participant (sid) to re-bind to this session
     edge_id: str = ""  # the edge holding the socket, for the node's edge-liveness checks
     room_config: str = ""  # the token's roomConfig claim (JSON), used if this join creates the room
+    home_node: str = ""  # the room's home node (placement) when the join goes to another node
 
 
 class SessionClosed(BaseModel):
