@@ -167,6 +167,44 @@ async def test_node_ids_with_separator_characters(store: Store) -> None:
     assert await store.release_room("r|x", "ND_a|b")
 
 
+# seats ----------------------------------------------------------------------------------
+
+
+async def test_seat_round_trip_per_room(store: Store) -> None:
+    assert await store.get_seat("r", "p1") is None
+    assert await store.list_seats("r") == {}
+    await store.put_seat("r", "p1", "ND_a")
+    await store.put_seat("r", "p2", "ND_b")
+    await store.put_seat("other", "p1", "ND_c")
+    assert await store.get_seat("r", "p1") == "ND_a"
+    assert await store.list_seats("r") == {"p1": "ND_a", "p2": "ND_b"}
+    await store.put_seat("r", "p1", "ND_b")  # a rejoin elsewhere moves the seat
+    assert await store.list_seats("r") == {"p1": "ND_b", "p2": "ND_b"}
+    assert await store.list_seats("other") == {"p1": "ND_c"}
+
+
+async def test_delete_seat_is_compare_and_delete(store: Store) -> None:
+    assert not await store.delete_seat("r", "p1", "ND_a")
+    await store.put_seat("r", "p1", "ND_a|b")
+    await store.put_seat("r", "p2", "ND_a")
+    assert not await store.delete_seat("r", "p1", "ND_a")  # moved on: not ours to delete
+    assert not await store.delete_seat("r", "p1", "ND_a|")
+    assert await store.get_seat("r", "p1") == "ND_a|b"
+    assert await store.delete_seat("r", "p1", "ND_a|b")
+    assert not await store.delete_seat("r", "p1", "ND_a|b")
+    assert await store.list_seats("r") == {"p2": "ND_a"}
+
+
+async def test_delete_room_forgets_its_seats(store: Store) -> None:
+    await store.put_room(room("r"))
+    await store.put_seat("r", "p1", "ND_a")
+    await store.put_seat("kept", "p1", "ND_a")
+    await store.delete_room("r")
+    assert await store.list_seats("r") == {}
+    assert await store.get_seat("r", "p1") is None
+    assert await store.get_seat("kept", "p1") == "ND_a"
+
+
 # nodes ----------------------------------------------------------------------------------
 
 

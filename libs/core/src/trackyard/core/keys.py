@@ -20,6 +20,11 @@ def participants(room: str) -> str:
     return f"{PREFIX}participants:{room}"
 
 
+def seats(room: str) -> str:
+    """hash: identity -> id of the node the participant is (or is being) hosted on"""
+    return f"{PREFIX}seats:{room}"
+
+
 def node(node_id: str) -> str:
     """string with TTL: NodeRecord JSON"""
     return f"{PREFIX}node:{node_id}"

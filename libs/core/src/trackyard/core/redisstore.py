@@ -1,10 +1,11 @@
 """The cluster store on Redis, with the same semantics as :class:`MemoryStore`.
 
 Layout (names from :mod:`trackyard.core.keys`): rooms and participants are hashes of protobuf
-bytes; placements are a hash ``room -> "node_id|epoch"`` changed only by Lua scripts, so a
-claim is atomic across every process that talks to this Redis; epochs come from a per-room
-counter that only grows (fencing). Node records are JSON strings with a TTL, indexed by a
-sorted set of expiry times that :meth:`RedisStore.list_nodes` prunes.
+bytes; a room's seats are a hash ``identity -> node_id``; placements are a hash
+``room -> "node_id|epoch"`` changed only by Lua scripts, so a claim is atomic across every
+process that talks to this Redis; epochs come from a per-room counter that only grows
+(fencing). Node records are JSON strings with a TTL, indexed by a sorted set of expiry times
+that :meth:`RedisStore.list_nodes` prunes.
 
 Any failure to reach Redis surfaces as :class:`StoreUnavailableError`, within ``op_timeout``.
 """
@@ -50,6 +51,15 @@ return val
 _RELEASE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and string.match(cur, '^(.*)|%d+$') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: seats. ARGV: identity, node_id. Deletes only if the seat names node_id.
+_UNSEAT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 1
 end
@@ -122,6 +132,7 @@ class RedisStore:
         self._owns_client = owns_client
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._unseat = client.register_script(_UNSEAT)
         self._put_node = client.register_script(_PUT_NODE)
         self._beats = client.register_script(_BEATS)
         self._generation = client.register_script(_GENERATION)
@@ -163,7 +174,7 @@ class RedisStore:
     async def delete_room(self, name: str) -> None:
         async with self._guard("delete_room"), self._r.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.ROOMS, name)
-            pipe.delete(keys.participants(name))
+            pipe.delete(keys.participants(name), keys.seats(name))
             await pipe.execute()
 
     # participants -----------------------------------------------------------------------
@@ -213,6 +224,27 @@ class RedisStore:
     async def release_room(self, room: str, node_id: str) -> bool:
         async with self._guard("release_room"):
             deleted = await self._release(keys=[keys.PLACEMENTS], args=[room, node_id])
+        return bool(deleted)
+
+    # seats ------------------------------------------------------------------------------
+
+    async def put_seat(self, room: str, identity: str, node_id: str) -> None:
+        async with self._guard("put_seat"):
+            await self._r.hset(keys.seats(room), identity, node_id)
+
+    async def get_seat(self, room: str, identity: str) -> str | None:
+        async with self._guard("get_seat"):
+            raw = await self._r.hget(keys.seats(room), identity)
+        return None if raw is None else _raw(raw).decode()
+
+    async def list_seats(self, room: str) -> dict[str, str]:
+        async with self._guard("list_seats"):
+            raw = await self._r.hgetall(keys.seats(room))
+        return {_raw(k).decode(): _raw(v).decode() for k, v in raw.items()}
+
+    async def delete_seat(self, room: str, identity: str, node_id: str) -> bool:
+        async with self._guard("delete_seat"):
+            deleted = await self._unseat(keys=[keys.seats(room)], args=[identity, node_id])
         return bool(deleted)
 
     # nodes ------------------------------------------------------------------------------

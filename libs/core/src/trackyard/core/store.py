@@ -1,4 +1,4 @@
-"""The shared store: rooms, participants, room placement and node records.
+"""The shared store: rooms, participants, room placement, seats and node records.
 
 The hosting SFU node owns a room's live state; the store holds what the rest of the cluster
 must see (ListRooms from any edge, where a room lives, which nodes exist). The in-memory store
@@ -28,13 +28,24 @@ class Placement:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """Where a joining participant goes: ``node_id``, a node of the room, maybe its home.
+
+    A room keeps one home (its placement) and may span more nodes; each participant is hosted
+    on one of them."""
+
+    home: Placement
+    node_id: str
+
+
 class Store(Protocol):
     # rooms ------------------------------------------------------------------------------
     async def put_room(self, room: models.Room) -> None: ...
     async def get_room(self, name: str) -> models.Room | None: ...
     async def list_rooms(self, names: list[str] | None = None) -> list[models.Room]: ...
     async def delete_room(self, name: str) -> None:
-        """Forget the room and its participants."""
+        """Forget the room, its participants and its seats."""
         ...
 
     # participants -----------------------------------------------------------------------
@@ -58,6 +69,15 @@ class Store(Protocol):
     async def get_placement(self, room: str) -> Placement | None: ...
     async def release_room(self, room: str, node_id: str) -> bool:
         """Delete the placement only if it still points at ``node_id`` (compare-and-delete)."""
+        ...
+
+    # seats: identity -> the node a participant is (or is being) hosted on -----------------
+    async def put_seat(self, room: str, identity: str, node_id: str) -> None: ...
+    async def get_seat(self, room: str, identity: str) -> str | None: ...
+    async def list_seats(self, room: str) -> dict[str, str]: ...
+    async def delete_seat(self, room: str, identity: str, node_id: str) -> bool:
+        """Delete the seat only if it still names ``node_id`` (compare-and-delete): a
+        participant that moved to another node meanwhile keeps its new seat."""
         ...
 
     # nodes ------------------------------------------------------------------------------
@@ -94,6 +114,7 @@ class MemoryStore:
         self._participants: dict[str, dict[str, bytes]] = {}
         self._placements: dict[str, Placement] = {}
         self._epochs: dict[str, int] = {}
+        self._seats: dict[str, dict[str, str]] = {}
         self._nodes: dict[str, tuple[NodeRecord, float]] = {}
         self._beats: dict[str, float] = {}
         self._edges: dict[str, float] = {}
@@ -113,6 +134,7 @@ class MemoryStore:
     async def delete_room(self, name: str) -> None:
         self._rooms.pop(name, None)
         self._participants.pop(name, None)
+        self._seats.pop(name, None)
 
     async def put_participant(self, room: str, participant: models.ParticipantInfo) -> None:
         self._participants.setdefault(room, {})[participant.identity] = (
@@ -152,6 +174,24 @@ class MemoryStore:
         if current is None or current.node_id != node_id:
             return False
         del self._placements[room]
+        return True
+
+    async def put_seat(self, room: str, identity: str, node_id: str) -> None:
+        self._seats.setdefault(room, {})[identity] = node_id
+
+    async def get_seat(self, room: str, identity: str) -> str | None:
+        return self._seats.get(room, {}).get(identity)
+
+    async def list_seats(self, room: str) -> dict[str, str]:
+        return dict(self._seats.get(room, {}))
+
+    async def delete_seat(self, room: str, identity: str, node_id: str) -> bool:
+        seats = self._seats.get(room, {})
+        if seats.get(identity) != node_id:
+            return False
+        del seats[identity]
+        if not seats:
+            self._seats.pop(room, None)
         return True
 
     async def put_node(self, record: NodeRecord, ttl: float) -> None:
