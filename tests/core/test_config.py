@@ -89,3 +89,24 @@ def test_port_range_order() -> None:
                 "rtc: {port_range_start: 6000, port_range_end: 5000}"
             }
         )
+
+
+def test_span_section() -> None:
+    cfg = Config.load(dev=True, env={})
+    assert cfg.span.enabled is True and cfg.span.node_participants == 0  # spanning by default
+    cfg = Config.load(
+        env={
+            "LIVEKIT_CONFIG": "development: true\nspan: {enabled: false, node_participants: 8}",
+            "LIVEKIT_SPAN_NODE_PARTICIPANTS": "12",
+        }
+    )
+    assert cfg.span.enabled is False
+    assert cfg.span.node_participants == 12  # env over the YAML, as for LiveKit's keys
+    assert cfg.unsupported_keys == []
+    for bad, names in (
+        ("span: {node_participants: -1}", "span.node_participants"),
+        ("span: {pinned: true}", "span.pinned: unknown config key"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            Config.from_yaml(bad)
+        assert names in str(err.value)

@@ -384,6 +384,17 @@ class NodeConfig(_Section):
     host_id: str = ""
 
 
+class SpanConfig(_Section):
+    """Trackyard's own: rooms that span SFU nodes. A room keeps its home node (its placement)
+    and extends to more nodes; the router seats each joining participant on one node of the
+    room in the joining edge's region (:meth:`trackyard.router.placement.Placer.seat`)."""
+
+    enabled: bool = True  # False: every participant joins the room's home node (one node)
+    # a node takes at most this many of ONE room's participants before the room extends to
+    # another node of the region; 0 = only the load limits (node_selector, limit) decide
+    node_participants: int = Field(0, ge=0)
+
+
 # LiveKit config keys Trackyard knows but does not act on (``pkg/config/config.go`` and the
 # structs it embeds from livekit/protocol and livekit/mediatransportutil). A path names a key or
 # a whole section. Such keys start the server with one warning naming them (``strict``: an
@@ -510,6 +521,7 @@ class Config(_Section):
     signal: SignalConfig = Field(default_factory=SignalConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     node: NodeConfig = Field(default_factory=NodeConfig)
+    span: SpanConfig = Field(default_factory=SpanConfig)
 
     # what loading noticed, for the one start-up warning (see :meth:`warnings`)
     _unsupported: list[str] = PrivateAttr(default_factory=list)
