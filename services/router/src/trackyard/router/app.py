@@ -1,4 +1,5 @@
-"""The router's internal HTTP API: ``POST /place`` plus health (metrics: ``prometheus.port``)."""
+"""The router's internal HTTP API: ``POST /place`` (a room's home), ``POST /seat`` (a
+participant's node) plus health (metrics: ``prometheus.port``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from trackyard.router.placement import Placer
 log = structlog.get_logger(__name__)
 
 PLACEMENTS = Counter("trackyard_router_placements_total", "Placement requests", ["outcome"])
+SEATS = Counter(
+    "trackyard_router_seats_total",
+    "Seat requests (which node of a room a participant joins)",
+    ["outcome"],
+)
 
 
 class PlaceRequest(BaseModel):
@@ -29,6 +35,20 @@ class PlaceResponse(BaseModel):
     room: str
     node_id: str
     epoch: int
+
+
+class SeatRequest(BaseModel):
+    room: str
+    identity: str
+    create: bool = True
+    region: str = ""
+
+
+class SeatResponse(BaseModel):
+    room: str
+    home_node_id: str  # the room's placement
+    epoch: int
+    node_id: str  # where the participant goes
 
 
 def _refused(refusal: Refusal) -> JSONResponse:
@@ -57,6 +77,27 @@ def create_app(placer: Placer, store: Store) -> FastAPI:
             return _refused(Refusal(Code.NOT_FOUND, f"room {req.room} does not exist"))
         PLACEMENTS.labels("ok").inc()
         return PlaceResponse(room=placement.room, node_id=placement.node_id, epoch=placement.epoch)
+
+    @app.post("/seat", response_model=None)
+    async def seat(req: SeatRequest) -> SeatResponse | JSONResponse:
+        try:
+            found = await placer.seat(req.room, req.identity, create=req.create, region=req.region)
+        except Refusal as exc:
+            SEATS.labels("refused").inc()
+            return _refused(exc)
+        except StoreUnavailableError as exc:
+            SEATS.labels("store_down").inc()
+            return _refused(Refusal(Code.UNAVAILABLE, f"store unavailable: {exc}"))
+        if found is None:
+            SEATS.labels("absent").inc()
+            return _refused(Refusal(Code.NOT_FOUND, f"room {req.room} does not exist"))
+        SEATS.labels("ok").inc()
+        return SeatResponse(
+            room=found.home.room,
+            home_node_id=found.home.node_id,
+            epoch=found.home.epoch,
+            node_id=found.node_id,
+        )
 
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:

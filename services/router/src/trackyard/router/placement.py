@@ -1,27 +1,38 @@
-"""Room placement: which node hosts a room, decided once, atomically, with a fencing epoch.
+"""Room placement: which node hosts a room, decided once, atomically, with a fencing epoch;
+and participant seating: which node of a (possibly spanning) room a joining participant goes to.
 
 A placement is replaced only when its node is dead by :mod:`trackyard.core.liveness` (record
 gone, or heartbeat lagging its peers by ``dead_after``). A room with no placement is not
 claimed while the store is settling after it restarted empty: live nodes re-assert their
 rooms within a heartbeat, and a join racing that waits (bounded by the grace) for the real
 host's claim instead of placing a second copy of the room elsewhere.
+
+A room keeps its placement as its *home* and may span more nodes (``span:``). A participant
+is seated on one of them (:meth:`Placer.seat`): where its identity already sits if that node
+lives (a rejoin replaces the old participant there), else a node of the room in the caller's
+region with room to spare (the home first), else a node the selector picks, which the room
+then extends to. The seat is written before the join goes out, so concurrent joins count it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import structlog
 
-from trackyard.core.config import LimitConfig, NodeSelectorConfig
+from trackyard.core.config import LimitConfig, NodeSelectorConfig, SpanConfig
 from trackyard.core.liveness import StoreGeneration, stale_nodes
 from trackyard.core.node import NodeRecord
 from trackyard.core.refusal import Code, Refusal
-from trackyard.core.store import Placement, Store
+from trackyard.core.store import Placement, Seat, Store
 from trackyard.router.selector import NodeSelector, SelectorError, build_selector
 
 log = structlog.get_logger(__name__)
+
+# Live node records (dead ones left out) by id: what one placement decision looked at.
+_Live = dict[str, NodeRecord]
 
 
 class Placer:
@@ -40,8 +51,10 @@ class Placer:
         *,
         dead_after: float = 2.0,
         poll: float = 0.05,
+        span: SpanConfig | None = None,
     ) -> None:
         self._store = store
+        self._span = SpanConfig() if span is None else span
         self._dead_after = dead_after
         self._poll = poll
         self.generation = StoreGeneration(dead_after)
@@ -66,26 +79,101 @@ class Placer:
         return selector
 
     async def place(self, room: str, *, create: bool, region: str = "") -> Placement | None:
+        placed = await self._place(room, create=create, region=region)
+        return None if placed is None else placed[0]
+
+    async def _place(
+        self, room: str, *, create: bool, region: str
+    ) -> tuple[Placement, _Live] | None:
+        """The room's placement (made when ``create``) and the live nodes it was judged on."""
         await self.generation.observe(self._store)
         current = await self._store.get_placement(room)
         if current is None and self.generation.settling():
             current = await self._await_reassertion(room)
         if current is not None:
             host = current.node_id
-            nodes, dead = await self._nodes(lambda ns: any(n.id == host for n in ns))
-            if current.node_id not in dead and any(n.id == current.node_id for n in nodes):
-                return current  # a draining node keeps its active rooms
+            live = await self._live(lambda ns: any(n.id == host for n in ns))
+            if host in live:
+                return current, live  # a draining node keeps its active rooms
             log.warning("room host is dead; placing anew", room=room, node=current.node_id)
-            node = self._choose([n for n in nodes if n.id not in dead], region)
-            return await self._store.claim_room(room, node.id, replace=current)
+            node = self._choose(list(live.values()), region)
+            return await self._store.claim_room(room, node.id, replace=current), live
         if not create:
             return None
-        nodes, dead = await self._nodes(bool)
-        node = self._choose([n for n in nodes if n.id not in dead], region)
+        live = await self._live(bool)
+        node = self._choose(list(live.values()), region)
         placement = await self._store.claim_room(room, node.id)
         if placement.node_id == node.id:
             log.info("room placed", room=room, node=node.id, epoch=placement.epoch)
-        return placement
+        return placement, live
+
+    async def seat(
+        self, room: str, identity: str, *, create: bool, region: str = ""
+    ) -> Seat | None:
+        """Where ``identity`` joins (or resumes in) ``room``: the room's home placement (made
+        when ``create``) and the node of the room to send the participant to; None when the
+        room is absent and not created. The seat is recorded before returning."""
+        placed = await self._place(room, create=create, region=region)
+        if placed is None:
+            return None
+        home, live = placed
+        if not self._span.enabled:
+            return Seat(home, home.node_id)
+        seats = await self._store.list_seats(room)
+        node_id, why = self._seat_node(home, identity, seats, live, region)
+        await self._store.put_seat(room, identity, node_id)
+        log.info("participant seated", room=room, identity=identity, node=node_id, why=why)
+        return Seat(home, node_id)
+
+    def _seat_node(
+        self, home: Placement, identity: str, seats: dict[str, str], live: _Live, region: str
+    ) -> tuple[str, str]:
+        """The node for the participant and why it was chosen (for the log)."""
+        previous = seats.get(identity)
+        if previous is not None and previous in live:
+            # A rejoin lands where the old participant is, so the node replaces it (duplicate
+            # identity); a draining node still takes joins to its active rooms.
+            return previous, "seated before"
+        cap = self._span.node_participants
+        load = Counter(node for who, node in seats.items() if who != identity)
+        # Capacity and sort order do not depend on the caller's region: judge them with the
+        # router's own selector (a caller's region may be unknown to node_selector.regions).
+        gauge = self.selector("")
+
+        def fits(node: NodeRecord) -> bool:
+            return cap <= 0 or load[node.id] < cap
+
+        room_nodes = sorted({home.node_id, *seats.values()} & live.keys())
+        spare = [
+            live[n]
+            for n in room_nodes
+            if live[n].is_available() and fits(live[n]) and gauge.has_capacity(live[n])
+        ]
+        # A caller without a region (none configured anywhere) takes any node of the room.
+        want = region or self._region
+        local = [n for n in spare if not want or n.region == want]
+        if local:
+            return self._prefer_home(home, local, gauge), "room node in region"
+        fitting = [n for n in live.values() if fits(n)]
+        try:
+            chosen = self.selector(region).select(fitting)
+        except SelectorError:
+            # Every usable node already holds its share of the room: overfill one rather
+            # than refuse the join (node_participants spreads a room; it admits no one).
+            chosen = self._choose(list(live.values()), region)
+        # The caller's region had no room for it: when the selector went to a region where
+        # the room already has a node with room to spare, use that one instead of spreading
+        # the room over one more node.
+        there = [n for n in spare if n.region == chosen.region]
+        if there and chosen.id not in room_nodes:
+            return self._prefer_home(home, there, gauge), "room node in nearest region"
+        return chosen.id, "room node picked by selector" if chosen.id in room_nodes else "new node"
+
+    @staticmethod
+    def _prefer_home(home: Placement, nodes: list[NodeRecord], selector: NodeSelector) -> str:
+        if any(n.id == home.node_id for n in nodes):
+            return home.node_id
+        return selector.lowest(nodes).id
 
     async def _await_reassertion(self, room: str) -> Placement | None:
         """The store restarted empty a moment ago: the room may live on a node that has not
@@ -99,18 +187,17 @@ class Placer:
                 return current
         return None
 
-    async def _nodes(
-        self, enough: Callable[[list[NodeRecord]], bool]
-    ) -> tuple[list[NodeRecord], set[str]]:
-        """Live node records and the ids among them that missed heartbeats. While the store
-        is settling, records missing now may come back with the nodes' next heartbeat: wait
+    async def _live(self, enough: Callable[[list[NodeRecord]], bool]) -> _Live:
+        """Node records by id, without the ones that missed heartbeats. While the store is
+        settling, records missing now may come back with the nodes' next heartbeat: wait
         (bounded by the grace) until ``enough`` of them are there."""
         nodes = await self._store.list_nodes()
         while not enough(nodes) and (left := self.generation.remaining()) > 0:
             await asyncio.sleep(min(self._poll, left))
             nodes = await self._store.list_nodes()
         ages = await self._store.node_heartbeats([n.id for n in nodes])
-        return nodes, stale_nodes(ages, self._dead_after)
+        dead = stale_nodes(ages, self._dead_after)
+        return {n.id: n for n in nodes if n.id not in dead}
 
     def _choose(self, nodes: Sequence[NodeRecord], region: str) -> NodeRecord:
         try:

@@ -184,13 +184,28 @@ class NodeSelector:
 
     # -- steps --------------------------------------------------------------------------
 
-    def _under_load(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
+    def has_capacity(self, node: NodeRecord) -> bool:
+        """The node is under ``limit.*`` and under this selector's load limit: it may take
+        more without the load filter's fall-back to overloaded nodes."""
+        return not limits_reached(self.limits, node.stats) and self._light(node)
+
+    def lowest(
+        self, nodes: Sequence[NodeRecord], *, rng: random.Random | None = None
+    ) -> NodeRecord:
+        """The node ``sort_by`` puts first among ``nodes`` (ties at random), no filtering."""
+        if not nodes:
+            raise NoAvailableNodesError("no nodes to choose from")
+        return self._lowest(list(nodes), _default_rng if rng is None else rng)
+
+    def _light(self, node: NodeRecord) -> bool:
         if self.kind == "cpuload":
-            low = [n for n in nodes if n.stats.cpu_load < self.cpu_load_limit]
-        elif self.kind in ("sysload", "regionaware"):
-            low = [n for n in nodes if n.stats.sysload < self.sysload_limit]
-        else:
-            return nodes
+            return node.stats.cpu_load < self.cpu_load_limit
+        if self.kind in ("sysload", "regionaware"):
+            return node.stats.sysload < self.sysload_limit
+        return True
+
+    def _under_load(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
+        low = [n for n in nodes if self._light(n)]
         # Every node over the limit: an overloaded node beats refusing the room.
         return low or nodes
 
