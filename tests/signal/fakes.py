@@ -13,7 +13,7 @@ from trackyard.core.auth import create_token
 from trackyard.core.bus import Envelope, MemoryBus
 from trackyard.core.noderpc import reply
 from trackyard.core.refusal import Refusal
-from trackyard.core.store import Placement
+from trackyard.core.store import Placement, Seat
 from trackyard.signal.edge import Edge
 
 NODE = "ND_fake"
@@ -29,7 +29,8 @@ def token(identity: str = "", **grants: object) -> str:
 
 @dataclass
 class FakeRouter:
-    """Places every room on :data:`NODE`; ``refusal``, when set, is what it raises instead."""
+    """Places every room (and seats every participant) on :data:`NODE`; ``refusal``, when
+    set, is what it raises instead."""
 
     placements: dict[str, Placement] = field(default_factory=dict)
     refusal: Refusal | None = None
@@ -40,6 +41,13 @@ class FakeRouter:
         if create and room not in self.placements:
             self.placements[room] = Placement(room, NODE, 1)
         return self.placements.get(room)
+
+    async def seat(
+        self, room: str, identity: str, *, create: bool, region: str = ""
+    ) -> Seat | None:
+        """Every participant on the room's home, as a room on one node."""
+        home = await self.place(room, create=create, region=region)
+        return None if home is None else Seat(home, home.node_id)
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """``/rtc``: the client's signal WebSocket, bridged to the hosting SFU node over the bus.
 
+The router seats the participant on one node of the room (its home, or another node the room
+spans); the join goes there. A join that is refused or times out gives its seat back.
+
 The upgrade is answered only once the node has admitted the participant, so every refusal
 (bad token, room full, no node) is an HTTP status with a plain reason, which the SDKs read
 back from ``/rtc/validate``. After that, each binary frame is one ``SignalRequest``; frames
@@ -27,7 +30,7 @@ from trackyard.core.auth import Claims, check_join, verify_token
 from trackyard.core.bus import BusClosedError, Envelope, Subscription, publish_patiently
 from trackyard.core.errors import BusUnavailableError
 from trackyard.core.refusal import CloseReason, Code, Refusal
-from trackyard.core.store import Placement
+from trackyard.core.store import Seat
 from trackyard.signal.edge import Edge
 from trackyard.signal.metrics import SESSIONS, SIGNAL_MESSAGES, record_join
 
@@ -64,17 +67,29 @@ async def _authorize(edge: Edge, conn: HTTPConnection) -> tuple[Claims, str]:
     return claims, room
 
 
-async def _locate(edge: Edge, room: str, *, create: bool) -> Placement:
+async def _locate(edge: Edge, room: str, identity: str, *, create: bool) -> Seat:
     try:
-        placement = await edge.router.place(room, create=create)
+        seat = await edge.router.seat(room, identity, create=create)
     except Refusal:
         raise
     except Exception as exc:
         log.warning("placement failed", room=room, error=str(exc))
         raise Refusal(Code.UNAVAILABLE, f"cannot place room: {exc}") from None
-    if placement is None:
+    if seat is None:
         raise Refusal(Code.NOT_FOUND, f"room {room} does not exist")
-    return placement
+    return seat
+
+
+async def _unseat(edge: Edge, room: str, identity: str, seat: Seat | None) -> None:
+    """Give back the seat of a join that did not happen, unless it names another node by now
+    (a newer join of the same identity went elsewhere). Best effort: a stale seat only makes
+    the room's next joins count one participant too many."""
+    if seat is None:
+        return
+    try:
+        await edge.store.delete_seat(room, identity, seat.node_id)
+    except Exception as exc:
+        log.info("seat left behind", room=room, identity=identity, error=str(exc))
 
 
 async def validate(request: Request) -> Response:
@@ -169,18 +184,21 @@ async def _serve(edge: Edge, ws: WebSocket, session_id: str, started: float) -> 
         return
     sub: Subscription | None = None
     node_id = ""
+    seat: Seat | None = None
+    room = identity = ""
     try:
         claims, room = await _authorize(edge, ws)
+        identity = claims.identity
         try:
-            placement = await _locate(
-                edge, room, create=edge.config.room.auto_create and not resume_sid
+            seat = await _locate(
+                edge, room, identity, create=edge.config.room.auto_create and not resume_sid
             )
         except Refusal as exc:
             if resume_sid and exc.code is Code.NOT_FOUND:  # no host: nothing to resume, rejoin
                 await _ask_full_reconnect(ws)
                 return
             raise
-        node_id = placement.node_id
+        node_id = seat.node_id
         sub = edge.bus.subscribe(keys.session_channel(session_id))
         start = messages.SessionStart(
             session_id=session_id,
@@ -195,6 +213,7 @@ async def _serve(edge: Edge, ws: WebSocket, session_id: str, started: float) -> 
             edge_id=edge.edge_id,
             room_config=room_config_from_token(_token(ws)),
             reconnect_sid=resume_sid,
+            home_node=seat.home.node_id,
         )
         kind = messages.RESUME if resume_sid else messages.JOIN
         try:
@@ -211,6 +230,7 @@ async def _serve(edge: Edge, ws: WebSocket, session_id: str, started: float) -> 
             if resume_sid:  # unknown sid, participant gone: the SDK rejoins from scratch
                 await sub.close()
                 await _drop_channel(edge, session_id)
+                await _unseat(edge, room, identity, seat)
                 await _ask_full_reconnect(ws)
                 return
             raise _closed(first).refusal("join refused")
@@ -227,6 +247,7 @@ async def _serve(edge: Edge, ws: WebSocket, session_id: str, started: float) -> 
         if sub is not None:
             await sub.close()
             await _drop_channel(edge, session_id)
+        await _unseat(edge, room, identity, seat)
         await ws.send_denial_response(PlainTextResponse(exc.reason, status_code=exc.status))
         return
 
