@@ -242,15 +242,23 @@ class SubscriberCounter:
     # (arrival time, rtp timestamp, sequence number, size)
     arrivals: list[tuple[float, int, int, int]] = field(default_factory=list)
     other: int = 0  # RTX and anything not the media payload type
+    media: set[int] = field(default_factory=set)  # the media payload types counted
+    _hooked: set[int] = field(default_factory=set)  # ids of the sockets' protocols wrapped
 
     def hook(self, pc: RTCPeerConnection) -> None:
-        media: set[int] = set()
+        """Count ``pc``'s media packets. Hooking it again after a renegotiation (a LiveKit
+        subscriber connection gets its tracks in later offers) adds the new payload types and
+        wraps only sockets not wrapped yet, so no packet is counted twice."""
         for transceiver in pc.getTransceivers():
-            media |= _media_payload_types(transceiver)
+            self.media |= _media_payload_types(transceiver)
+        media = self.media
         arrivals = self.arrivals
         monotonic = time.monotonic
         from_bytes = int.from_bytes
         for protocol in _ice_protocols(pc):
+            if id(protocol) in self._hooked:
+                continue
+            self._hooked.add(id(protocol))
             inner = protocol.datagram_received
 
             def received(data: bytes, addr: Any, inner: Callable[..., None] = inner) -> None:
@@ -479,10 +487,11 @@ class ClientSide:
         gc.collect()
 
 
-async def client_main(fd: int) -> None:
+async def client_main(fd: int, side: ClientSide | None = None) -> None:
+    """Serve the driver's ops (``op_<name>`` of ``side``) over the socket ``fd``."""
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 24)
-    side = ClientSide()
+    side = side or ClientSide()
     tasks: set[asyncio.Task[None]] = set()
 
     async def serve(msg: dict[str, Any]) -> None:
@@ -529,14 +538,16 @@ class Clients:
         self._task = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def start(cls) -> Clients:
+    async def start(cls, module: str = "benchmarks.forwarding") -> Clients:
+        """Start ``python -m <module> --clients-fd FD`` (the module runs ``client_main`` or
+        its own with a :class:`ClientSide` of its own)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "benchmarks.forwarding",
+            module,
             "--clients-fd",
             str(theirs.fileno()),
             pass_fds=(theirs.fileno(),),
