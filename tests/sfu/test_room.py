@@ -15,7 +15,7 @@ from livekit.protocol import models, rtc
 
 from trackyard.core import messages
 from trackyard.core.auth import VideoGrants
-from trackyard.core.bus import Envelope
+from trackyard.core.bus import Envelope, MemoryBus
 from trackyard.core.config import Config
 from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import MemoryStore
@@ -52,6 +52,7 @@ class FakeNode:
                 make_peer_connection=lambda: make_peer_connection(None, "127.0.0.1", []),
                 liveness=self,
             ),
+            bus=MemoryBus(),
         )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -144,6 +145,9 @@ class FakeNode:
     async def room_closed(self, room: Room) -> None:
         self.events.append(("room_closed", room.name))
         self.closed.set()
+
+    def home_lost(self, room: Room) -> None:
+        self.events.append(("home_lost", room.name))
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -23,6 +23,17 @@ CLOSE = "close"  # the node ends the session; data: SessionClosed JSON
 # anyone -> node, and the reply
 RPC = "rpc"  # headers["method"]; data: request protobuf bytes; reply_to set
 RPC_REPLY = "rpc_reply"  # headers["error"] = refusal code on error; data: response or reason
+# node -> node of the same room (a room spanning nodes); headers: room, op, from (node id)
+PEER = "peer"
+
+# PEER ops: what one part of a room tells the others
+PEER_HELLO = "hello"  # a part opened; data: ParticipantUpdate of its participants; reply: SNAPSHOT
+PEER_SNAPSHOT = "snapshot"  # data: ParticipantUpdate of the sender's participants (no reply)
+PEER_PARTICIPANTS = "participants"  # data: ParticipantUpdate (state DISCONNECTED: it left)
+PEER_ROOM = "room"  # from the home: data: models.Room, headers["epoch"]: the home's epoch
+PEER_DATA = "data"  # data: DataPacket for the receiver's participants; headers["label"]
+PEER_BYE = "bye"  # the sender's part closed (its participants are gone)
+PEER_CLOSE = "close"  # from the home: the room is closed; headers["reason"]: DisconnectReason
 
 
 RPC_TIMEOUT_SECONDS = 5.0
@@ -44,6 +55,7 @@ class SessionStart(BaseModel):
     edge_id: str = ""  # the edge holding the socket, for the node's edge-liveness checks
     room_config: str = ""  # the token's roomConfig claim (JSON), used if this join creates the room
     home_node: str = ""  # the room's home node (placement) when the join goes to another node
+    relay_node: str = ""  # set when another node of the room joins to pull tracks (a relay)
 
 
 class SessionClosed(BaseModel):

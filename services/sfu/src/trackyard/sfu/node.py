@@ -1,4 +1,5 @@
-"""The SFU node: hosts whole rooms, consumes its bus channel, reports itself to the store."""
+"""The SFU node: hosts rooms (or its part of rooms that span nodes), consumes its bus
+channel, reports itself to the store."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pydantic import ValidationError
 from trackyard.core import ids, keys, messages
 from trackyard.core.bus import Bus, Envelope, Subscription, publish_patiently
 from trackyard.core.config import Config
-from trackyard.core.liveness import StoreGeneration
+from trackyard.core.liveness import StoreGeneration, stale_nodes
 from trackyard.core.node import NodeRecord, NodeState, NodeStats
-from trackyard.core.noderpc import reply
+from trackyard.core.noderpc import ChannelRpcClient, reply
 from trackyard.core.nodestats import StatsCollector, TrafficCounters
 from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
@@ -86,7 +87,9 @@ class SfuNode:
                 make_peer_connection=self.make_peer_connection,
                 liveness=self.reaper,
             ),
+            bus=bus,
         )
+        self.rpc = ChannelRpcClient(bus, self.node_id, purpose="rooms")  # to other nodes
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class SfuNode:
         if self._sub is not None:
             await self._sub.close()
         await dispatcher_for(self).rpc.close()
+        await self.rpc.close()
         with contextlib.suppress(Exception):
             await self.store.delete_node(self.node_id)
             await self.bus.delete(keys.node_channel(self.node_id))
@@ -165,7 +169,9 @@ class SfuNode:
                 await room.evict_all("node is shutting down")
 
     def _check_drained(self) -> None:
-        if self.state is NodeState.SHUTTING_DOWN and not self.sessions:
+        # relay sessions (other nodes pulling tracks) end with the rooms' last participants
+        clients = any(not p.relay_node for p in self.sessions.values())
+        if self.state is NodeState.SHUTTING_DOWN and not clients:
             self.drained.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -219,12 +225,13 @@ class SfuNode:
         """Fresh figures (rates cover the time since the previous call)."""
         tracks_in = sum(len(p.tracks) for p in self.sessions.values())
         tracks_out = sum(p.subscribed_count() for p in self.sessions.values())
+        clients = sum(1 for p in self.sessions.values() if not p.relay_node)
         c = self.counters
         counters = TrafficCounters(c.bytes_in, c.bytes_out, c.packets_in, c.packets_out)
         self.last_stats = self.collector.collect(
             counters,
             rooms=len(self.rooms),
-            clients=len(self.sessions),
+            clients=clients,
             tracks_in=tracks_in,
             tracks_out=tracks_out,
         )
@@ -256,40 +263,74 @@ class SfuNode:
             if fresh or self.generation.value != before:
                 await self.check_placements()
             try:
+                await self.check_peers()
+            except Exception as exc:
+                self.log.debug("cannot check room parts", error=str(exc))
+            try:
                 await self.reaper.check_edges()
             except Exception:
                 self.log.exception("cannot check signal edges")
 
     async def check_placements(self) -> None:
-        """Re-assert our rooms in the store; close any room another node took over (fencing).
+        """Re-assert our rooms in the store; follow or give up rooms another node took over.
 
         A store that lost its data (Redis restarted empty) gets our placements back, so a
         newcomer to an active room still lands here rather than on a duplicate room. The
-        store is the authority: when it names another node we give our copy up even if its
-        epoch is not newer than ours (epochs restart after such a data loss, and a newcomer
-        may have been placed before we re-asserted), so one room never lives on two nodes.
+        store is the authority: when it names another node as the home, a room that may span
+        nodes becomes a part of that node's room (the home's state wins); a pinned room
+        (``span.enabled: false``) gives our copy up even if its epoch is not newer than ours
+        (epochs restart after such a data loss), so it never lives on two nodes.
         """
         for room in list(self.rooms.values()):
             try:
                 current = await self.store.get_placement(room.name)
-                if current is None:
+                if current is None and room.is_home:
                     current = await self.store.claim_room(room.name, self.node_id)
                     if current.node_id == self.node_id:
                         room.epoch = current.epoch
                         await self.store.put_room(room.info())
                         await self._restore_participants(room)
                         room.log.info("placement re-asserted", epoch=current.epoch)
+                elif not room.is_home:
+                    await self._restore_participants(room)
+                    await self._discover_peers(room)
             except Exception as exc:
                 self.log.debug("cannot check placement", room=room.name, error=str(exc))
                 return
-            if current.node_id != self.node_id:
-                room.log.warning(
-                    "room was placed on another node; closing our copy",
-                    other=current.node_id,
-                    epoch=current.epoch,
-                    our_epoch=room.epoch,
-                )
-                await room.evict_all("room moved to another node")
+            if current is None or current.node_id in (self.node_id, room.home_node):
+                continue
+            if self.config.span.enabled:
+                room.log.info("room's home is another node; following it", home=current.node_id)
+                room.home_node = current.node_id
+                room.open_to_peers({current.node_id})
+                continue
+            room.log.warning(
+                "room was placed on another node; closing our copy",
+                other=current.node_id,
+                epoch=current.epoch,
+                our_epoch=room.epoch,
+            )
+            await room.evict_all("room moved to another node")
+
+    async def _discover_peers(self, room: Room) -> None:
+        """The room's other nodes (its home and the nodes its participants are seated on)."""
+        seats = await self.store.list_seats(room.name)
+        nodes = set(seats.values()) | {room.home_node}
+        nodes.discard(self.node_id)
+        room.open_to_peers(nodes)
+
+    async def check_peers(self) -> None:
+        """Rooms' other nodes that died (heartbeats, as the router judges): their
+        participants are gone from our rooms, and a room whose home died gets a new one."""
+        peers = {n for room in self.rooms.values() for n in room.peers.nodes}
+        if not peers or self.generation.settling():
+            return
+        ages = await self.store.node_heartbeats([*peers, self.node_id])
+        dead = stale_nodes(ages, self.config.node.dead_after) | (peers - ages.keys())
+        for room in list(self.rooms.values()):
+            for node in room.peers.nodes & dead:
+                room.log.warning("room part's node is dead", peer=node)
+                room.peer_gone(node, "node dead")
 
     async def _restore_participants(self, room: Room) -> None:
         """Put the room's participants back into a store that forgot them. One that leaves
@@ -298,8 +339,10 @@ class SfuNode:
             if room.participants.get(p.identity) is not p:
                 continue
             await self.store.put_participant(room.name, p.info())
+            await self.store.put_seat(room.name, p.identity, self.node_id)
             if room.participants.get(p.identity) is not p:
                 await self.store.delete_participant(room.name, p.identity)
+                await self.store.delete_seat(room.name, p.identity, self.node_id)
 
     # -- rooms ------------------------------------------------------------------------------
 
@@ -316,7 +359,9 @@ class SfuNode:
         max_participants: int = 0,
         metadata: str = "",
         agents: Sequence[RoomAgentDispatch] = (),
+        home_node: str = "",
     ) -> Room | None:
+        """The room (or our part of it, when ``home_node`` names another node)."""
         room = self.rooms.get(name)
         if room is not None and not room.closed:
             return room
@@ -324,6 +369,7 @@ class SfuNode:
             return None
         cfg = self.config.room
         placement = await self.store.get_placement(name)
+        home = home_node or (placement.node_id if placement else "") or self.node_id
         room = Room(
             name,
             self._room_services,
@@ -333,10 +379,20 @@ class SfuNode:
             max_participants=max_participants or cfg.max_participants,
             metadata=metadata,
             epoch=placement.epoch if placement else 0,
+            home_node=home if self.config.span.enabled else self.node_id,
         )
         self.rooms[name] = room
+        if not room.is_home:
+            stored = await self.store.get_room(name)
+            if stored is not None:  # until the home's own word arrives
+                room.sid, room.metadata = stored.sid, stored.metadata
+            await self._discover_peers(room)
+            room.log.info("room part opened", home=room.home_node)
+            return room
         await self.store.put_room(room.info())
         room.log.info("room created")
+        if self.config.span.enabled:
+            await self._discover_peers(room)
         if self.webhooks is not None:
             self.webhooks.notify("room_started", room=room.info())
         dispatcher_for(self).room_started(room, agents)
@@ -346,20 +402,50 @@ class SfuNode:
     # Webhooks are LiveKit's events, each raised on the node hosting the room: once.
 
     async def room_closed(self, room: Room) -> None:
-        if self.webhooks is not None:
-            self.webhooks.notify("room_finished", room=room.info())
-        await dispatcher_for(self).room_closed(room)
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._room_locks.pop(room.name, None)
+        if not room.is_home:
+            return  # a part: the room lives on with its home
+        others = bool(room.peers.nodes)  # parts live on: one of them takes the home role
+        if not others:
+            if self.webhooks is not None:
+                self.webhooks.notify("room_finished", room=room.info())
+            await dispatcher_for(self).room_closed(room)
         try:
-            await self.store.delete_room(room.name)
+            if not others:
+                await self.store.delete_room(room.name)
             await self.store.release_room(room.name, self.node_id)
         except Exception as exc:
             room.log.warning("cannot release room in store", error=str(exc))
 
+    def home_lost(self, room: Room) -> None:
+        self.spawn(self._take_home(room))
+
+    async def _take_home(self, room: Room) -> None:
+        """The home left or died: claim the room (atomic; one part wins, with a newer
+        epoch); the others follow the winner."""
+        old_home = room.home_node
+        async with self.room_lock(room.name):
+            if room.closed or room.home_node != old_home:
+                return
+            current = await self.store.get_placement(room.name)
+            if current is not None and current.node_id not in (old_home, self.node_id):
+                room.home_node = current.node_id
+                room.open_to_peers({current.node_id})
+                return
+            placement = await self.store.claim_room(room.name, self.node_id, replace=current)
+            if placement.node_id == self.node_id:
+                room.become_home(placement.epoch)
+                await self.store.put_room(room.info())
+            else:
+                room.home_node = placement.node_id
+                room.open_to_peers({placement.node_id})
+
     def participant_added(self, room: Room, participant: Participant) -> None:
         self.sessions[participant.session_id] = participant
+        if not participant.relay_node:
+            self.spawn(self.store.put_seat(room.name, participant.identity, self.node_id))
 
     def participant_joined(self, room: Room, participant: Participant) -> None:
         dispatcher_for(self).participant_joined(room, participant)
@@ -377,6 +463,7 @@ class SfuNode:
             del self.sessions[participant.session_id]
 
     def participant_left(self, room: Room, participant: Participant) -> None:
+        self.spawn(self.store.delete_seat(room.name, participant.identity, self.node_id))
         self._webhook_left(room, participant)
         dispatcher_for(self).participant_left(room, participant)
         self._check_drained()
@@ -434,8 +521,29 @@ class SfuNode:
             self.spawn(self._resume(env))
         elif env.kind == messages.RPC:
             self.spawn(self._rpc(env))
+        elif env.kind == messages.PEER:
+            self._peer(env)
         else:
             self.log.warning("unknown bus message kind", kind=env.kind)
+
+    def _peer(self, env: Envelope) -> None:
+        room = self.rooms.get(env.headers.get("room", ""))
+        if room is not None:
+            room.peer_message(env)
+        elif env.headers.get("op") == messages.PEER_HELLO:
+            self.spawn(self._open_for_peer(env))
+
+    async def _open_for_peer(self, env: Envelope) -> None:
+        """A part of a room we are the home of, but hold no part of yet (every join went
+        elsewhere): open the room here to hold its state."""
+        name = env.headers.get("room", "")
+        async with self.room_lock(name):
+            placement = await self.store.get_placement(name)
+            if placement is None or placement.node_id != self.node_id:
+                return
+            room = await self.ensure_room(name, create=True)
+        if room is not None:
+            room.peer_message(env)
 
     async def _join(self, env: Envelope) -> None:
         try:
@@ -447,8 +555,9 @@ class SfuNode:
             async with self.room_lock(start.room):
                 room = await self.ensure_room(
                     start.room,
-                    create=self.config.room.auto_create,
+                    create=self.config.room.auto_create and not start.relay_node,
                     agents=room_agents_from_config(start.room_config),
+                    home_node=start.home_node,
                 )
                 if room is None:
                     raise Refusal(Code.NOT_FOUND, f"room {start.room} does not exist")

@@ -137,6 +137,7 @@ class Participant:
         self.attributes = dict(start.attributes)
         self.kind = start.kind
         self.edge_id = start.edge_id  # the signal edge holding the WebSocket (liveness)
+        self.relay_node = start.relay_node  # another node of the room pulling tracks (a relay)
         self.permission = start.grants.permission()
         self.auto_subscribe = start.auto_subscribe
         self.joined_at = time.time()

@@ -1,4 +1,10 @@
-"""A room hosted on this node: its participants, their tracks, data relay and lifetime."""
+"""A room on this node: its participants, their tracks, data relay and lifetime.
+
+A room may span nodes: then this is one part of it. Its home node (the placement) is the
+authority for room-level state; each part hosts its own participants, mirrors the others'
+(:mod:`trackyard.sfu.peers`) and pulls the remote tracks its participants subscribe to over
+relay links (:mod:`trackyard.sfu.relay`).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,21 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 from livekit.protocol import models, rtc
 
 from trackyard.core import ids, messages, responses, turn
-from trackyard.core.bus import Envelope
+from trackyard.core.bus import Bus, Envelope
 from trackyard.core.config import Config
 from trackyard.core.refusal import Code, Refusal
 from trackyard.core.store import Store
 from trackyard.sfu import serverrpc
+from trackyard.sfu.audiolevel import AudioLevelSettings
 from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
+from trackyard.sfu.peers import RemoteParticipant, RoomPeers, participant_update, participants_of
+from trackyard.sfu.relay import RELAY_IDENTITY_PREFIX, RelayIn
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +43,7 @@ class RoomServices:
     store: Store
     spawn: Spawn
     participants: ParticipantServices  # what each of its participants is given
+    bus: Bus  # to the room's other nodes
 
 
 class RoomListener(Protocol):
@@ -64,6 +74,9 @@ class RoomListener(Protocol):
     async def room_closed(self, room: Room) -> None:
         """Closed or given up: release it."""
 
+    def home_lost(self, room: Room) -> None:
+        """The room's home node left or died: one of its parts must take the home role."""
+
 
 class Room:
     """Implements :class:`~trackyard.sfu.participant.ParticipantListener` for its
@@ -80,6 +93,7 @@ class Room:
         max_participants: int,
         metadata: str = "",
         epoch: int = 0,
+        home_node: str = "",
     ) -> None:
         self._services = services
         self._listener = listener
@@ -92,7 +106,13 @@ class Room:
         self.max_participants = max_participants
         self.metadata = metadata
         self.epoch = epoch
+        self.home_node = home_node or services.node_id
         self.participants: dict[str, Participant] = {}  # identity -> participant
+        self.peers = RoomPeers(
+            name, services.node_id, bus=services.bus, patience=services.config.signal.ping_timeout
+        )
+        self.relays: dict[str, Participant] = {}  # node id -> its relay participant here
+        self._relays_in: dict[str, RelayIn] = {}  # node id -> our link pulling its tracks
         self.closed = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(room=name, room_sid=self.sid)
@@ -104,8 +124,19 @@ class Room:
 
     # -- snapshot ---------------------------------------------------------------------------
 
+    @property
+    def is_home(self) -> bool:
+        return self.home_node == self._services.node_id
+
+    def visible_infos(self, exclude: Participant | None = None) -> list[models.ParticipantInfo]:
+        """Everyone others may see: its own participants and the other nodes'."""
+        infos = [p.info() for p in self.participants.values() if p is not exclude and not p.hidden]
+        infos += [r.info for r in self.peers.remotes.values() if not r.hidden]
+        return infos
+
     def info(self) -> models.Room:
         visible = [p for p in self.participants.values() if not p.hidden]
+        remote = [r for r in self.peers.remotes.values() if not r.hidden]
         return models.Room(
             sid=self.sid,
             name=self.name,
@@ -115,12 +146,14 @@ class Room:
             creation_time=int(self.created_at),
             creation_time_ms=int(self.created_at * 1000),
             metadata=self.metadata,
-            num_participants=len(visible),
-            num_publishers=sum(1 for p in visible if p.tracks),
+            num_participants=len(visible) + len(remote),
+            num_publishers=sum(1 for p in visible if p.tracks)
+            + sum(1 for r in remote if r.info.tracks),
         )
 
     def _persist(self) -> None:
-        if not self.closed:  # a closed room was deleted from the store; keep it deleted
+        # the home writes the room's record; a closed room was deleted: keep it deleted
+        if self.is_home and not self.closed:
             self._spawn(self._services.store.put_room(self.info()))
 
     # -- join / leave -----------------------------------------------------------------------
@@ -132,7 +165,7 @@ class Room:
         if (
             self.max_participants
             and not replacing
-            and len(self.participants) >= self.max_participants
+            and len(self.participants) + len(self.peers.remotes) >= self.max_participants
         ):
             raise Refusal(
                 Code.PERMISSION_DENIED,
@@ -140,6 +173,8 @@ class Room:
             )
 
     async def join(self, start: messages.SessionStart) -> Participant:
+        if start.relay_node:
+            return await self._join_relay(start)
         self.check_admission(start)
         old = self.participants.get(start.identity)
         if old is not None:
@@ -163,9 +198,7 @@ class Room:
 
     def _join_response(self, participant: Participant) -> rtc.SignalResponse:
         cfg = self._services.config
-        others = [
-            p.info() for p in self.participants.values() if p is not participant and not p.hidden
-        ]
+        others = self.visible_infos(exclude=participant)
         return responses.join(
             room=self.info(),
             participant=participant.info(),
@@ -188,7 +221,7 @@ class Room:
     def send_resume_snapshot(self, participant: Participant) -> None:
         """After the replay, as LiveKit's ResumeParticipant: everyone's current info (its own
         too: metadata may have changed) and the room."""
-        infos = [p.info() for p in self.participants.values() if p is participant or not p.hidden]
+        infos = self.visible_infos(exclude=participant) + [participant.info()]
         participant.send(responses.participant_update(infos))
         participant.send(responses.room_update(self.info()))
 
@@ -208,10 +241,11 @@ class Room:
             participant.send(responses.leave(reason))
         self._drop_subscriptions_to(participant)
         await participant.close(reason=models.DisconnectReason.Name(reason))
+        info = participant.info()
+        info.disconnect_reason = reason
         if not participant.hidden:
-            info = participant.info()
-            info.disconnect_reason = reason
             self.broadcast(responses.participant_update([info]))
+        self.peers.send(messages.PEER_PARTICIPANTS, participant_update([info]))
         self._spawn(self._services.store.delete_participant(self.name, participant.identity))
         self._persist()
         self._listener.participant_left(self, participant)
@@ -231,6 +265,11 @@ class Room:
         self._stop_monitors()
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, notify=True)
+        if self.is_home:
+            self.peers.send(messages.PEER_CLOSE, headers={"reason": str(int(reason))})
+        else:
+            self.peers.send(messages.PEER_BYE)
+        await self._close_relays()
         await self._listener.room_closed(self)
         self.log.info("room closed", reason=models.DisconnectReason.Name(reason))
 
@@ -243,7 +282,16 @@ class Room:
         for participant in list(self.participants.values()):
             participant.send(responses.rejoin())
             await self.remove(participant, models.DisconnectReason.STATE_MISMATCH, notify=False)
+        self.peers.send(messages.PEER_BYE)  # the others keep the room (one of them takes home)
+        await self._close_relays()
         self.log.info("room evicted", reason=reason)
+
+    async def _close_relays(self) -> None:
+        for link in list(self._relays_in.values()):
+            await link.close(tell_origin=True)
+        for relay in list(self.relays.values()):
+            await self._remove_relay(relay)
+        await self.peers.close()
 
     def _stop_monitors(self) -> None:
         for task in self._monitors:
@@ -264,7 +312,11 @@ class Room:
             self._close_timer = None
 
     def _has_independent(self) -> bool:
-        return any(not _dependent(p) for p in self.participants.values())
+        """Someone keeps the room open: a participant here, or (for the home, which holds
+        room-level state for everyone) on another node."""
+        if any(not _dependent(p) for p in self.participants.values()):
+            return True
+        return self.is_home and any(not _remote_dependent(r) for r in self.peers.remotes.values())
 
     async def _close_if_idle(self) -> None:
         if not self._has_independent() and not self.closed:
@@ -288,11 +340,13 @@ class Room:
             self.broadcast(update)
         if not self.closed:
             self._spawn(self._services.store.put_participant(self.name, info))
+        self.peers.send(messages.PEER_PARTICIPANTS, participant_update([info]))
         self._persist()
 
     def set_metadata(self, metadata: str) -> None:
         self.metadata = metadata
         self.broadcast(responses.room_update(self.info()))
+        self._send_room_state()
         self._persist()
 
     # -- what its participants report (ParticipantListener) ----------------------------------
@@ -350,7 +404,7 @@ class Room:
 
     async def track_unpublished(self, publisher: Participant, info: models.TrackInfo) -> None:
         self._listener.track_unpublished(self, publisher, info)
-        for p in list(self.participants.values()):
+        for p in [*self.participants.values(), *self.relays.values()]:
             if p is not publisher:
                 await p.unsubscribe(info.sid)
 
@@ -359,11 +413,27 @@ class Room:
     def deliver_data(
         self, packet: models.DataPacket, label: str, exclude: Participant | None = None
     ) -> int:
-        """Send to the destinations named in the packet (or everyone); returns how many."""
-        destinations = set(packet.destination_identities)
-        if not destinations and packet.HasField("user"):
-            destinations = set(packet.user.destination_identities)
+        """Send to the destinations named in the packet (or everyone), here and on the
+        room's other nodes hosting any of them; returns how many were sent here."""
+        destinations = _destinations(packet)
         data = packet.SerializeToString()
+        if destinations:
+            nodes = {
+                r.node_id for r in self.peers.remotes.values() if r.identity in destinations
+            }
+            self.peers.send(messages.PEER_DATA, data, to=nodes, headers={"label": label})
+        else:
+            self.peers.send(messages.PEER_DATA, data, headers={"label": label})
+        return self._deliver_here(packet, data, label, exclude)
+
+    def _deliver_here(
+        self,
+        packet: models.DataPacket,
+        data: bytes,
+        label: str,
+        exclude: Participant | None = None,
+    ) -> int:
+        destinations = _destinations(packet)
         sent = 0
         for p in self.participants.values():
             if p is exclude or (destinations and p.identity not in destinations):
@@ -376,7 +446,7 @@ class Room:
 
     def _drop_subscriptions_to(self, participant: Participant) -> None:
         """Its tracks leave every subscriber (the participant closes its own media)."""
-        for p in list(self.participants.values()):
+        for p in [*self.participants.values(), *self.relays.values()]:
             for track_sid in participant.uptracks:
                 self._spawn(p.unsubscribe(track_sid))
 
@@ -396,6 +466,11 @@ class Room:
                 await participant.unsubscribe(track_sid)
                 continue
             found = self.find_track(track_sid)
+            if found is None and not participant.relay_node:  # relays take local tracks only
+                remote = self._find_remote_track(track_sid)
+                if remote is not None:
+                    await self._subscribe_remote(participant, *remote)
+                    continue
             if found is None or found[0] is participant:
                 self.log.info("subscription to unknown track ignored", track=track_sid)
                 continue
@@ -407,6 +482,9 @@ class Room:
             if other is not participant:
                 for track_sid in list(other.uptracks):
                     await self._subscribe(participant, other, track_sid)
+        for remote in list(self.peers.remotes.values()):
+            for info in remote.info.tracks:
+                self._spawn(self._subscribe_remote(participant, remote, info))
 
     def find_track(self, track_sid: str) -> tuple[Participant, models.TrackInfo] | None:
         for p in self.participants.values():
@@ -414,6 +492,254 @@ class Room:
             if info is not None:
                 return p, info
         return None
+
+    # -- the room's other nodes --------------------------------------------------------------
+
+    def open_to_peers(self, nodes: set[str]) -> None:
+        """This part just opened (or learned of more parts): say hello to them."""
+        fresh = [n for n in nodes if self.peers.add(n)]
+        if fresh:
+            hello = participant_update(self._own_infos())
+            self.peers.send(messages.PEER_HELLO, hello, to=fresh)
+
+    def _own_infos(self) -> list[models.ParticipantInfo]:
+        return [p.info() for p in self.participants.values()]
+
+    def peer_message(self, env: Envelope) -> None:
+        """What another node of the room told this part (in its order)."""
+        op = env.headers.get("op", "")
+        sender = env.headers.get("from", "")
+        if self.closed or not sender or sender == self._services.node_id:
+            return
+        if self.peers.add(sender) and op not in (messages.PEER_HELLO, messages.PEER_BYE):
+            # it knows us but we missed its hello: ask for its snapshot
+            self.peers.send(
+                messages.PEER_HELLO, participant_update(self._own_infos()), to=[sender]
+            )
+        if op == messages.PEER_HELLO:
+            self._apply_remote(sender, participants_of(env.data), snapshot=True)
+            self.peers.send(
+                messages.PEER_SNAPSHOT, participant_update(self._own_infos()), to=[sender]
+            )
+            if self.is_home:
+                self._send_room_state(to=[sender])
+        elif op == messages.PEER_SNAPSHOT:
+            self._apply_remote(sender, participants_of(env.data), snapshot=True)
+        elif op == messages.PEER_PARTICIPANTS:
+            self._apply_remote(sender, participants_of(env.data), snapshot=False)
+        elif op == messages.PEER_ROOM:
+            self._adopt_room(sender, models.Room.FromString(env.data), env.headers)
+        elif op == messages.PEER_DATA:
+            packet = models.DataPacket.FromString(env.data)
+            self._deliver_here(packet, env.data, env.headers.get("label", ""))
+        elif op == messages.PEER_BYE:
+            self.peer_gone(sender, "left the room")
+        elif op == messages.PEER_CLOSE and sender == self.home_node:
+            reason = int(env.headers.get("reason", "0") or 0)
+            self._spawn(self.close(cast(models.DisconnectReason, reason)))
+        else:
+            self.log.warning("unknown peer message", op=op, peer=sender)
+
+    def _apply_remote(
+        self, node: str, infos: list[models.ParticipantInfo], *, snapshot: bool
+    ) -> None:
+        listed = {i.identity for i in infos}
+        changed: list[models.ParticipantInfo] = []
+        for info in infos:
+            if info.identity.startswith(RELAY_IDENTITY_PREFIX) or info.identity in self.participants:
+                continue
+            old = self.peers.remotes.get(info.identity)
+            if info.state == models.ParticipantInfo.DISCONNECTED:
+                if old is not None and old.node_id == node:
+                    self._remote_left(old, info)
+                continue
+            if old is not None and old.node_id == node and old.info.version > info.version:
+                continue
+            remote = RemoteParticipant(info, node)
+            self.peers.remotes[info.identity] = remote
+            self._remote_tracks_changed(old, remote)
+            if not remote.hidden:
+                changed.append(info)
+        if snapshot:
+            for r in self.peers.on(node):
+                if r.identity not in listed:
+                    self._remote_left(r, None)
+        if changed:
+            self.broadcast(responses.participant_update(changed))
+            if self._has_independent():
+                self._cancel_close_timer()
+            self._persist()
+
+    def _remote_tracks_changed(self, old: RemoteParticipant | None, new: RemoteParticipant) -> None:
+        before = old.tracks if old is not None else {}
+        after = new.tracks
+        for sid in before.keys() - after.keys():
+            self._remote_track_gone(new.node_id, sid)
+        for sid, info in after.items():
+            if sid not in before:
+                self.log.info("remote track", participant=new.identity, track=sid, node=new.node_id)
+                for p in list(self.participants.values()):
+                    if p.auto_subscribe:
+                        self._spawn(self._subscribe_remote(p, new, info))
+
+    def _remote_track_gone(self, node: str, track_sid: str) -> None:
+        for p in list(self.participants.values()):
+            self._spawn(p.unsubscribe(track_sid))
+        link = self._relays_in.get(node)
+        if link is not None:
+            link.track_gone(track_sid)
+
+    def _remote_left(
+        self, remote: RemoteParticipant, info: models.ParticipantInfo | None
+    ) -> None:
+        if self.peers.remotes.get(remote.identity) is not remote:
+            return
+        del self.peers.remotes[remote.identity]
+        for sid in remote.tracks:
+            self._remote_track_gone(remote.node_id, sid)
+        if info is None:
+            info = models.ParticipantInfo()
+            info.CopyFrom(remote.info)
+            info.state = models.ParticipantInfo.DISCONNECTED
+        if not remote.hidden:
+            self.broadcast(responses.participant_update([info]))
+        self._persist()
+        if not self._has_independent() and not self.closed:
+            self._arm_close_timer(self.departure_timeout)
+
+    def peer_gone(self, node: str, why: str) -> None:
+        """A node of the room left it or died: its participants are gone from here."""
+        for remote in self.peers.on(node):
+            info = models.ParticipantInfo()
+            info.CopyFrom(remote.info)
+            info.state = models.ParticipantInfo.DISCONNECTED
+            self._remote_left(remote, info)
+        self.peers.drop(node)
+        link = self._relays_in.pop(node, None)
+        if link is not None:
+            self._spawn(link.close())
+        relay = self.relays.get(node)
+        if relay is not None:
+            self._spawn(self._remove_relay(relay))
+        self.log.info("room part gone", peer=node, why=why)
+        if node == self.home_node and not self.closed:
+            self._listener.home_lost(self)
+
+    def _adopt_room(self, sender: str, info: models.Room, headers: dict[str, str]) -> None:
+        """Room-level state from the home (the authority): take it as is."""
+        epoch = int(headers.get("epoch", "0") or 0)
+        if sender != self.home_node and epoch < self.epoch:
+            return  # a stale home
+        self.home_node = sender
+        self.epoch = max(self.epoch, epoch)
+        self.sid = info.sid
+        self.created_at = info.creation_time_ms / 1000 if info.creation_time_ms else self.created_at
+        self.empty_timeout = info.empty_timeout
+        self.departure_timeout = info.departure_timeout
+        self.max_participants = info.max_participants
+        self.metadata = info.metadata
+        self.broadcast(responses.room_update(self.info()))
+
+    def _send_room_state(self, to: list[str] | None = None) -> None:
+        if self.is_home:
+            self.peers.send(
+                messages.PEER_ROOM,
+                self.info().SerializeToString(),
+                to=to,
+                headers={"epoch": str(self.epoch)},
+            )
+
+    def become_home(self, epoch: int) -> None:
+        """This part took the home role (the old home is gone): the others hear it first."""
+        self.home_node = self._services.node_id
+        self.epoch = epoch
+        self.log.info("took the home role", epoch=epoch)
+        self._send_room_state()
+        self._persist()
+
+    # -- relays: tracks crossing to and from the room's other nodes ---------------------------
+
+    async def _join_relay(self, start: messages.SessionStart) -> Participant:
+        """Another node of the room pulls tracks from this one (its relay participant)."""
+        if self.closed:
+            raise Refusal(Code.UNAVAILABLE, f"room {self.name} is closing")
+        old = self.relays.get(start.relay_node)
+        if old is not None:
+            await self._remove_relay(old)
+        relay = Participant(
+            start,
+            room_name=self.name,
+            services=self._services.participants,
+            listener=_RelayListener(self),
+        )
+        self.relays[start.relay_node] = relay
+        self._listener.participant_added(self, relay)
+        relay.start()
+        relay.joined(self._join_response(relay))
+        await relay.negotiate_subscriber()
+        self.open_to_peers({start.relay_node})
+        self.log.info("relay joined", peer=start.relay_node, psid=relay.sid)
+        return relay
+
+    async def remove_relay(self, relay: Participant) -> None:
+        await self._remove_relay(relay)
+
+    async def _remove_relay(self, relay: Participant) -> None:
+        if self.relays.get(relay.relay_node) is not relay:
+            return
+        del self.relays[relay.relay_node]
+        self._listener.participant_removed(self, relay)
+        await relay.close(reason="relay closed")
+        self.log.info("relay left", peer=relay.relay_node)
+
+    def _find_remote_track(
+        self, track_sid: str
+    ) -> tuple[RemoteParticipant, models.TrackInfo] | None:
+        for remote in self.peers.remotes.values():
+            info = remote.tracks.get(track_sid)
+            if info is not None:
+                return remote, info
+        return None
+
+    def _relay_in(self, node: str) -> RelayIn:
+        link = self._relays_in.get(node)
+        if link is None or link.closed:
+            services = self._services.participants
+            audio = services.config.audio
+            link = RelayIn(
+                self.name,
+                node,
+                node_id=self._services.node_id,
+                bus=self._services.bus,
+                make_peer_connection=services.make_peer_connection,
+                counters=services.counters,
+                audio=AudioLevelSettings(
+                    active_level=audio.active_level,
+                    min_percentile=audio.min_percentile,
+                    update_interval_ms=audio.update_interval,
+                    smooth_intervals=audio.smooth_intervals,
+                ),
+                join_timeout=services.config.signal.join_timeout,
+                on_closed=self._relay_in_closed,
+            )
+            self._relays_in[node] = link
+        return link
+
+    def _relay_in_closed(self, link: RelayIn) -> None:
+        if self._relays_in.get(link.origin) is link:
+            del self._relays_in[link.origin]
+
+    async def _subscribe_remote(
+        self, participant: Participant, remote: RemoteParticipant, info: models.TrackInfo
+    ) -> bool:
+        if participant.relay_node or info.sid in participant.downtracks:
+            return False
+        source = await self._relay_in(remote.node_id).source(info)
+        if source is None or self.participants.get(participant.identity) is not participant:
+            return False
+        if self.peers.remotes.get(remote.identity) is None:
+            return False  # it left meanwhile
+        return await participant.subscribe(source, publisher_sid=remote.sid, track_sid=info.sid)
 
     # -- active speakers and connection quality ----------------------------------------------
 
@@ -474,3 +800,48 @@ class Room:
 def _dependent(participant: Participant) -> bool:
     """Agents and egress (LiveKit's ``IsDependent``): they neither open nor hold a room."""
     return participant.kind.lower() in ("agent", "egress")
+
+
+def _remote_dependent(remote: RemoteParticipant) -> bool:
+    return remote.info.kind in (models.ParticipantInfo.AGENT, models.ParticipantInfo.EGRESS)
+
+
+def _destinations(packet: models.DataPacket) -> set[str]:
+    destinations = set(packet.destination_identities)
+    if not destinations and packet.HasField("user"):
+        destinations = set(packet.user.destination_identities)
+    return destinations
+
+
+class _RelayListener:
+    """A relay participant's events (ParticipantListener): it only subscribes and leaves; it
+    is never shown, counted or announced."""
+
+    def __init__(self, room: Room) -> None:
+        self._room = room
+
+    def participant_active(self, participant: Participant) -> None:
+        return None
+
+    def participant_changed(self, participant: Participant) -> None:
+        return None
+
+    def track_published(self, participant: Participant, info: models.TrackInfo) -> None:
+        return None
+
+    async def track_unpublished(self, participant: Participant, info: models.TrackInfo) -> None:
+        return None
+
+    def data_received(self, participant: Participant, raw: bytes, label: str) -> None:
+        return None
+
+    async def subscriptions_wanted(
+        self, participant: Participant, track_sids: Sequence[str] | None, subscribe: bool
+    ) -> None:
+        if track_sids is not None:
+            await self._room.set_subscriptions(participant, track_sids, subscribe)
+
+    async def participant_gone(
+        self, participant: Participant, reason: models.DisconnectReason, *, notify: bool
+    ) -> None:
+        await self._room.remove_relay(participant)

@@ -14,7 +14,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
-from trackyard.core import admin, limits, messages, responses
+from trackyard.core import admin, keys, limits, messages, responses
 from trackyard.core.refusal import Code, Refusal
 from trackyard.sfu import serverrpc
 from trackyard.sfu.participant import LOSSY, RELIABLE, Participant
@@ -45,8 +45,19 @@ async def handle(node: SfuNode, name: str, data: bytes) -> bytes:
         request = request_type.FromString(data)
     except DecodeError as exc:
         raise Refusal(Code.INVALID_ARGUMENT, f"{name}: undecodable request: {exc}") from None
-    response = await fn(node, request)
+    try:
+        response = await fn(node, request)
+    except _Elsewhere as elsewhere:  # a participant of the room hosted on another node
+        return await node.rpc.call_channel(
+            keys.node_channel(elsewhere.node_id), name, data, callee=elsewhere.node_id
+        )
     return response.SerializeToString()
+
+
+class _Elsewhere(Exception):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
 
 
 def _room(node: SfuNode, name: str) -> Room:
@@ -59,6 +70,10 @@ def _room(node: SfuNode, name: str) -> Room:
 def _participant(node: SfuNode, room_name: str, identity: str) -> tuple[Room, Participant]:
     room = node.rooms.get(room_name)
     participant = None if room is None or room.closed else room.participants.get(identity)
+    if room is not None and participant is None:
+        remote = room.peers.remotes.get(identity)
+        if remote is not None:
+            raise _Elsewhere(remote.node_id)
     if room is None or participant is None:
         raise Refusal(
             Code.NOT_FOUND, f"participant does not exist: {identity!r} in room {room_name!r}"
@@ -95,6 +110,7 @@ async def list_participants(node: SfuNode, req: room_pb.ListParticipantsRequest)
         return room_pb.ListParticipantsResponse()
     return room_pb.ListParticipantsResponse(
         participants=[p.info() for p in room.participants.values()]
+        + [r.info for r in room.peers.remotes.values()]
     )
 
 
@@ -164,6 +180,7 @@ async def send_data(node: SfuNode, req: room_pb.SendDataRequest) -> Message:
     destinations = list(req.destination_identities)
     if req.destination_sids:
         by_sid = {p.sid: p.identity for p in room.participants.values()}
+        by_sid.update({r.sid: r.identity for r in room.peers.remotes.values()})
         destinations += [by_sid[s] for s in req.destination_sids if s in by_sid]
         if not destinations:
             return room_pb.SendDataResponse()  # none of the named sids is here

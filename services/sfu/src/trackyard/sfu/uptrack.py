@@ -51,7 +51,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from aiortc import RTCRtpTransceiver
@@ -171,6 +171,35 @@ class Layer:
         self.bytes = 0
         self.window_expected = 0  # ReceiveStats figures at the last quality window
         self.window_received = 0
+
+
+class _LayerShape(Protocol):
+    @property
+    def quality(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+
+
+def choose_layer(
+    layers: Sequence[_LayerShape], quality: int | None, width: int = 0, height: int = 0
+) -> int:
+    """Index of the layer (``layers`` lowest quality first) for a subscriber asking for
+    ``quality`` or for a ``width`` x ``height`` view."""
+    if len(layers) <= 1:
+        return 0
+    if (width > 0 or height > 0) and all(layer.width and layer.height for layer in layers):
+        for i, layer in enumerate(layers):
+            if layer.width >= width and layer.height >= height:
+                return i
+        return len(layers) - 1
+    wanted = QUALITY_HIGH if quality is None else quality
+    best = 0
+    for i, layer in enumerate(layers):
+        if layer.quality <= wanted:
+            best = i
+    return best
 
 
 class UpTrack:
@@ -354,20 +383,7 @@ class UpTrack:
     def select_layer(self, quality: int | None, width: int = 0, height: int = 0) -> int:
         """The layer a subscriber asking for ``quality`` (or a ``width`` x ``height`` view)
         should get, regardless of what is being received right now."""
-        layers = self.layers
-        if len(layers) <= 1:
-            return 0
-        if (width > 0 or height > 0) and all(layer.width and layer.height for layer in layers):
-            for layer in layers:
-                if layer.width >= width and layer.height >= height:
-                    return layer.index
-            return layers[-1].index
-        wanted = QUALITY_HIGH if quality is None else quality
-        best = 0
-        for layer in layers:
-            if layer.quality <= wanted:
-                best = layer.index
-        return best
+        return choose_layer(self.layers, quality, width, height)
 
     def usable_layer(self, desired: int) -> int:
         """``desired`` if it is being received, else the best received layer below it, else
@@ -401,7 +417,7 @@ class UpTrack:
         for sink in self._sinks:
             if sink.desired_layer > best:
                 best = sink.desired_layer
-        quality = self.layers[best].quality if 0 <= best < len(self.layers) else None
+        quality = self.quality_of(best)
         if quality != self._wanted:
             self._wanted = quality
             if self.on_wanted_quality is not None:
@@ -409,6 +425,10 @@ class UpTrack:
                     self.on_wanted_quality(quality)
                 except Exception:
                     self._log.exception("on_wanted_quality callback failed")
+
+    def quality_of(self, layer: int) -> int | None:
+        """The quality of a layer index (None: no layer)."""
+        return self.layers[layer].quality if 0 <= layer < len(self.layers) else None
 
     @property
     def wanted_quality(self) -> int | None:
