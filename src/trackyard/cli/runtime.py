@@ -54,6 +54,7 @@ def make_placer(config: Config, store: Store) -> Placer:
         config.limit,
         config.region,
         dead_after=config.node.dead_after,
+        span=config.span,
     )
 
 
