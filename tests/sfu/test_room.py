@@ -53,6 +53,7 @@ class FakeNode:
                 liveness=self,
             ),
             bus=MemoryBus(),
+            relay_counters=TrafficCounters(),
         )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

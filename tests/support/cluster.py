@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from redis import Redis as SyncRedis
 
+from tests.support.metrics import prometheus_config
 from tests.support.ports import free_port
 from tests.support.redisserver import RedisServer
 from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
@@ -88,6 +89,7 @@ class Cluster:
     edge_regions: list[str] = field(default_factory=lambda: ["us-east", "eu-west"])
     routers_count: int = 2
     overrides: dict[str, Any] = field(default_factory=dict)
+    sfu_metrics: bool = False  # each SFU node serves Prometheus metrics on its own port
     routers: list[TrackyardProcess] = field(default_factory=list)
     edges: list[TrackyardProcess] = field(default_factory=list)
     sfus: list[TrackyardProcess] = field(default_factory=list)
@@ -131,6 +133,8 @@ class Cluster:
         cfg["node"] = {**cfg["node"], "api_port": api_port}
         start = 40000 + index * 1000
         cfg["rtc"] = {"port_range_start": start, "port_range_end": start + 999}
+        if self.sfu_metrics:
+            cfg.update(prometheus_config())
         return TrackyardProcess(
             cfg,
             command="sfu",

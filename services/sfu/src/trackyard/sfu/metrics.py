@@ -203,6 +203,14 @@ class NodeCollector(Collector):
             ("plis_sent", c.plis_sent, "keyframe requests sent to publishers"),
         ):
             yield CounterMetricFamily(f"trackyard_sfu_{name}", doc, value=value)
+        r = self._node.relay_counters
+        for name, value, doc in (
+            ("relay_packets_in", r.packets_in, "RTP packets received from other nodes' relays"),
+            ("relay_bytes_in", r.bytes_in, "RTP payload bytes received from other nodes"),
+            ("relay_packets_out", r.packets_out, "RTP packets relayed to other nodes"),
+            ("relay_bytes_out", r.bytes_out, "RTP payload bytes relayed to other nodes"),
+        ):
+            yield CounterMetricFamily(f"trackyard_sfu_{name}", doc, value=value)
         sessions = self._node.sessions
         yield GaugeMetricFamily(
             "trackyard_sfu_rooms", "Rooms hosted here", value=len(self._node.rooms)

@@ -62,6 +62,7 @@ class SfuNode:
         self._deadline_task: asyncio.Task[Any] | None = None
         self.collector = StatsCollector()
         self.counters = MediaCounters()  # media plane totals; the stats loop makes rates
+        self.relay_counters = MediaCounters()  # tracks crossing to and from other nodes
         self._collector: NodeCollector | None = None
         self.last_stats = NodeStats()
         self._room_locks: dict[str, asyncio.Lock] = {}
@@ -88,6 +89,7 @@ class SfuNode:
                 liveness=self.reaper,
             ),
             bus=bus,
+            relay_counters=self.relay_counters,
         )
         self.rpc = ChannelRpcClient(bus, self.node_id, purpose="rooms")  # to other nodes
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -131,6 +131,7 @@ class RelayIn:
         self._sub: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()
         self.closed = False
         self.log = log.bind(room=room, origin=origin, relay_session=self.session_id)
 
@@ -289,7 +290,9 @@ class RelayIn:
             del self.tracks[track.track_sid]
         if track.mid is not None and self._by_mid.get(track.mid) is track:
             del self._by_mid[track.mid]
-        asyncio.ensure_future(track.close())
+        task = asyncio.ensure_future(track.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _unsubscribe(self, track_sid: str) -> None:
         self._send(

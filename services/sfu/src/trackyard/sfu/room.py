@@ -9,6 +9,7 @@ relay links (:mod:`trackyard.sfu.relay`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from trackyard.sfu.audiolevel import AudioLevelSettings
 from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
 from trackyard.sfu.peers import RemoteParticipant, RoomPeers, participant_update, participants_of
 from trackyard.sfu.relay import RELAY_IDENTITY_PREFIX, RelayIn
+from trackyard.sfu.rtpstats import TrafficCounters
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,7 @@ class RoomServices:
     spawn: Spawn
     participants: ParticipantServices  # what each of its participants is given
     bus: Bus  # to the room's other nodes
+    relay_counters: TrafficCounters  # media crossing between nodes, apart from the clients'
 
 
 class RoomListener(Protocol):
@@ -221,7 +224,7 @@ class Room:
     def send_resume_snapshot(self, participant: Participant) -> None:
         """After the replay, as LiveKit's ResumeParticipant: everyone's current info (its own
         too: metadata may have changed) and the room."""
-        infos = self.visible_infos(exclude=participant) + [participant.info()]
+        infos = [*self.visible_infos(exclude=participant), participant.info()]
         participant.send(responses.participant_update(infos))
         participant.send(responses.room_update(self.info()))
 
@@ -546,7 +549,9 @@ class Room:
         listed = {i.identity for i in infos}
         changed: list[models.ParticipantInfo] = []
         for info in infos:
-            if info.identity.startswith(RELAY_IDENTITY_PREFIX) or info.identity in self.participants:
+            if info.identity in self.participants or info.identity.startswith(
+                RELAY_IDENTITY_PREFIX
+            ):
                 continue
             old = self.peers.remotes.get(info.identity)
             if info.state == models.ParticipantInfo.DISCONNECTED:
@@ -669,7 +674,9 @@ class Room:
         relay = Participant(
             start,
             room_name=self.name,
-            services=self._services.participants,
+            services=dataclasses.replace(
+                self._services.participants, counters=self._services.relay_counters
+            ),
             listener=_RelayListener(self),
         )
         self.relays[start.relay_node] = relay
@@ -712,7 +719,7 @@ class Room:
                 node_id=self._services.node_id,
                 bus=self._services.bus,
                 make_peer_connection=services.make_peer_connection,
-                counters=services.counters,
+                counters=self._services.relay_counters,
                 audio=AudioLevelSettings(
                     active_level=audio.active_level,
                     min_percentile=audio.min_percentile,
