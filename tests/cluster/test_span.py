@@ -176,7 +176,8 @@ async def test_a_track_crosses_to_a_node_once_for_three_subscribers(cluster: Clu
         before = await figures()
         await asyncio.sleep(3)  # a counting window: the media flows meanwhile
         after = await figures()
-        published, relayed_out, relayed_in, delivered = (y - x for x, y in zip(before, after, strict=True))
+        deltas = [y - x for x, y in zip(before, after, strict=True)]
+        published, relayed_out, relayed_in, delivered = deltas
         assert published > 30, (published, relayed_out, relayed_in, delivered)
         # once across the link, not once per subscriber
         assert relayed_out <= 1.1 * published, (published, relayed_out, relayed_in, delivered)
