@@ -87,8 +87,9 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
         # everyone sees everyone, whichever node they are on
         for client, me in ((a, "a"), (b, "b"), (x, "x"), (c, "c"), (d, "d")):
             await eventually(
-                lambda client=client, me=me: set(client.remote_participants)
-                == {"a", "b", "x", "c", "d"} - {me},
+                lambda client=client, me=me: (
+                    set(client.remote_participants) == {"a", "b", "x", "c", "d"} - {me}
+                ),
                 timeout=15,
                 what=f"{me} sees the other four",
             )

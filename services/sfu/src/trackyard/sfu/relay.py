@@ -356,4 +356,3 @@ class RelayIn:
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("relay link: cannot reach origin", error=str(task.exception()))
-
