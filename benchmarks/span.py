@@ -48,7 +48,7 @@ relay) and the remote subscriber's copy is sent in both, so what is left is the 
 worker receiving the track. Both noisy on a shared machine: more rounds average them.
 
 Run: ``scripts/netns .venv/bin/python -m benchmarks.span [--ks 1,2] [--saturate-sizes
-16,32,64,...] [--seconds 8] [--hop-seconds 10] [--hop-rounds 2]`` (the netns: the SDK-style
+16,32,64,...] [--seconds 8] [--hop-seconds 15] [--hop-rounds 2]`` (the netns: the SDK-style
 clients and the nodes talk over its veth address, see DESIGN §2); writes
 ``benchmarks/results/span.json``.
 """
@@ -99,7 +99,7 @@ from trackyard.core.auth import VideoGrants, create_token
 from trackyard.loadtest.client import JoinError, PublishSpec, Tester
 
 RESULTS = Path(__file__).parent / "results"
-SATURATE_SIZES = "16,32,64,96,128,160,192,256,320,384,512"
+SATURATE_SIZES = "16,32,64,128,192,256,320,384,448,512,640,768"
 JOIN_CONCURRENCY = 8  # joins in flight through the edge
 JOIN_TIMEOUT = 30.0
 RTC_PORTS = (50000, 59999)  # the supervisor cuts it in K slices
@@ -643,7 +643,7 @@ if __name__ == "__main__":
         "--saturate-sizes", default=SATURATE_SIZES, help="the N tried per K, in order"
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring window per phase")
-    parser.add_argument("--hop-seconds", type=float, default=10.0, help="window of hop phases")
+    parser.add_argument("--hop-seconds", type=float, default=15.0, help="window of hop phases")
     parser.add_argument("--hop-rounds", type=int, default=2, help="0: no hop measurement")
     parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
