@@ -96,16 +96,27 @@ class Placer:
             if host in live:
                 return current, live  # a draining node keeps its active rooms
             log.warning("room host is dead; placing anew", room=room, node=current.node_id)
-            node = self._choose(list(live.values()), region)
+            node = await self._survivor(room, live) or self._choose(list(live.values()), region)
             return await self._store.claim_room(room, node.id, replace=current), live
-        if not create:
-            return None
         live = await self._live(bool)
-        node = self._choose(list(live.values()), region)
+        # a home that went away (drained, or closed by its node) may leave parts behind
+        survivor = await self._survivor(room, live)
+        if not create and survivor is None:
+            return None
+        node = survivor or self._choose(list(live.values()), region)
         placement = await self._store.claim_room(room, node.id)
         if placement.node_id == node.id:
             log.info("room placed", room=room, node=node.id, epoch=placement.epoch)
         return placement, live
+
+    async def _survivor(self, room: str, live: _Live) -> NodeRecord | None:
+        """A live node still holding part of a room whose home is gone: the room (its state,
+        its participants) lives on there, so it becomes the home rather than a new node."""
+        if not self._span.enabled:
+            return None
+        nodes = {n for n in (await self._store.list_seats(room)).values() if n in live}
+        parts = [live[n] for n in sorted(nodes) if live[n].is_available()]
+        return self.selector("").lowest(parts) if parts else None
 
     async def seat(
         self, room: str, identity: str, *, create: bool, region: str = ""

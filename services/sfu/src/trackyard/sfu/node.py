@@ -299,6 +299,9 @@ class SfuNode:
             except Exception as exc:
                 self.log.debug("cannot check placement", room=room.name, error=str(exc))
                 return
+            if current is not None and current.node_id == self.node_id and not room.is_home:
+                room.become_home(current.epoch)  # the router made this part the home
+                continue
             if current is None or current.node_id in (self.node_id, room.home_node):
                 continue
             if self.config.span.enabled:
@@ -314,9 +317,24 @@ class SfuNode:
             )
             await room.evict_all("room moved to another node")
 
-    async def _discover_peers(self, room: Room) -> None:
-        """The room's other nodes (its home and the nodes its participants are seated on)."""
+    async def _adopt_stored(self, room: Room) -> None:
+        """A home opening a room that lives on other nodes (its old home died or left):
+        the room keeps its sid, metadata and settings from the store."""
         seats = await self.store.list_seats(room.name)
+        if not any(n != self.node_id for n in seats.values()):
+            return
+        stored = await self.store.get_room(room.name)
+        if stored is not None:
+            room.sid, room.metadata = stored.sid, stored.metadata
+            room.created_at = stored.creation_time_ms / 1000 or room.created_at
+            room.log.info("room taken over from the store", sid=stored.sid)
+
+    async def _discover_peers(self, room: Room, *, seed: bool = False) -> None:
+        """The room's other nodes (its home and the nodes its participants are seated on);
+        ``seed``: a new part also takes their participants from the store."""
+        seats = await self.store.list_seats(room.name)
+        if seed:
+            room.seed_remotes(await self.store.list_participants(room.name), seats)
         nodes = set(seats.values()) | {room.home_node}
         nodes.discard(self.node_id)
         room.open_to_peers(nodes)
@@ -388,13 +406,15 @@ class SfuNode:
             stored = await self.store.get_room(name)
             if stored is not None:  # until the home's own word arrives
                 room.sid, room.metadata = stored.sid, stored.metadata
-            await self._discover_peers(room)
+            await self._discover_peers(room, seed=True)
             room.log.info("room part opened", home=room.home_node)
             return room
+        if self.config.span.enabled:
+            await self._adopt_stored(room)
         await self.store.put_room(room.info())
         room.log.info("room created")
         if self.config.span.enabled:
-            await self._discover_peers(room)
+            await self._discover_peers(room, seed=True)
         if self.webhooks is not None:
             self.webhooks.notify("room_started", room=room.info())
         dispatcher_for(self).room_started(room, agents)
@@ -432,7 +452,10 @@ class SfuNode:
             if room.closed or room.home_node != old_home:
                 return
             current = await self.store.get_placement(room.name)
-            if current is not None and current.node_id not in (old_home, self.node_id):
+            if current is not None and current.node_id == self.node_id:
+                room.become_home(current.epoch)
+                return
+            if current is not None and current.node_id != old_home:
                 room.home_node = current.node_id
                 room.open_to_peers({current.node_id})
                 return

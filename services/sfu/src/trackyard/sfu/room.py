@@ -268,9 +268,9 @@ class Room:
         self._stop_monitors()
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, notify=True)
-        if self.is_home:
+        if self.is_home and reason != models.DisconnectReason.SERVER_SHUTDOWN:
             self.peers.send(messages.PEER_CLOSE, headers={"reason": str(int(reason))})
-        else:
+        else:  # a part, or a home going away with its node: the others keep the room
             self.peers.send(messages.PEER_BYE)
         await self._close_relays()
         await self._listener.room_closed(self)
@@ -421,9 +421,7 @@ class Room:
         destinations = _destinations(packet)
         data = packet.SerializeToString()
         if destinations:
-            nodes = {
-                r.node_id for r in self.peers.remotes.values() if r.identity in destinations
-            }
+            nodes = {r.node_id for r in self.peers.remotes.values() if r.identity in destinations}
             self.peers.send(messages.PEER_DATA, data, to=nodes, headers={"label": label})
         else:
             self.peers.send(messages.PEER_DATA, data, headers={"label": label})
@@ -498,6 +496,14 @@ class Room:
 
     # -- the room's other nodes --------------------------------------------------------------
 
+    def seed_remotes(self, infos: Sequence[models.ParticipantInfo], seats: dict[str, str]) -> None:
+        """A part that just opened: the other nodes' participants as the store has them, so
+        its first join response lists them (the nodes' own snapshots follow)."""
+        for info in infos:
+            node = seats.get(info.identity, "")
+            if node and node != self._services.node_id and info.identity not in self.participants:
+                self.peers.remotes[info.identity] = RemoteParticipant(info, node)
+
     def open_to_peers(self, nodes: set[str]) -> None:
         """This part just opened (or learned of more parts): say hello to them."""
         fresh = [n for n in nodes if self.peers.add(n)]
@@ -516,9 +522,7 @@ class Room:
             return
         if self.peers.add(sender) and op not in (messages.PEER_HELLO, messages.PEER_BYE):
             # it knows us but we missed its hello: ask for its snapshot
-            self.peers.send(
-                messages.PEER_HELLO, participant_update(self._own_infos()), to=[sender]
-            )
+            self.peers.send(messages.PEER_HELLO, participant_update(self._own_infos()), to=[sender])
         if op == messages.PEER_HELLO:
             self._apply_remote(sender, participants_of(env.data), snapshot=True)
             self.peers.send(
@@ -594,9 +598,7 @@ class Room:
         if link is not None:
             link.track_gone(track_sid)
 
-    def _remote_left(
-        self, remote: RemoteParticipant, info: models.ParticipantInfo | None
-    ) -> None:
+    def _remote_left(self, remote: RemoteParticipant, info: models.ParticipantInfo | None) -> None:
         if self.peers.remotes.get(remote.identity) is not remote:
             return
         del self.peers.remotes[remote.identity]
