@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -76,7 +77,7 @@ class FrameClock:
     def max_gap(self, since: float, until: float) -> float:
         inside = [t for t in self.times if since <= t <= until]
         points = [since, *inside, until]
-        return max(b - a for a, b in zip(points, points[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(points))
 
     async def close(self) -> None:
         self._task.cancel()
@@ -144,7 +145,7 @@ async def test_killing_the_home_keeps_the_room_and_its_state(cluster: Cluster) -
     url = cluster.edges[0].ws_url
     async with (
         connected(url, "a", room) as a,
-        connected(url, "b", room) as b,
+        connected(url, "b", room),
         connected(url, "c", room) as c,
         pattern_video(c, options=NO_SIMULCAST),
     ):
