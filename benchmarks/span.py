@@ -39,13 +39,16 @@ publisher and two subscribers join one by one.
   worker and subscriber 1 on the other one, behind the relay. Latency p50/p99 of each
   subscriber in the same window; the difference is the hop.
 - "local" phase: ``node_participants`` 3, everyone on the home worker; the other worker idles.
-CPU per relayed packet (one copy of each published packet crosses): (1) the remote worker's CPU
-rate in "relay" minus its idle rate in "local", over the relayed packets/s: what receiving the
-relayed track and fanning it out to one subscriber costs there; (2) the K workers' total CPU
-rate in "relay" minus in "local", over the relayed packets/s: the hop's own cost, since the
-home worker sends two copies in both phases (to two subscribers, or to a subscriber and the
-relay) and the remote subscriber's copy is sent in both, so what is left is the remote
-worker receiving the track. Both noisy on a shared machine: more rounds average them.
+CPU per relayed packet (one copy of each published packet crosses). The home worker sends two
+copies in both phases (to two subscribers, or to a subscriber and the relay), so what the hop
+adds is the remote worker receiving the track and sending it once more, to its subscriber.
+Measured two ways, over the relayed packets/s: (1) the remote worker's CPU rate in "relay"
+minus its idle rate in "local"; (2) all workers' CPU rate in "relay" minus in "local" (the
+same, plus any difference on the home worker between feeding the relay and feeding a
+subscriber). Both include the remote part's fixed costs (RTCP, timers, its second peer
+connection) spread over the one stream's ~110 packets/s: compare with the saturation phases'
+CPU per delivered packet, which spreads the fixed costs over many copies.
+Both noisy on a shared machine: more rounds average them.
 
 Run: ``scripts/netns .venv/bin/python -m benchmarks.span [--ks 1,2] [--saturate-sizes
 16,32,64,...] [--seconds 8] [--hop-seconds 15] [--hop-rounds 2]`` (the netns: the SDK-style
