@@ -38,7 +38,9 @@ EU_WEST = 2
 CROWD = 50
 
 
-cluster = cluster_fixture()  # the default layout described above
+# the default layout described above, rooms pinned to their home (spanning rooms:
+# tests/cluster/test_span.py)
+cluster = cluster_fixture(overrides={"span": {"enabled": False}})
 
 
 @contextlib.asynccontextmanager

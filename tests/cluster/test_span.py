@@ -107,6 +107,13 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
             for listener in (a, c):
                 track = await remote_track(listener, "d", rtc.TrackKind.KIND_AUDIO)
                 assert abs(await dominant_tone(track) - 660.0) < 15
+            # and d is an active speaker for participants of every node
+            for listener in (a, c):
+                await eventually(
+                    lambda listener=listener: "d" in {p.identity for p in listener.active_speakers},
+                    timeout=10,
+                    what="d seen speaking on another node",
+                )
 
         # data and RPC across nodes, both ways
         await send_data(d, a, b"west to home")

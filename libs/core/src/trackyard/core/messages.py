@@ -31,6 +31,7 @@ PEER_HELLO = "hello"  # a part opened; data: ParticipantUpdate of its participan
 PEER_SNAPSHOT = "snapshot"  # data: ParticipantUpdate of the sender's participants (no reply)
 PEER_PARTICIPANTS = "participants"  # data: ParticipantUpdate (state DISCONNECTED: it left)
 PEER_ROOM = "room"  # from the home: data: models.Room, headers["epoch"]: the home's epoch
+PEER_SPEAKERS = "speakers"  # data: SpeakersChanged, the sender's active speakers (all of them)
 PEER_DATA = "data"  # data: DataPacket for the receiver's participants; headers["label"]
 PEER_BYE = "bye"  # the sender's part closed (its participants are gone)
 PEER_CLOSE = "close"  # from the home: the room is closed; headers["reason"]: DisconnectReason

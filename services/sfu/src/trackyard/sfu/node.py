@@ -333,20 +333,26 @@ class SfuNode:
         """The room's other nodes (its home and the nodes its participants are seated on);
         ``seed``: a new part also takes their participants from the store."""
         seats = await self.store.list_seats(room.name)
-        if seed:
+        nodes = (set(seats.values()) | {room.home_node}) - {self.node_id}
+        dead = await self._dead(nodes)
+        if seed:  # seats on dead nodes are participants about to rejoin: not in the room
+            seats = {who: n for who, n in seats.items() if n not in dead}
             room.seed_remotes(await self.store.list_participants(room.name), seats)
-        nodes = set(seats.values()) | {room.home_node}
-        nodes.discard(self.node_id)
-        room.open_to_peers(nodes)
+        room.open_to_peers(nodes - dead)
+
+    async def _dead(self, nodes: set[str]) -> set[str]:
+        """Which of ``nodes`` are dead (missed heartbeats, as the router judges), or none
+        while the store is settling (it may have forgotten live nodes)."""
+        if not nodes or self.generation.settling():
+            return set()
+        ages = await self.store.node_heartbeats([*nodes, self.node_id])
+        return stale_nodes(ages, self.config.node.dead_after) | (nodes - ages.keys())
 
     async def check_peers(self) -> None:
         """Rooms' other nodes that died (heartbeats, as the router judges): their
         participants are gone from our rooms, and a room whose home died gets a new one."""
         peers = {n for room in self.rooms.values() for n in room.peers.nodes}
-        if not peers or self.generation.settling():
-            return
-        ages = await self.store.node_heartbeats([*peers, self.node_id])
-        dead = stale_nodes(ages, self.config.node.dead_after) | (peers - ages.keys())
+        dead = await self._dead(peers)
         for room in list(self.rooms.values()):
             for node in room.peers.nodes & dead:
                 room.log.warning("room part's node is dead", peer=node)

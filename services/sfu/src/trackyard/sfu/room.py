@@ -116,6 +116,7 @@ class Room:
         )
         self.relays: dict[str, Participant] = {}  # node id -> its relay participant here
         self._relays_in: dict[str, RelayIn] = {}  # node id -> our link pulling its tracks
+        self._remote_speakers: dict[str, list[models.SpeakerInfo]] = {}  # node id -> speakers
         self.closed = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(room=name, room_sid=self.sid)
@@ -182,6 +183,8 @@ class Room:
         old = self.participants.get(start.identity)
         if old is not None:
             await self.remove(old, models.DisconnectReason.DUPLICATE_IDENTITY, notify=True)
+        # a mirror of the same identity is a stale one (it rejoins here): this one wins
+        self.peers.remotes.pop(start.identity, None)
         participant = Participant(
             start, room_name=self.name, services=self._services.participants, listener=self
         )
@@ -536,6 +539,9 @@ class Room:
             self._apply_remote(sender, participants_of(env.data), snapshot=False)
         elif op == messages.PEER_ROOM:
             self._adopt_room(sender, models.Room.FromString(env.data), env.headers)
+        elif op == messages.PEER_SPEAKERS:
+            speakers = list(rtc.SpeakersChanged.FromString(env.data).speakers)
+            self._remote_speakers[sender] = speakers
         elif op == messages.PEER_DATA:
             packet = models.DataPacket.FromString(env.data)
             self._deliver_here(packet, env.data, env.headers.get("label", ""))
@@ -622,6 +628,7 @@ class Room:
             info.state = models.ParticipantInfo.DISCONNECTED
             self._remote_left(remote, info)
         self.peers.drop(node)
+        self._remote_speakers.pop(node, None)
         link = self._relays_in.pop(node, None)
         if link is not None:
             self._spawn(link.close())
@@ -767,9 +774,17 @@ class Room:
         """Every ``audio.update_interval``: send who started, changed or stopped speaking."""
         interval = self._services.config.audio.update_interval / 1000
         last: dict[str, float] = {}
+        told: list[models.SpeakerInfo] = []  # what the room's other nodes last heard from us
         while not self.closed:
             await asyncio.sleep(interval)
             speakers = self.active_speakers(time.monotonic())
+            if speakers != told:  # ours, for the other nodes' participants
+                told = speakers
+                update = rtc.SpeakersChanged(speakers=speakers).SerializeToString()
+                self.peers.send(messages.PEER_SPEAKERS, update)
+            for remote in self._remote_speakers.values():
+                speakers = speakers + remote
+            speakers.sort(key=lambda s: -s.level)
             now = {s.sid: s.level for s in speakers}
             changed = [s for s in speakers if last.get(s.sid) != s.level]
             changed += [
