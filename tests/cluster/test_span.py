@@ -94,6 +94,7 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
                 what=f"{me} sees the other four",
             )
 
+        speaking = [EventWaiter(x, "active_speakers_changed") for x in (a, c)]
         async with (
             pattern_video(a, options=NO_SIMULCAST) as _video,
             tone_audio(d, freq=660.0) as _audio,
@@ -108,12 +109,8 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
                 track = await remote_track(listener, "d", rtc.TrackKind.KIND_AUDIO)
                 assert abs(await dominant_tone(track) - 660.0) < 15
             # and d is an active speaker for participants of every node
-            for listener in (a, c):
-                await eventually(
-                    lambda listener=listener: "d" in {p.identity for p in listener.active_speakers},
-                    timeout=10,
-                    what="d seen speaking on another node",
-                )
+            for waiter in speaking:
+                await waiter.wait(lambda speakers: "d" in {p.identity for p in speakers})
 
         # data and RPC across nodes, both ways
         await send_data(d, a, b"west to home")

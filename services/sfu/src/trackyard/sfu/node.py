@@ -317,17 +317,19 @@ class SfuNode:
             )
             await room.evict_all("room moved to another node")
 
-    async def _adopt_stored(self, room: Room) -> None:
+    async def _adopt_stored(self, room: Room) -> bool:
         """A home opening a room that lives on other nodes (its old home died or left):
-        the room keeps its sid, metadata and settings from the store."""
+        the room keeps its sid, metadata and settings from the store. True if it did."""
         seats = await self.store.list_seats(room.name)
         if not any(n != self.node_id for n in seats.values()):
-            return
+            return False
         stored = await self.store.get_room(room.name)
-        if stored is not None:
-            room.sid, room.metadata = stored.sid, stored.metadata
-            room.created_at = stored.creation_time_ms / 1000 or room.created_at
-            room.log.info("room taken over from the store", sid=stored.sid)
+        if stored is None:
+            return False
+        room.sid, room.metadata = stored.sid, stored.metadata
+        room.created_at = stored.creation_time_ms / 1000 or room.created_at
+        room.log.info("room taken over from the store", sid=stored.sid)
+        return True
 
     async def _discover_peers(self, room: Room, *, seed: bool = False) -> None:
         """The room's other nodes (its home and the nodes its participants are seated on);
@@ -415,12 +417,13 @@ class SfuNode:
             await self._discover_peers(room, seed=True)
             room.log.info("room part opened", home=room.home_node)
             return room
-        if self.config.span.enabled:
-            await self._adopt_stored(room)
+        taken_over = self.config.span.enabled and await self._adopt_stored(room)
         await self.store.put_room(room.info())
         room.log.info("room created")
         if self.config.span.enabled:
             await self._discover_peers(room, seed=True)
+        if taken_over:
+            return room  # it started before, elsewhere: no second room_started
         if self.webhooks is not None:
             self.webhooks.notify("room_started", room=room.info())
         dispatcher_for(self).room_started(room, agents)
