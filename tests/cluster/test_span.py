@@ -192,6 +192,37 @@ async def test_a_track_crosses_to_a_node_once_for_three_subscribers(cluster: Clu
         assert delivered >= 2.7 * relayed_in
 
 
+async def test_max_participants_counts_the_room_on_every_node(cluster: Cluster) -> None:
+    """Two parts admitting at the same moment, each seeing three of four places taken: only
+    the home's count (everyone, plus joins it admitted elsewhere) lets exactly one in."""
+    room = "span-full"
+    east, west = cluster.edges[0].ws_url, cluster.edges[1].ws_url
+    async with api.LiveKitAPI(cluster.edges[0].http_url, API_KEY, API_SECRET) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name=room, max_participants=4))
+    async with (
+        connected(east, "a", room),
+        connected(east, "b", room),
+        connected(east, "c", room),  # the home is full (node_participants 3)
+        contextlib.AsyncExitStack() as stack,
+    ):
+
+        async def join(url: str, identity: str) -> str:
+            try:
+                await stack.enter_async_context(connected(url, identity, room))
+            except rtc.ConnectError as exc:
+                assert "full" in str(exc), exc
+                return "refused"
+            return "joined"
+
+        outcomes = await asyncio.gather(join(east, "x"), join(west, "y"))
+        assert sorted(outcomes) == ["joined", "refused"]
+        joined = "x" if outcomes[0] == "joined" else "y"
+        assert node_of(cluster, room, joined) is not node_of(cluster, room, "a")
+        with pytest.raises(rtc.ConnectError, match="full"):
+            async with connected(west, "z", room):
+                pass
+
+
 async def test_simulcast_layers_switch_for_a_subscriber_on_another_node(cluster: Cluster) -> None:
     room = "span-simulcast"
     east, west = cluster.edges[0].ws_url, cluster.edges[1].ws_url

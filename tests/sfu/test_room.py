@@ -54,6 +54,7 @@ class FakeNode:
             ),
             bus=MemoryBus(),
             relay_counters=TrafficCounters(),
+            admit=self.admit,
         )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -146,6 +147,9 @@ class FakeNode:
     async def room_closed(self, room: Room) -> None:
         self.events.append(("room_closed", room.name))
         self.closed.set()
+
+    async def admit(self, home: str, room: str, identity: str) -> None:
+        raise AssertionError("a single-node room never asks a home")
 
     def home_lost(self, room: Room) -> None:
         self.events.append(("home_lost", room.name))

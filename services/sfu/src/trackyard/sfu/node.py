@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from aiortc import RTCPeerConnection
 from livekit.protocol import models
+from livekit.protocol import room as room_pb
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -35,6 +36,8 @@ from trackyard.sfu.rtpstats import TrafficCounters as MediaCounters
 from trackyard.sfu.sessions import SessionReaper
 
 log = structlog.get_logger(__name__)
+
+ADMIT_TIMEOUT = 2.0  # seconds a part waits for the home to admit a join
 
 
 class SfuNode:
@@ -90,6 +93,7 @@ class SfuNode:
             ),
             bus=bus,
             relay_counters=self.relay_counters,
+            admit=self._admit_at_home,
         )
         self.rpc = ChannelRpcClient(bus, self.node_id, purpose="rooms")  # to other nodes
 
@@ -194,6 +198,17 @@ class SfuNode:
         channel = keys.session_channel(env.session)
         return await publish_patiently(
             self.bus, channel, env, within=self.config.signal.ping_timeout
+        )
+
+    async def _admit_at_home(self, home: str, room: str, identity: str) -> None:
+        """Ask a room's home to admit a join here (it counts the room on every node)."""
+        request = room_pb.RoomParticipantIdentity(room=room, identity=identity)
+        await self.rpc.call_channel(
+            keys.node_channel(home),
+            "AdmitParticipant",
+            request.SerializeToString(),
+            timeout=ADMIT_TIMEOUT,
+            callee=home,
         )
 
     def make_peer_connection(self) -> RTCPeerConnection:
@@ -326,8 +341,7 @@ class SfuNode:
         stored = await self.store.get_room(room.name)
         if stored is None:
             return False
-        room.sid, room.metadata = stored.sid, stored.metadata
-        room.created_at = stored.creation_time_ms / 1000 or room.created_at
+        room.adopt(stored)
         room.log.info("room taken over from the store", sid=stored.sid)
         return True
 
@@ -413,7 +427,7 @@ class SfuNode:
         if not room.is_home:
             stored = await self.store.get_room(name)
             if stored is not None:  # until the home's own word arrives
-                room.sid, room.metadata = stored.sid, stored.metadata
+                room.adopt(stored)
             await self._discover_peers(room, seed=True)
             room.log.info("room part opened", home=room.home_node)
             return room

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -47,6 +47,8 @@ class RoomServices:
     participants: ParticipantServices  # what each of its participants is given
     bus: Bus  # to the room's other nodes
     relay_counters: TrafficCounters  # media crossing between nodes, apart from the clients'
+    # a part asks the home (node, room, identity) to admit a join; raises Refusal
+    admit: Callable[[str, str, str], Awaitable[None]]
 
 
 class RoomListener(Protocol):
@@ -117,6 +119,7 @@ class Room:
         self.relays: dict[str, Participant] = {}  # node id -> its relay participant here
         self._relays_in: dict[str, RelayIn] = {}  # node id -> our link pulling its tracks
         self._remote_speakers: dict[str, list[models.SpeakerInfo]] = {}  # node id -> speakers
+        self._admitted: dict[str, float] = {}  # home: joins admitted for other nodes -> until
         self.closed = False
         self._close_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(room=name, room_sid=self.sid)
@@ -163,23 +166,53 @@ class Room:
     # -- join / leave -----------------------------------------------------------------------
 
     def check_admission(self, start: messages.SessionStart) -> None:
+        self.admit(start.identity)
+
+    def admit(self, identity: str, *, hold: float = 0.0) -> None:
+        """Refuse a join the room has no place for. Counts everyone on every node the home
+        knows of and the joins it admitted for other nodes that have not shown up yet;
+        ``hold``: count this one too for that long (a join admitted for another node)."""
         if self.closed:
             raise Refusal(Code.UNAVAILABLE, f"room {self.name} is closing")
-        replacing = start.identity in self.participants
-        if (
-            self.max_participants
-            and not replacing
-            and len(self.participants) + len(self.peers.remotes) >= self.max_participants
-        ):
+        now = time.monotonic()
+        present = self.participants.keys() | self.peers.remotes.keys()
+        self._admitted = {
+            who: until
+            for who, until in self._admitted.items()
+            if until > now and who not in present
+        }
+        counted = len(present) + len(self._admitted.keys() - {identity})
+        if self.max_participants and identity not in present and counted >= self.max_participants:
             raise Refusal(
                 Code.PERMISSION_DENIED,
                 f"room {self.name} is full (max_participants {self.max_participants})",
             )
+        if hold:
+            self._admitted[identity] = now + hold
+
+    async def _admitted_by_home(self, start: messages.SessionStart) -> None:
+        """A part asks the home, which counts the whole room; the part's own view decides
+        only when the home cannot answer."""
+        try:
+            await self._services.admit(self.home_node, self.name, start.identity)
+        except Refusal as exc:
+            if exc.code is not Code.UNAVAILABLE and exc.code is not Code.NOT_FOUND:
+                raise
+            self.log.warning(
+                "home cannot admit; counting here", home=self.home_node, why=exc.reason
+            )
+            self.check_admission(start)
+        else:
+            if self.closed:
+                raise Refusal(Code.UNAVAILABLE, f"room {self.name} is closing")
 
     async def join(self, start: messages.SessionStart) -> Participant:
         if start.relay_node:
             return await self._join_relay(start)
-        self.check_admission(start)
+        if self.max_participants and not self.is_home and start.identity not in self.participants:
+            await self._admitted_by_home(start)
+        else:
+            self.check_admission(start)
         old = self.participants.get(start.identity)
         if old is not None:
             await self.remove(old, models.DisconnectReason.DUPLICATE_IDENTITY, notify=True)
@@ -646,13 +679,17 @@ class Room:
             return  # a stale home
         self.home_node = sender
         self.epoch = max(self.epoch, epoch)
+        self.adopt(info)
+        self.broadcast(responses.room_update(self.info()))
+
+    def adopt(self, info: models.Room) -> None:
+        """Take room-level state from the home (or from the store, written by the home)."""
         self.sid = info.sid
         self.created_at = info.creation_time_ms / 1000 if info.creation_time_ms else self.created_at
         self.empty_timeout = info.empty_timeout
         self.departure_timeout = info.departure_timeout
         self.max_participants = info.max_participants
         self.metadata = info.metadata
-        self.broadcast(responses.room_update(self.info()))
 
     def _send_room_state(self, to: list[str] | None = None) -> None:
         if self.is_home:

@@ -23,6 +23,8 @@ from trackyard.sfu.room import Room
 if TYPE_CHECKING:
     from trackyard.sfu.node import SfuNode
 
+ADMISSION_HOLD = 10.0  # seconds a join admitted for another node counts before it shows up
+
 # Method name -> (request type, handler)
 Handler = Callable[["SfuNode", Any], Awaitable[Message]]
 _METHODS: dict[str, tuple[type[Message], Handler]] = {}
@@ -101,6 +103,13 @@ async def create_room(node: SfuNode, req: room_pb.CreateRoomRequest) -> Message:
 async def delete_room(node: SfuNode, req: room_pb.DeleteRoomRequest) -> Message:
     await _room(node, req.room).close(models.DisconnectReason.ROOM_DELETED)
     return room_pb.DeleteRoomResponse()
+
+
+@method("AdmitParticipant", room_pb.RoomParticipantIdentity)
+async def admit_participant(node: SfuNode, req: room_pb.RoomParticipantIdentity) -> Message:
+    """From a part of the room: may this identity join there? (The home counts everyone.)"""
+    _room(node, req.room).admit(req.identity, hold=ADMISSION_HOLD)
+    return req
 
 
 @method("ListParticipants", room_pb.ListParticipantsRequest)
