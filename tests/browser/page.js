@@ -136,6 +136,16 @@
       .on(RoomEvent.DataReceived, (payload, p, kind, topic) =>
         record('data', { from: p?.identity ?? null, topic: topic ?? null, kind, text: dec.decode(payload) }),
       )
+      .on(RoomEvent.RoomMetadataChanged, (metadata) => record('room_metadata_changed', { metadata }))
+      .on(RoomEvent.ParticipantMetadataChanged, (_prev, p) =>
+        record('participant_metadata_changed', { identity: p.identity, metadata: p.metadata ?? '' }),
+      )
+      .on(RoomEvent.ParticipantAttributesChanged, (changed, p) =>
+        record('participant_attributes_changed', { identity: p.identity, changed: { ...changed } }),
+      )
+      .on(RoomEvent.ActiveSpeakersChanged, (speakers) =>
+        record('active_speakers', { identities: speakers.map((p) => p.identity).sort().join(',') }),
+      )
       .on(RoomEvent.Disconnected, (reason) => record('disconnected', { reason: reason ?? null }))
       .on(RoomEvent.Reconnecting, () => record('reconnecting'))
       .on(RoomEvent.Reconnected, () => record('reconnected'))
@@ -164,6 +174,62 @@
   T.disconnect = async () => {
     await T.room?.disconnect();
     return true;
+  };
+
+  // Room-level state as the SDK holds it (JoinResponse, then RoomUpdate): numbers are Number,
+  // not the protobuf int64 BigInt, so the answer stays JSON.
+  T.roomInfo = async () => {
+    const room = T.room;
+    const info = room.roomInfo ?? {};
+    const server = room.serverInfo ?? {};
+    return {
+      sid: await room.getSid(),
+      name: room.name,
+      metadata: room.metadata ?? '',
+      numParticipants: room.numParticipants,
+      numPublishers: room.numPublishers,
+      maxParticipants: info.maxParticipants ?? 0,
+      emptyTimeout: info.emptyTimeout ?? 0,
+      departureTimeout: info.departureTimeout ?? 0,
+      creationTimeMs: Number(info.creationTimeMs ?? 0),
+      server: { region: server.region ?? '', nodeId: server.nodeId ?? '', protocol: server.protocol ?? 0 },
+    };
+  };
+
+  // A participant (remote, or the page's own by its identity) as the SDK holds it, with the
+  // ParticipantInfo fields the SDK acts on (version: it drops older updates; state).
+  T.participantInfo = (identity) => {
+    const local = T.room.localParticipant;
+    const p = identity === local.identity ? local : remoteParticipant(identity);
+    if (!p) return null;
+    const info = p.participantInfo ?? {};
+    const perm = p.permissions;
+    return {
+      sid: p.sid,
+      identity: p.identity,
+      name: p.name ?? '',
+      metadata: p.metadata ?? '',
+      attributes: { ...p.attributes },
+      kind: p.kind,
+      state: info.state ?? null,
+      version: info.version ?? null,
+      joinedAtMs: Number(info.joinedAtMs ?? 0),
+      permissions: perm
+        ? { canSubscribe: perm.canSubscribe, canPublish: perm.canPublish, canPublishData: perm.canPublishData, hidden: perm.hidden }
+        : null,
+      tracks: [...p.trackPublications.values()]
+        .map((pub) => ({
+          sid: pub.trackSid,
+          source: sourceName(pub.source),
+          kind: pub.kind,
+          mime: pub.mimeType ?? '',
+          simulcasted: pub.simulcasted ?? null,
+          width: pub.dimensions?.width ?? 0,
+          height: pub.dimensions?.height ?? 0,
+          layers: (pub.trackInfo?.layers ?? []).map((l) => ({ quality: l.quality, width: l.width, height: l.height })),
+        }))
+        .sort((a, b) => a.source.localeCompare(b.source)),
+    };
   };
 
   T.remoteIdentities = () => [...T.room.remoteParticipants.values()].map((p) => p.identity).sort();
