@@ -11,9 +11,13 @@ participant update between them crosses the relay link:
   (numParticipants, numPublishers, sid, metadata set through the API of the other region's
   edge) and ParticipantInfo's version and state, which the browser SDK acts on (it drops an
   update older than the one it has) and the Python SDK ignores;
-- the page publishes with default simulcast on a node that is not the room's home, and the
-  Python subscriber on the home (the other region) switches LOW then HIGH: the decoded width
-  follows.
+- the page publishes with default simulcast on a node that is not the room's home (its
+  JoinResponse, from that new part, carries the home's metadata), and the Python subscriber on
+  the home (the other region) switches LOW then HIGH: the decoded width follows; with dynacast
+  the page stops encoding the layers nobody wants;
+- a page subscribing with adaptive stream on another node than the publishing page: its
+  element's size picks the layer across the link. Not yet when another subscriber on its node
+  wants the top layer: one layer per track crosses (xfail, strict).
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
-from tests.support.browser import MEDIA_CALL, MEDIA_MS, Browser, Page, browser_fixture
+from tests.support.browser import (
+    MEDIA_CALL,
+    MEDIA_MS,
+    Browser,
+    BrowserError,
+    Page,
+    browser_fixture,
+)
 from tests.support.cluster import Cluster, cluster_fixture, eventually
 from tests.support.media import first_frame_size, pattern_video, tone_audio
 from tests.support.sdk import EventWaiter, connected
@@ -336,6 +347,85 @@ async def test_dynacast_across_nodes_pauses_the_browser_s_unwanted_layers(
         placed = seats(cluster, room)
         assert placed["dyn"] != placed["viewer"], placed
         await simulcast_follows(viewer, cam, dynacast=True)
+
+
+MEET = {"adaptiveStream": True, "dynacast": True}  # LiveKit Meet's Room options
+BIG = {"frameWidth": [640, 1280]}  # layer h (640x360) or f (1280x720); never the 320 px one
+SMALL = {"frameWidth": [1, 320]}  # layer q
+
+
+async def test_adaptive_stream_of_a_page_on_another_node(
+    cluster: Cluster, browser: Browser
+) -> None:
+    """A page subscribes with adaptive stream on another node than the publishing page: the
+    size of its <video> element picks the layer across the link (UpdateTrackSettings from B,
+    relayed to A), hiding it stops the packets, and dynacast follows."""
+    room = "span-browser-adaptive"
+    east, west = cluster.edges[0], cluster.edges[1]
+    async with (
+        page_in(browser, east.ws_url, "pub", room, MEET) as pub,
+        page_in(browser, west.ws_url, "sub", room, MEET) as sub,
+    ):
+        placed = seats(cluster, room)
+        assert placed["pub"] != placed["sub"], placed
+        await pub.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
+        await sub.wait_event("track_subscribed", {"identity": "pub", "source": "camera"})
+        await sub.call("setVideoSize", "pub", "camera", 1280, 720)
+        await sub.call("waitStats", "pub", "camera", BIG, MEDIA_MS, timeout=MEDIA_CALL)
+
+        await sub.call("setVideoSize", "pub", "camera", 160, 90)
+        small = await sub.call("waitStats", "pub", "camera", SMALL, MEDIA_MS, timeout=MEDIA_CALL)
+        assert small["frameHeight"] <= 180, small
+        await pub.call("waitActiveLayers", ["q"], MEDIA_MS, timeout=MEDIA_CALL)
+
+        await sub.call("setVideoHidden", "pub", "camera", True)
+        quiet = await sub.call(
+            "waitStill", "pub", "camera", "packetsReceived", 2000, MEDIA_MS, timeout=MEDIA_CALL
+        )
+        assert quiet["last"]["framesDecoded"] == quiet["first"]["framesDecoded"], quiet
+
+        await sub.call("setVideoSize", "pub", "camera", 1280, 720)
+        back = await sub.call("waitStats", "pub", "camera", BIG, MEDIA_MS, timeout=MEDIA_CALL)
+        assert back["framesDecoded"] > quiet["last"]["framesDecoded"], back
+        await pub.call("waitActiveLayers", ["q", "h", "f"], MEDIA_MS, timeout=MEDIA_CALL)
+        dropped = [m for m in browser.log if "quality update for unknown track" in str(m)]
+        assert not dropped, dropped
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=BrowserError,
+    reason="relay.py sends one layer per relayed track across the link: the best any "
+    "subscriber on the receiving node wants; a subscriber there that wants a lower layer "
+    "(here a page's small <video>, adaptive stream) keeps getting the top one",
+)
+async def test_a_small_tile_on_a_node_where_another_subscriber_wants_the_top_layer(
+    cluster: Cluster, browser: Browser
+) -> None:
+    room = "span-browser-mixed"
+    east, west = cluster.edges[0], cluster.edges[1]
+    async with (
+        page_in(browser, east.ws_url, "pub", room, MEET) as pub,
+        connected(west.ws_url, "big", room) as big,  # auto-subscribes at HIGH
+        page_in(browser, west.ws_url, "sub", room, MEET) as sub,
+    ):
+        placed = seats(cluster, room)
+        assert placed["sub"] == placed["big"] != placed["pub"], placed
+        subscribed = EventWaiter(big, "track_subscribed")
+        await pub.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
+        (track, _, _) = await subscribed.wait(
+            lambda t, p, who: t.kind == rtc.TrackKind.KIND_VIDEO, timeout=20
+        )
+        assert await until_width(track, lambda w: w > 480, 30) > 480
+        await sub.wait_event("track_subscribed", {"identity": "pub", "source": "camera"})
+        await sub.call("setVideoSize", "pub", "camera", 1280, 720)
+        await sub.call("waitStats", "pub", "camera", BIG, MEDIA_MS, timeout=MEDIA_CALL)
+
+        # the page's tile shrinks: it should get layer q, as on one node (test_browser_sdk)
+        await sub.call("setVideoSize", "pub", "camera", 160, 90)
+        await sub.call("waitStats", "pub", "camera", SMALL, MEDIA_MS, timeout=MEDIA_CALL)
+        # while the Python subscriber next to it keeps the top layer
+        assert await until_width(track, lambda w: w > 480, 10) > 480
 
 
 async def simulcast_follows(viewer: rtc.Room, cam: Page, *, dynacast: bool = False) -> None:
