@@ -17,11 +17,16 @@ import pytest
 from livekit import api, rtc
 
 from tests.support.cluster import Cluster, cluster_fixture, eventually, send_data
-from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio
+from tests.support.media import (
+    dominant_tone,
+    pattern_video,
+    read_numbers,
+    tone_audio,
+    until_width,
+)
 from tests.support.metrics import metric
-from tests.support.sdk import EventWaiter, connected
-from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
-from trackyard.core import keys
+from tests.support.sdk import EventWaiter, connected, subscribed_track
+from tests.support.trackyard import API_KEY, API_SECRET
 
 pytestmark = pytest.mark.sdk
 
@@ -34,30 +39,6 @@ cluster = cluster_fixture(
 )
 
 NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
-
-
-def seats(cluster: Cluster, room: str) -> dict[str, str]:
-    raw = cluster.redis_client().hgetall(keys.seats(room))
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def node_of(cluster: Cluster, room: str, identity: str) -> TrackyardProcess:
-    return cluster.sfus[cluster.sfu_index(seats(cluster, room)[identity])]
-
-
-async def remote_track(room: rtc.Room, identity: str, kind: int, timeout: float = 20) -> rtc.Track:
-    """The subscribed track of ``kind`` published by ``identity`` (waits for it)."""
-
-    def find() -> rtc.Track | None:
-        who = room.remote_participants.get(identity)
-        for pub in who.track_publications.values() if who else ():
-            if pub.kind == kind and pub.track is not None:
-                return pub.track
-        return None
-
-    track = await eventually(find, timeout=timeout, what=f"{identity}'s track subscribed")
-    assert isinstance(track, rtc.Track)
-    return track
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +56,7 @@ async def everyone(cluster: Cluster, room: str) -> AsyncIterator[list[rtc.Room]]
 async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
     room = "span-all"
     async with everyone(cluster, room) as (a, b, x, c, d):
-        placed = seats(cluster, room)
+        placed = cluster.seats(room)
         assert set(placed) == {"a", "b", "x", "c", "d"}
         home = cluster.placement(room)
         assert home is not None
@@ -101,12 +82,12 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
         ):
             # a's video (home) decoded on c's node (us-east) and on d's (us-west)
             for viewer in (c, d, b):
-                track = await remote_track(viewer, "a", rtc.TrackKind.KIND_VIDEO)
+                track = await subscribed_track(viewer, "a", rtc.TrackKind.KIND_VIDEO)
                 numbers = await read_numbers(track, 5, timeout=20)
                 assert numbers == sorted(numbers) and len(set(numbers)) >= 3
             # d's audio (us-west) heard on the home and on c's node
             for listener in (a, c):
-                track = await remote_track(listener, "d", rtc.TrackKind.KIND_AUDIO)
+                track = await subscribed_track(listener, "d", rtc.TrackKind.KIND_AUDIO)
                 assert abs(await dominant_tone(track) - 660.0) < 15
             # and d is an active speaker for participants of every node
             for waiter in speaking:
@@ -163,11 +144,11 @@ async def test_a_track_crosses_to_a_node_once_for_three_subscribers(cluster: Clu
         connected(west, "s3", room) as s3,
         pattern_video(pub, options=NO_SIMULCAST),
     ):
-        origin, target = node_of(cluster, room, "pub"), node_of(cluster, room, "s1")
+        origin, target = cluster.seated(room, "pub"), cluster.seated(room, "s1")
         assert origin is not target
-        assert {node_of(cluster, room, s) for s in ("s2", "s3")} == {target}
+        assert {cluster.seated(room, s) for s in ("s2", "s3")} == {target}
         for sub in (s1, s2, s3):
-            track = await remote_track(sub, "pub", rtc.TrackKind.KIND_VIDEO)
+            track = await subscribed_track(sub, "pub", rtc.TrackKind.KIND_VIDEO)
             assert len(await read_numbers(track, 3, timeout=20)) == 3
 
         async def figures() -> tuple[float, ...]:
@@ -217,7 +198,7 @@ async def test_max_participants_counts_the_room_on_every_node(cluster: Cluster) 
         outcomes = await asyncio.gather(join(east, "x"), join(west, "y"))
         assert sorted(outcomes) == ["joined", "refused"]
         joined = "x" if outcomes[0] == "joined" else "y"
-        assert node_of(cluster, room, joined) is not node_of(cluster, room, "a")
+        assert cluster.seated(room, joined) is not cluster.seated(room, "a")
         with pytest.raises(rtc.ConnectError, match="full"):
             async with connected(west, "z", room):
                 pass
@@ -232,29 +213,14 @@ async def test_simulcast_layers_switch_for_a_subscriber_on_another_node(cluster:
     ):
         subscribed = EventWaiter(viewer, "track_subscribed")
         async with pattern_video(cam, width=1280, height=720) as vpub:
-            assert node_of(cluster, room, "cam") is not node_of(cluster, room, "viewer")
+            assert cluster.seated(room, "cam") is not cluster.seated(room, "viewer")
             (track, publication, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
             assert publication.simulcasted
-            assert await _until_width(track, lambda w: w > 640, 20) > 640
+            assert await until_width(track, lambda w: w > 640, 20) > 640
             publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
-            low = await _until_width(track, lambda w: w <= 480, 20)
+            low = await until_width(track, lambda w: w <= 480, 20)
             publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
-            high = await _until_width(track, lambda w: w > 640, 30)
+            high = await until_width(track, lambda w: w > 640, 30)
             assert low < high
             numbers = await read_numbers(track, 5)
             assert numbers == sorted(numbers)
-
-
-async def _until_width(track: rtc.Track, pred: object, timeout: float) -> int:
-    stream = rtc.VideoStream(track)
-
-    async def read() -> int:
-        async for event in stream:
-            if pred(event.frame.width):  # type: ignore[operator]
-                return int(event.frame.width)
-        raise AssertionError("stream ended")
-
-    try:
-        return await asyncio.wait_for(read(), timeout)
-    finally:
-        await stream.aclose()

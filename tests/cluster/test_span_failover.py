@@ -12,20 +12,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from livekit import api, rtc
 
 from tests.support.cluster import Cluster, cluster_fixture, eventually, send_data
-from tests.support.media import pattern_video, read_numbers
-from tests.support.sdk import EventWaiter, connected
-from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
-from trackyard.core import keys
+from tests.support.media import clock, pattern_video, read_numbers
+from tests.support.sdk import EventWaiter, connected, subscribed_track
+from tests.support.trackyard import API_KEY, API_SECRET
 
 pytestmark = pytest.mark.sdk
 
@@ -37,62 +33,8 @@ cluster = cluster_fixture(
 )
 
 NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+VIDEO = rtc.TrackKind.KIND_VIDEO
 MAX_GAP = 0.7  # seconds without a decoded frame that still counts as "never stopped"
-
-
-def seats(cluster: Cluster, room: str) -> dict[str, str]:
-    raw = cluster.redis_client().hgetall(keys.seats(room))
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def sfu_of(cluster: Cluster, room: str, identity: str) -> TrackyardProcess:
-    return cluster.sfus[cluster.sfu_index(seats(cluster, room)[identity])]
-
-
-async def video_of(room: rtc.Room, identity: str, timeout: float = 20) -> rtc.Track:
-    def find() -> rtc.Track | None:
-        who = room.remote_participants.get(identity)
-        for pub in who.track_publications.values() if who else ():
-            if pub.kind == rtc.TrackKind.KIND_VIDEO and pub.track is not None:
-                return pub.track
-        return None
-
-    track = await eventually(find, timeout=timeout, what=f"{identity}'s video subscribed")
-    assert isinstance(track, rtc.Track)
-    return track
-
-
-class FrameClock:
-    """Decodes a video track in the background and remembers when each frame arrived."""
-
-    def __init__(self, track: rtc.Track) -> None:
-        self.times: list[float] = []
-        self._stream = rtc.VideoStream(track)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for _event in self._stream:
-            self.times.append(time.monotonic())
-
-    def max_gap(self, since: float, until: float) -> float:
-        inside = [t for t in self.times if since <= t <= until]
-        points = [since, *inside, until]
-        return max(b - a for a, b in itertools.pairwise(points))
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._stream.aclose()
-
-
-@contextlib.asynccontextmanager
-async def clock(track: rtc.Track) -> AsyncIterator[FrameClock]:
-    c = FrameClock(track)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def reconnects(client: rtc.Room) -> list[str]:
@@ -115,25 +57,27 @@ async def test_killing_a_node_that_is_not_the_home_touches_only_its_participants
     ):
         home = cluster.placement(room)
         assert home is not None
-        part = sfu_of(cluster, room, "c")
-        assert sfu_of(cluster, room, "a") is sfu_of(cluster, room, "b") is not part
+        part = cluster.seated(room, "c")
+        assert cluster.seated(room, "a") is cluster.seated(room, "b") is not part
         a_sid, b_sid = a.local_participant.sid, b.local_participant.sid
         seen_a, seen_b = reconnects(a), reconnects(b)
         c_back = EventWaiter(c, "reconnected")
 
-        watched = await video_of(b, "a")
-        assert len(await read_numbers(await video_of(c, "a"), 3)) == 3
+        watched = await subscribed_track(b, "a", VIDEO)
+        assert len(await read_numbers(await subscribed_track(c, "a", VIDEO), 3)) == 3
         async with clock(watched) as frames:
             killed = time.monotonic()
             assert cluster.kill(part) == -9
             await c_back.wait(timeout=30)  # its participant rejoins by itself
-            numbers = await read_numbers(await video_of(c, "a", timeout=30), 5, timeout=30)
+            numbers = await read_numbers(
+                await subscribed_track(c, "a", VIDEO, timeout=30), 5, timeout=30
+            )
             assert numbers == sorted(numbers)
             await asyncio.sleep(1.0)  # a little media after the rejoin, for the gap window
             gap = frames.max_gap(killed, time.monotonic())
         assert gap < MAX_GAP, f"b's video of a stopped for {gap:.2f} s"
-        assert sfu_of(cluster, room, "c") is not part
-        assert sfu_of(cluster, room, "c").alive()
+        assert cluster.seated(room, "c") is not part
+        assert cluster.seated(room, "c").alive()
         assert cluster.placement(room) == home  # the home was not touched
         assert (a.local_participant.sid, b.local_participant.sid) == (a_sid, b_sid)
         assert seen_a == seen_b == []
@@ -153,8 +97,8 @@ async def test_killing_the_home_keeps_the_room_and_its_state(cluster: Cluster) -
         assert placed is not None
         old_home, old_epoch = placed
         home = cluster.sfus[cluster.sfu_index(old_home)]
-        survivor = sfu_of(cluster, room, "c")
-        assert sfu_of(cluster, room, "a") is home and survivor is not home
+        survivor = cluster.seated(room, "c")
+        assert cluster.seated(room, "a") is home and survivor is not home
         async with api.LiveKitAPI(cluster.edges[0].http_url, API_KEY, API_SECRET) as lk:
             await lk.room.update_room_metadata(
                 api.UpdateRoomMetadataRequest(room=room, metadata="survives")
@@ -175,7 +119,9 @@ async def test_killing_the_home_keeps_the_room_and_its_state(cluster: Cluster) -
         assert new[0] == survivor_id and new[1] > old_epoch
         await a_back.wait(timeout=30)
         # the room and its state: same sid, same metadata, seen from a rejoined client
-        numbers = await read_numbers(await video_of(a, "c", timeout=30), 5, timeout=30)
+        numbers = await read_numbers(
+            await subscribed_track(a, "c", VIDEO, timeout=30), 5, timeout=30
+        )
         assert numbers == sorted(numbers)
         assert await a.sid == sid
         await eventually(lambda: a.metadata == "survives", timeout=10, what="metadata kept")
@@ -197,18 +143,20 @@ async def test_draining_a_node_moves_its_participants_at_the_deadline(cluster: C
         connected(url, "c", room) as c,
         pattern_video(a, options=NO_SIMULCAST),
     ):
-        part = sfu_of(cluster, room, "c")
-        assert part is not sfu_of(cluster, room, "a")
+        part = cluster.seated(room, "c")
+        assert part is not cluster.seated(room, "a")
         c_back = EventWaiter(c, "reconnected")
         seen_b = reconnects(b)
-        watched = await video_of(b, "a")
+        watched = await subscribed_track(b, "a", VIDEO)
         async with clock(watched) as frames:
             drained = time.monotonic()
             part.signal(signal.SIGTERM)
             await c_back.wait(timeout=20)  # moved at the 3 s deadline
             assert time.monotonic() - drained >= 2.5
-            assert sfu_of(cluster, room, "c") is not part
-            numbers = await read_numbers(await video_of(c, "a", timeout=30), 5, timeout=30)
+            assert cluster.seated(room, "c") is not part
+            numbers = await read_numbers(
+                await subscribed_track(c, "a", VIDEO, timeout=30), 5, timeout=30
+            )
             assert numbers == sorted(numbers)
             gap = frames.max_gap(drained, time.monotonic())
         assert gap < MAX_GAP, f"b's video of a stopped for {gap:.2f} s"

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from livekit import rtc
 
-from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio
+from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio, until_width
 from tests.support.metrics import metric, prometheus_config
 from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
@@ -51,22 +51,6 @@ async def test_audio_and_video_reach_every_subscriber(
                 assert abs(freq - 440.0) < 15, freq
 
 
-async def _until_width(track: rtc.Track, pred: object, timeout: float) -> int:
-    """Read decoded frames until one's width satisfies ``pred``; returns that width."""
-    stream = rtc.VideoStream(track)
-
-    async def read() -> int:
-        async for event in stream:
-            if pred(event.frame.width):  # type: ignore[operator]
-                return int(event.frame.width)
-        raise AssertionError("stream ended")
-
-    try:
-        return await asyncio.wait_for(read(), timeout)
-    finally:
-        await stream.aclose()
-
-
 async def test_simulcast_layer_follows_track_setting(
     server: TrackyardProcess, room_name: str
 ) -> None:
@@ -81,9 +65,9 @@ async def test_simulcast_layer_follows_track_setting(
             numbers = await read_numbers(track, 5)
             assert _increasing(numbers)
             publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
-            low = await _until_width(track, lambda w: w <= 480, 15)
+            low = await until_width(track, lambda w: w <= 480, 15)
             publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
-            high = await _until_width(track, lambda w: w > 640, 30)
+            high = await until_width(track, lambda w: w > 640, 30)
             assert low < high
             numbers = await read_numbers(track, 5)
             assert _increasing(numbers)

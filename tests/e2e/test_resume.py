@@ -5,16 +5,14 @@ media it sends and receives never stops for longer than a bound."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from livekit import rtc
 
-from tests.support.media import pattern_video, read_pattern
+from tests.support.media import clock, pattern_video
 from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
@@ -52,49 +50,6 @@ def tcp_blocked(addr: str, port: int) -> Iterator[None]:
     """Drop every TCP segment to ``addr:port`` (the client's signal socket and any new one)."""
     with input_rules("trackyard_sigcut", f"ip daddr {addr} tcp dport {port} drop"):
         yield
-
-
-class FrameClock:
-    """Arrival times of decoded pattern frames of one track."""
-
-    def __init__(self, track: rtc.Track) -> None:
-        self.times: list[float] = []
-        self._arrived = asyncio.Condition()
-        self._stream = rtc.VideoStream(track)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for event in self._stream:
-            if read_pattern(event.frame) is not None:
-                self.times.append(time.monotonic())
-                async with self._arrived:
-                    self._arrived.notify_all()
-
-    async def frames_after(self, t: float, count: int, timeout: float = 15) -> None:
-        async def wait() -> None:
-            async with self._arrived:
-                await self._arrived.wait_for(lambda: sum(1 for x in self.times if x > t) >= count)
-
-        await asyncio.wait_for(wait(), timeout)
-
-    def max_gap(self, since: float) -> float:
-        times = [x for x in self.times if x >= since]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._stream.aclose()
-
-
-@contextlib.asynccontextmanager
-async def clock(track: rtc.Track) -> AsyncIterator[FrameClock]:
-    c = FrameClock(track)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def _video(waiter: EventWaiter, identity: str) -> rtc.Track:

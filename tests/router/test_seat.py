@@ -236,3 +236,30 @@ async def test_seat_over_http() -> None:
         assert err.value.code is Code.UNAVAILABLE
     finally:
         await router.close()
+
+
+async def test_a_draining_home_alone_still_seats_its_room() -> None:
+    """One node, draining: its active room still admits (LiveKit's drain); a new room does not
+    get placed there."""
+    store = MemoryStore()
+    await add_node(store, "ND_a")
+    p = placer(store)
+    assert (await seat_of(p, "p1")).node_id == "ND_a"
+    await add_node(store, "ND_a", state=NodeState.SHUTTING_DOWN)
+    assert (await seat_of(p, "p2")).node_id == "ND_a"
+    with pytest.raises(Refusal) as refused:
+        await p.seat("new-room", "p3", create=True)
+    assert refused.value.code is Code.UNAVAILABLE
+
+
+async def test_a_dead_home_is_replaced_by_a_surviving_part() -> None:
+    store = AgedStore()
+    for node, load in (("ND_a", 0.0), ("ND_b", 0.1), ("ND_c", 0.2)):
+        await add_node(store, node, sysload=load)
+    p = placer(store, span=SpanConfig(node_participants=1))
+    assert (await seat_of(p, "p1")).node_id == "ND_a"
+    assert (await seat_of(p, "p2")).node_id == "ND_b"  # the room extends to ND_b
+    await add_node(store, "ND_c", sysload=0.0)  # the selector's pick for a new room now
+    store.ages["ND_a"] = 30.0  # ND_a died; ND_c is live but holds no part of the room
+    seat = await seat_of(p, "p3")
+    assert seat.home.node_id == "ND_b" and seat.home.epoch == 2

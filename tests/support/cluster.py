@@ -192,6 +192,16 @@ class Cluster:
         node_id, _, epoch = raw.decode().rpartition("|")
         return node_id, int(epoch)
 
+    def seats(self, room: str) -> dict[str, str]:
+        """Identity -> node id of every participant seated in ``room`` (a spanning room)."""
+        with self.redis_client() as r:
+            raw = r.hgetall(keys.seats(room))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def seated(self, room: str, identity: str) -> TrackyardProcess:
+        """The SFU process ``identity`` is seated on in ``room``."""
+        return self.sfus[self.sfu_index(self.seats(room)[identity])]
+
     def host_index(self, room: str) -> int | None:
         """Index of the SFU the store says hosts ``room``."""
         found = self.placement(room)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from livekit import rtc
@@ -173,3 +175,66 @@ async def dominant_tone(track: rtc.Track, seconds: float = 0.5, timeout: float =
     finally:
         await stream.aclose()
     return dominant_frequency(np.concatenate(chunks), 48000)
+
+
+async def until_width(track: rtc.Track, pred: Callable[[int], bool], timeout: float) -> int:
+    """Read decoded frames until one's width satisfies ``pred``; returns that width."""
+    stream = rtc.VideoStream(track)
+
+    async def read() -> int:
+        async for event in stream:
+            if pred(event.frame.width):
+                return int(event.frame.width)
+        raise AssertionError("stream ended")
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    finally:
+        await stream.aclose()
+
+
+class FrameClock:
+    """Arrival times of decoded pattern frames of one track."""
+
+    def __init__(self, track: rtc.Track) -> None:
+        self.times: list[float] = []
+        self._arrived = asyncio.Condition()
+        self._stream = rtc.VideoStream(track)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for event in self._stream:
+            if read_pattern(event.frame) is not None:
+                self.times.append(time.monotonic())
+                async with self._arrived:
+                    self._arrived.notify_all()
+
+    async def frames_after(self, t: float, count: int, timeout: float = 15) -> None:
+        async def wait() -> None:
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: sum(1 for x in self.times if x > t) >= count)
+
+        await asyncio.wait_for(wait(), timeout)
+
+    def max_gap(self, since: float, until: float | None = None) -> float:
+        """The longest time between decoded frames after ``since``; with ``until``, counting
+        from ``since`` to the first frame and from the last frame to ``until`` too."""
+        times = [x for x in self.times if x >= since and (until is None or x <= until)]
+        if until is not None:
+            times = [since, *times, until]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def clock(track: rtc.Track) -> AsyncIterator[FrameClock]:
+    c = FrameClock(track)
+    try:
+        yield c
+    finally:
+        await c.close()

@@ -105,3 +105,19 @@ def sids(room: rtc.Room) -> tuple[str, frozenset[str], dict[str, str]]:
         frozenset(local.track_publications),
         {p.identity: p.sid for p in room.remote_participants.values()},
     )
+
+
+async def subscribed_track(
+    room: rtc.Room, identity: str, kind: rtc.TrackKind.ValueType, timeout: float = 20
+) -> rtc.Track:
+    """The subscribed track of ``kind`` published by ``identity`` (waits for it)."""
+
+    async def find() -> rtc.Track:
+        while True:
+            who = room.remote_participants.get(identity)
+            for pub in who.track_publications.values() if who else ():
+                if pub.kind == kind and pub.track is not None:
+                    return pub.track
+            await asyncio.sleep(0.05)  # polled: subscription has several events to watch
+
+    return await asyncio.wait_for(find(), timeout)

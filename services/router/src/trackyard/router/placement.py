@@ -171,6 +171,9 @@ class Placer:
         except SelectorError:
             # Every usable node already holds its share of the room: overfill one rather
             # than refuse the join (node_participants spreads a room; it admits no one).
+            if not any(n.is_available() for n in live.values()) and home.node_id in live:
+                # nothing SERVING: a draining home still admits to its active room
+                return home.node_id, "draining home, no other node"
             chosen = self._choose(list(live.values()), region)
         # The caller's region had no room for it: when the selector went to a region where
         # the room already has a node with room to spare, use that one instead of spreading
