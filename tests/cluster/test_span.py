@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,6 +26,7 @@ from tests.support.media import (
     until_width,
 )
 from tests.support.metrics import metric
+from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected, subscribed_track
 from tests.support.trackyard import API_KEY, API_SECRET
 
@@ -108,6 +110,22 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
         )
         assert reply == "HI@c"
 
+        # a text stream (header, chunks, trailer) across nodes, longer than one chunk
+        streamed: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+
+        readers: list[asyncio.Task[None]] = []
+
+        def on_stream(reader: rtc.TextStreamReader, sender: str) -> None:
+            async def read() -> None:
+                streamed.set_result((await reader.read_all(), sender))
+
+            readers.append(asyncio.create_task(read()))
+
+        a.register_text_stream_handler("story", on_stream)
+        story = "once upon a time " * 2000  # ~34 kB: several chunks
+        await d.local_participant.send_text(story, topic="story")
+        assert await asyncio.wait_for(streamed, 15) == (story, "d")
+
         # room-level state has one authority and reaches every node: the API from any edge
         async with api.LiveKitAPI(cluster.edges[1].http_url, API_KEY, API_SECRET) as lk:
             changed = [EventWaiter(x, "room_metadata_changed") for x in (a, c, d)]
@@ -171,6 +189,37 @@ async def test_a_track_crosses_to_a_node_once_for_three_subscribers(cluster: Clu
         assert relayed_in >= 0.8 * published
         # and fanned out there to all three
         assert delivered >= 2.7 * relayed_in
+
+
+async def test_loss_on_the_relay_hop_is_repaired_across_it(cluster: Cluster) -> None:
+    """Every 15th media packet from the origin node to the other node is dropped (nftables in
+    the test namespace): the receiving node NACKs across the hop, the origin resends, and the
+    subscriber there decodes a video that runs on."""
+    room = "span-lossy"
+    east, west = cluster.edges[0].ws_url, cluster.edges[1].ws_url
+    async with (
+        connected(east, "cam", room) as cam,
+        connected(west, "viewer", room) as viewer,
+        pattern_video(cam, options=NO_SIMULCAST),
+    ):
+        origin, target = cluster.seated(room, "cam"), cluster.seated(room, "viewer")
+        assert origin is not target
+        track = await subscribed_track(viewer, "cam", rtc.TrackKind.KIND_VIDEO)
+        await read_numbers(track, 3)
+        src, dst = origin.config["rtc"], target.config["rtc"]
+        loss = (
+            f"udp sport {src['port_range_start']}-{src['port_range_end']} "
+            f"udp dport {dst['port_range_start']}-{dst['port_range_end']} "
+            "udp length > 300 numgen inc mod 15 0 counter drop"
+        )
+        with input_rules("trackyard_relay_loss", loss) as counters:
+            numbers = await read_numbers(track, 60, timeout=20)
+    dropped = [int(c.split("counter packets ")[1].split()[0]) for c in counters]
+    assert dropped and dropped[0] > 0, counters  # the hop really lost packets
+    assert await metric(target, "trackyard_sfu_relay_nacks_sent_total") > 0
+    assert await metric(origin, "trackyard_sfu_relay_retransmits_total") > 0
+    assert numbers == sorted(numbers)
+    assert max(b - a for a, b in itertools.pairwise(numbers)) <= 10, numbers
 
 
 async def test_max_participants_counts_the_room_on_every_node(cluster: Cluster) -> None:

@@ -209,6 +209,9 @@ class NodeCollector(Collector):
             ("relay_bytes_in", r.bytes_in, "RTP payload bytes received from other nodes"),
             ("relay_packets_out", r.packets_out, "RTP packets relayed to other nodes"),
             ("relay_bytes_out", r.bytes_out, "RTP payload bytes relayed to other nodes"),
+            ("relay_nacks_sent", r.nacks_sent, "NACKs sent to other nodes for relayed packets"),
+            ("relay_retransmits", r.retransmits, "relayed packets resent after a node's NACK"),
+            ("relay_plis_sent", r.plis_sent, "keyframe requests sent to other nodes"),
         ):
             yield CounterMetricFamily(f"trackyard_sfu_{name}", doc, value=value)
         sessions = self._node.sessions
