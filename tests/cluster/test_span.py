@@ -78,6 +78,7 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
             )
 
         speaking = [EventWaiter(x, "active_speakers_changed") for x in (a, c)]
+        scored = EventWaiter(c, "connection_quality_changed")
         async with (
             pattern_video(a, options=NO_SIMULCAST) as _video,
             tone_audio(d, freq=660.0) as _audio,
@@ -94,6 +95,8 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
             # and d is an active speaker for participants of every node
             for waiter in speaking:
                 await waiter.wait(lambda speakers: "d" in {p.identity for p in speakers})
+            # and c hears how a's connection is, scored on a's node
+            await scored.wait(lambda who, quality: who.identity == "a", timeout=15)
 
         # data and RPC across nodes, both ways
         await send_data(d, a, b"west to home")

@@ -32,6 +32,7 @@ PEER_SNAPSHOT = "snapshot"  # data: ParticipantUpdate of the sender's participan
 PEER_PARTICIPANTS = "participants"  # data: ParticipantUpdate (state DISCONNECTED: it left)
 PEER_ROOM = "room"  # from the home: data: models.Room, headers["epoch"]: the home's epoch
 PEER_SPEAKERS = "speakers"  # data: SpeakersChanged, the sender's active speakers (all of them)
+PEER_QUALITY = "quality"  # data: ConnectionQualityUpdate of the sender's participants
 PEER_DATA = "data"  # data: DataPacket for the receiver's participants; headers["label"]
 PEER_BYE = "bye"  # the sender's part closed (its participants are gone)
 PEER_CLOSE = "close"  # from the home: the room is closed; headers["reason"]: DisconnectReason

@@ -119,6 +119,8 @@ class Room:
         self.relays: dict[str, Participant] = {}  # node id -> its relay participant here
         self._relays_in: dict[str, RelayIn] = {}  # node id -> our link pulling its tracks
         self._remote_speakers: dict[str, list[models.SpeakerInfo]] = {}  # node id -> speakers
+        # node id -> participant sid -> its quality, as its node scored it
+        self._remote_quality: dict[str, dict[str, rtc.ConnectionQualityInfo]] = {}
         self._admitted: dict[str, float] = {}  # home: joins admitted for other nodes -> until
         self.closed = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -575,6 +577,9 @@ class Room:
         elif op == messages.PEER_SPEAKERS:
             speakers = list(rtc.SpeakersChanged.FromString(env.data).speakers)
             self._remote_speakers[sender] = speakers
+        elif op == messages.PEER_QUALITY:
+            infos = rtc.ConnectionQualityUpdate.FromString(env.data).updates
+            self._remote_quality[sender] = {i.participant_sid: i for i in infos}
         elif op == messages.PEER_DATA:
             packet = models.DataPacket.FromString(env.data)
             self._deliver_here(packet, env.data, env.headers.get("label", ""))
@@ -662,6 +667,7 @@ class Room:
             self._remote_left(remote, info)
         self.peers.drop(node)
         self._remote_speakers.pop(node, None)
+        self._remote_quality.pop(node, None)
         link = self._relays_in.pop(node, None)
         if link is not None:
             self._spawn(link.close())
@@ -841,7 +847,16 @@ class Room:
         while not self.closed:
             await asyncio.sleep(interval)
             active = [p for p in self.participants.values() if p.state is State.ACTIVE]
-            now = {p.sid: p.connection_quality() for p in active}
+            ours = {p.sid: p.connection_quality() for p in active}
+            changed_here = any(
+                sid not in last or last[sid].quality != info.quality for sid, info in ours.items()
+            )
+            if changed_here:  # the other nodes' subscribers to ours need it too
+                update = rtc.ConnectionQualityUpdate(updates=list(ours.values()))
+                self.peers.send(messages.PEER_QUALITY, update.SerializeToString())
+            now = dict(ours)
+            for remote in self._remote_quality.values():
+                now.update(remote)
             changed = any(
                 sid not in last or last[sid].quality != info.quality for sid, info in now.items()
             )
@@ -854,6 +869,8 @@ class Room:
                     found = self.find_track(track_sid)
                     if found is not None:
                         publishers.add(found[0].sid)
+                    elif (elsewhere := self._find_remote_track(track_sid)) is not None:
+                        publishers.add(elsewhere[0].sid)
                 updates = [now[sid] for sid in publishers if sid in now]
                 p.send(responses.connection_quality(updates))
 
