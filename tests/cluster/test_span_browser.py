@@ -287,14 +287,16 @@ async def test_browser_and_python_on_nodes_in_two_regions(
                     assert [t["source"] for t in after["tracks"]] == ["camera", "microphone"]
 
                     # and the page's own participant, from the other side
+                    web_changed = EventWaiter(py, "participant_metadata_changed")
                     await lk.room.update_participant(
                         api.UpdateParticipantRequest(room=room, identity="web", metadata="web md")
                     )
-                await eventually(
-                    lambda: py.remote_participants["web"].metadata == "web md",
-                    timeout=10,
-                    what="web's metadata seen by py on the other node",
-                )
+                    await web_changed.wait(
+                        lambda who, old, new: (who.identity, new) == ("web", "web md")
+                    )
+                    await web.wait_event(  # and the page itself, from its own node
+                        "participant_metadata_changed", {"identity": "web", "metadata": "web md"}
+                    )
 
         # py left through the us-west edge; the page, on the us-east node, sees it go.
         await web.wait_event("participant_disconnected", {"identity": "py"}, timeout=15)
