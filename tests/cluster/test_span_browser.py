@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,10 +40,9 @@ from tests.support.browser import (
     browser_fixture,
 )
 from tests.support.cluster import Cluster, cluster_fixture, eventually
-from tests.support.media import first_frame_size, pattern_video, tone_audio
+from tests.support.media import first_frame_size, pattern_video, tone_audio, until_width
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import API_KEY, API_SECRET
-from trackyard.core import keys
 
 pytestmark = pytest.mark.sdk
 
@@ -56,11 +55,6 @@ cluster = cluster_fixture(
 browser = browser_fixture()
 
 STATE_ACTIVE = 2  # livekit.ParticipantInfo.State.ACTIVE, as livekit-client reads it
-
-
-def seats(cluster: Cluster, room: str) -> dict[str, str]:
-    raw = cast(dict[bytes, bytes], cluster.redis_client().hgetall(keys.seats(room)))
-    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def region_of(cluster: Cluster, node_id: str) -> str:
@@ -128,22 +122,6 @@ async def audio_peak(track: rtc.Track, above: float, timeout: float = 20) -> flo
     return peak
 
 
-async def until_width(track: rtc.Track, pred: Any, timeout: float) -> int:
-    """The width of the first decoded frame of ``track`` for which ``pred(width)`` holds."""
-    stream = rtc.VideoStream(track)
-
-    async def read() -> int:
-        async for event in stream:
-            if pred(event.frame.width):
-                return int(event.frame.width)
-        raise AssertionError("stream ended")
-
-    try:
-        return await asyncio.wait_for(read(), timeout)
-    finally:
-        await stream.aclose()
-
-
 async def test_browser_and_python_on_nodes_in_two_regions(
     cluster: Cluster, browser: Browser
 ) -> None:
@@ -151,7 +129,7 @@ async def test_browser_and_python_on_nodes_in_two_regions(
     east, west = cluster.edges[0], cluster.edges[1]
     async with page_in(browser, east.ws_url, "web", room) as web:
         async with connected(west.ws_url, "py", room) as py:
-            placed = seats(cluster, room)
+            placed = cluster.seats(room)
             assert set(placed) == {"web", "py"}, placed
             assert placed["web"] != placed["py"], placed
             assert region_of(cluster, placed["web"]) == "us-east"
@@ -318,7 +296,7 @@ async def test_simulcast_from_the_browser_to_a_subscriber_on_the_home(
             )
         await changed.wait(lambda old, new: new == "before the page")
         async with page_in(browser, east.ws_url, "cam", room) as cam:
-            placed = seats(cluster, room)
+            placed = cluster.seats(room)
             home = cluster.placement(room)
             assert home is not None and home[0] == placed["viewer"], (home, placed)
             assert region_of(cluster, placed["cam"]) == "us-east", placed  # not the home
@@ -346,7 +324,7 @@ async def test_dynacast_across_nodes_pauses_the_browser_s_unwanted_layers(
         connected(west.ws_url, "viewer", room) as viewer,
         page_in(browser, east.ws_url, "dyn", room, {"dynacast": True}) as cam,
     ):
-        placed = seats(cluster, room)
+        placed = cluster.seats(room)
         assert placed["dyn"] != placed["viewer"], placed
         await simulcast_follows(viewer, cam, dynacast=True)
 
@@ -368,7 +346,7 @@ async def test_adaptive_stream_of_a_page_on_another_node(
         page_in(browser, east.ws_url, "pub", room, MEET) as pub,
         page_in(browser, west.ws_url, "sub", room, MEET) as sub,
     ):
-        placed = seats(cluster, room)
+        placed = cluster.seats(room)
         assert placed["pub"] != placed["sub"], placed
         await pub.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
         await sub.wait_event("track_subscribed", {"identity": "pub", "source": "camera"})
@@ -411,7 +389,7 @@ async def test_a_small_tile_on_a_node_where_another_subscriber_wants_the_top_lay
         connected(west.ws_url, "big", room) as big,  # auto-subscribes at HIGH
         page_in(browser, west.ws_url, "sub", room, MEET) as sub,
     ):
-        placed = seats(cluster, room)
+        placed = cluster.seats(room)
         assert placed["sub"] == placed["big"] != placed["pub"], placed
         subscribed = EventWaiter(big, "track_subscribed")
         await pub.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
