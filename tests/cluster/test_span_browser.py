@@ -16,8 +16,8 @@ participant update between them crosses the relay link:
   the home (the other region) switches LOW then HIGH: the decoded width follows; with dynacast
   the page stops encoding the layers nobody wants;
 - a page subscribing with adaptive stream on another node than the publishing page: its
-  element's size picks the layer across the link. Not yet when another subscriber on its node
-  wants the top layer: one layer per track crosses (xfail, strict).
+  element's size picks the layer across the link, also when another subscriber on its node
+  wants the top layer (each wanted layer crosses as its own stream).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from tests.support.browser import (
     MEDIA_CALL,
     MEDIA_MS,
     Browser,
-    BrowserError,
     Page,
     browser_fixture,
 )
@@ -372,13 +371,6 @@ async def test_adaptive_stream_of_a_page_on_another_node(
         assert not dropped, dropped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BrowserError,
-    reason="relay.py sends one layer per relayed track across the link: the best any "
-    "subscriber on the receiving node wants; a subscriber there that wants a lower layer "
-    "(here a page's small <video>, adaptive stream) keeps getting the top one",
-)
 async def test_a_small_tile_on_a_node_where_another_subscriber_wants_the_top_layer(
     cluster: Cluster, browser: Browser
 ) -> None:

@@ -35,6 +35,7 @@ from trackyard.sfu.signalling import Handler, SignalChannel, SignalSink
 from trackyard.sfu.subscribing import LOSSY as LOSSY
 from trackyard.sfu.subscribing import RELIABLE as RELIABLE
 from trackyard.sfu.subscribing import Subscriber
+from trackyard.sfu.trackcontract import TrackSource
 from trackyard.sfu.uptrack import UpTrack
 
 log = structlog.get_logger(__name__)
@@ -499,7 +500,7 @@ class Participant:
 
     # -- subscribing --------------------------------------------------------------------------
 
-    async def subscribe(self, up: UpTrack, *, publisher_sid: str, track_sid: str) -> bool:
+    async def subscribe(self, up: TrackSource, *, publisher_sid: str, track_sid: str) -> bool:
         """Start receiving ``track_sid`` (``up``) of ``publisher_sid``; renegotiates the
         subscriber connection."""
         if track_sid in self.downtracks or self.state is State.DISCONNECTED:

@@ -28,7 +28,7 @@ from trackyard.sfu import serverrpc
 from trackyard.sfu.audiolevel import AudioLevelSettings
 from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
 from trackyard.sfu.peers import RemoteParticipant, RoomPeers, participant_update, participants_of
-from trackyard.sfu.relay import RELAY_IDENTITY_PREFIX, RelayIn
+from trackyard.sfu.relay import LAYER_MARK, RELAY_IDENTITY_PREFIX, RelayIn, parse_alias
 from trackyard.sfu.rtpstats import TrafficCounters
 
 log = structlog.get_logger(__name__)
@@ -445,9 +445,10 @@ class Room:
 
     async def track_unpublished(self, publisher: Participant, info: models.TrackInfo) -> None:
         self._listener.track_unpublished(self, publisher, info)
-        for p in [*self.participants.values(), *self.relays.values()]:
+        for p in list(self.participants.values()):
             if p is not publisher:
                 await p.unsubscribe(info.sid)
+        self._unsubscribe_relays(info.sid)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -485,9 +486,10 @@ class Room:
 
     def _drop_subscriptions_to(self, participant: Participant) -> None:
         """Its tracks leave every subscriber (the participant closes its own media)."""
-        for p in [*self.participants.values(), *self.relays.values()]:
-            for track_sid in participant.uptracks:
+        for track_sid in participant.uptracks:
+            for p in self.participants.values():
                 self._spawn(p.unsubscribe(track_sid))
+            self._unsubscribe_relays(track_sid)
 
     async def _subscribe(
         self, participant: Participant, publisher: Participant, track_sid: str
@@ -504,8 +506,11 @@ class Room:
             if not subscribe:
                 await participant.unsubscribe(track_sid)
                 continue
+            if participant.relay_node:
+                await self._subscribe_relay(participant, track_sid)
+                continue
             found = self.find_track(track_sid)
-            if found is None and not participant.relay_node:  # relays take local tracks only
+            if found is None:
                 remote = self._find_remote_track(track_sid)
                 if remote is not None:
                     await self._subscribe_remote(participant, *remote)
@@ -514,6 +519,29 @@ class Room:
                 self.log.info("subscription to unknown track ignored", track=track_sid)
                 continue
             await self._subscribe(participant, found[0], track_sid)
+
+    async def _subscribe_relay(self, relay: Participant, alias: str) -> None:
+        """Another node pulls one of our tracks (relays take local tracks only), or one
+        layer of it (``<sid>~<quality>``: its DownTrack stays on that layer)."""
+        track_sid, quality = parse_alias(alias)
+        found = self.find_track(track_sid)
+        up = found[0].uptracks.get(track_sid) if found is not None else None
+        if found is None or up is None:
+            self.log.info("relay subscription to unknown track ignored", track=alias)
+            return
+        subscribed = await relay.subscribe(up, publisher_sid=found[0].sid, track_sid=alias)
+        if subscribed and quality is not None:
+            pin = rtc.UpdateTrackSettings(track_sids=[alias])
+            pin.quality = quality  # type: ignore[assignment]  # an enum value
+            relay.subscriber.set_track_preference(pin)
+
+    def _unsubscribe_relays(self, track_sid: str) -> None:
+        """The track is gone: the streams other nodes pull of it (each layer) end."""
+        prefix = track_sid + LAYER_MARK
+        for relay in self.relays.values():
+            for alias in list(relay.downtracks):
+                if alias == track_sid or alias.startswith(prefix):
+                    self._spawn(relay.unsubscribe(alias))
 
     async def subscribe_all(self, participant: Participant) -> None:
         """Subscribe ``participant`` to every track published in the room."""

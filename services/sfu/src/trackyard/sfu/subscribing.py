@@ -20,7 +20,7 @@ from trackyard.sfu import rtphooks
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.negotiation import SubscriberNegotiation
 from trackyard.sfu.rtpstats import TrafficCounters
-from trackyard.sfu.uptrack import UpTrack
+from trackyard.sfu.trackcontract import TrackSource
 
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
@@ -77,7 +77,7 @@ class Subscriber:
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    async def subscribe(self, up: UpTrack, *, publisher_sid: str, track_sid: str) -> bool:
+    async def subscribe(self, up: TrackSource, *, publisher_sid: str, track_sid: str) -> bool:
         """Start sending ``up``; renegotiates the subscriber connection."""
         if track_sid in self.downtracks or self._stopped or up.closed:
             return False

@@ -125,6 +125,11 @@ class TrackSource(Protocol):
     def track_sid(self) -> str: ...
 
     @property
+    def closed(self) -> bool:
+        """Gone: nothing will be forwarded (a new subscription to it is refused)."""
+        ...
+
+    @property
     def clock_rate(self) -> int: ...
 
     def current_codec(self) -> CodecInfo | None:
