@@ -16,7 +16,7 @@ from livekit import rtc
 
 from tests.support.browser import MEDIA_CALL, Browser, browser_fixture
 from tests.support.cluster import Cluster, cluster_fixture
-from tests.support.media import pattern_video, tone_audio
+from tests.support.media import frame_lumas, pattern_video, tone_audio
 from tests.support.sdk import EventWaiter, connected
 
 pytestmark = pytest.mark.sdk
@@ -26,26 +26,6 @@ cluster = cluster_fixture(
 )
 browser = browser_fixture()
 ROOM = "browser-bridged"
-
-
-async def _bright_frames(track: rtc.Track, count: int, timeout: float = 20) -> list[float]:
-    """Mean luma of ``count`` decoded frames of ``track``."""
-    stream = rtc.VideoStream(track)
-    lumas: list[float] = []
-
-    async def read() -> None:
-        async for event in stream:
-            rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
-            img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(rgba.height, rgba.width, 4)
-            lumas.append(float(img[..., :3].mean()))
-            if len(lumas) >= count:
-                return
-
-    try:
-        await asyncio.wait_for(read(), timeout)
-    finally:
-        await stream.aclose()
-    return lumas
 
 
 async def test_browser_through_an_edge_exchanges_media_with_python(
@@ -64,7 +44,7 @@ async def test_browser_through_an_edge_exchanges_media_with_python(
             (video, _, _) = await subscribed.wait(
                 lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, timeout=20
             )
-            lumas = await _bright_frames(video, 10)
+            lumas = await frame_lumas(video, 10)
             assert min(lumas) > 32, lumas  # Chrome's fake camera is bright: not black frames
             (audio, _, _) = await subscribed.wait(
                 lambda t, pub, p: t.kind == rtc.TrackKind.KIND_AUDIO, timeout=20

@@ -39,7 +39,13 @@ from tests.support.browser import (
     browser_fixture,
 )
 from tests.support.cluster import Cluster, cluster_fixture, eventually
-from tests.support.media import first_frame_size, pattern_video, tone_audio, until_width
+from tests.support.media import (
+    first_frame_size,
+    frame_lumas,
+    pattern_video,
+    tone_audio,
+    until_width,
+)
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import API_KEY, API_SECRET
 
@@ -81,26 +87,6 @@ async def speaker_seen(page: Page, identity: str) -> bool:
     """Whether ``page`` ever listed ``identity`` among the active speakers."""
     events = await page.call("eventsOf", "active_speakers", 0)
     return any(identity in ev["identities"].split(",") for ev in events)
-
-
-async def decoded_frames(track: rtc.Track, count: int, timeout: float = 20) -> list[float]:
-    """Mean luma of ``count`` frames of ``track`` decoded by the Python SDK."""
-    stream = rtc.VideoStream(track)
-    lumas: list[float] = []
-
-    async def read() -> None:
-        async for event in stream:
-            rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
-            img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(rgba.height, rgba.width, 4)
-            lumas.append(float(img[..., :3].mean()))
-            if len(lumas) >= count:
-                return
-
-    try:
-        await asyncio.wait_for(read(), timeout)
-    finally:
-        await stream.aclose()
-    return lumas
 
 
 async def audio_peak(track: rtc.Track, above: float, timeout: float = 20) -> float:
@@ -164,7 +150,7 @@ async def test_browser_and_python_on_nodes_in_two_regions(
             assert vpub.sid == published["camera"]["sid"]
             width, height = await first_frame_size(video, timeout=20)
             assert width > 0 and height * 16 == width * 9, (width, height)  # a 16:9 layer
-            lumas = await decoded_frames(video, 20)
+            lumas = await frame_lumas(video, 20)
             assert min(lumas) > 32, lumas  # Chrome's fake camera is bright: not black frames
             (audio, _, _) = await subscribed.wait(
                 lambda t, pub, p: t.kind == rtc.TrackKind.KIND_AUDIO, timeout=20
@@ -426,5 +412,5 @@ async def simulcast_follows(viewer: rtc.Room, cam: Page, *, dynacast: bool = Fal
     again = await until_width(track, lambda w: w > 480, 30)
     assert low < high and low < again, (low, high, again)
     # still decoding the chosen layer, and the picture is the fake camera's
-    lumas = await decoded_frames(track, 10)
+    lumas = await frame_lumas(track, 10)
     assert min(lumas) > 32, lumas

@@ -238,3 +238,23 @@ async def clock(track: rtc.Track) -> AsyncIterator[FrameClock]:
         yield c
     finally:
         await c.close()
+
+
+async def frame_lumas(track: rtc.Track, count: int, timeout: float = 20) -> list[float]:
+    """Mean luma of ``count`` decoded frames of ``track`` (a camera picture, not black)."""
+    stream = rtc.VideoStream(track)
+    lumas: list[float] = []
+
+    async def read() -> None:
+        async for event in stream:
+            rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
+            img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(rgba.height, rgba.width, 4)
+            lumas.append(float(img[..., :3].mean()))
+            if len(lumas) >= count:
+                return
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    finally:
+        await stream.aclose()
+    return lumas

@@ -192,7 +192,7 @@ class NodeCollector(Collector):
             yield from hist.collect()
 
     def _trackyard(self) -> Iterator[Metric]:
-        c = self._c
+        c, r = self._c, self._node.relay_counters
         for name, value, doc in (
             ("packets_in", c.packets_in, "RTP packets received from publishers"),
             ("bytes_in", c.bytes_in, "RTP payload bytes received from publishers"),
@@ -201,10 +201,7 @@ class NodeCollector(Collector):
             ("retransmits", c.retransmits, "packets resent to subscribers after a NACK"),
             ("nacks_received", c.nacks_received, "NACKs received from subscribers"),
             ("plis_sent", c.plis_sent, "keyframe requests sent to publishers"),
-        ):
-            yield CounterMetricFamily(f"trackyard_sfu_{name}", doc, value=value)
-        r = self._node.relay_counters
-        for name, value, doc in (
+            # tracks crossing between the nodes of rooms that span nodes
             ("relay_packets_in", r.packets_in, "RTP packets received from other nodes' relays"),
             ("relay_bytes_in", r.bytes_in, "RTP payload bytes received from other nodes"),
             ("relay_packets_out", r.packets_out, "RTP packets relayed to other nodes"),
