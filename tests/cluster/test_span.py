@@ -27,7 +27,7 @@ from tests.support.media import (
 )
 from tests.support.metrics import metric
 from tests.support.nft import input_rules
-from tests.support.sdk import EventWaiter, connected, subscribed_track
+from tests.support.sdk import EventWaiter, connected, perform_rpc, subscribed_track
 from tests.support.trackyard import API_KEY, API_SECRET
 
 pytestmark = pytest.mark.sdk
@@ -141,6 +141,14 @@ async def test_one_room_on_three_nodes_in_two_regions(cluster: Cluster) -> None:
             assert sorted(p.identity for p in listed.participants) == ["a", "b", "c", "d", "x"]
             rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
             assert [(r.num_participants, r.metadata) for r in rooms.rooms] == [(5, "one room")]
+            # a server RPC to a participant on another node than the home reaches it
+            answer = await perform_rpc(
+                lk,
+                api.PerformRpcRequest(
+                    room=room, destination_identity="d", method="shout", payload="api"
+                ),
+            )
+            assert answer.payload.startswith("API@")
             # a participant call for someone on another node than the home reaches its node
             await lk.room.update_participant(
                 api.UpdateParticipantRequest(room=room, identity="d", metadata="moved by api")

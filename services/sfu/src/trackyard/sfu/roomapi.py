@@ -51,9 +51,21 @@ async def handle(node: SfuNode, name: str, data: bytes) -> bytes:
         response = await fn(node, request)
     except _Elsewhere as elsewhere:  # a participant of the room hosted on another node
         return await node.rpc.call_channel(
-            keys.node_channel(elsewhere.node_id), name, data, callee=elsewhere.node_id
+            keys.node_channel(elsewhere.node_id),
+            name,
+            data,
+            timeout=_forward_timeout(request),
+            callee=elsewhere.node_id,
         )
     return response.SerializeToString()
+
+
+def _forward_timeout(request: Message) -> float:
+    """As long as the edge waits for the home (a server RPC waits for the participant)."""
+    timeout = messages.RPC_TIMEOUT_SECONDS
+    if isinstance(request, room_pb.PerformRpcRequest):
+        timeout += (request.response_timeout_ms or 10_000) / 1000
+    return timeout
 
 
 class _Elsewhere(Exception):
