@@ -149,7 +149,15 @@
       .on(RoomEvent.Disconnected, (reason) => record('disconnected', { reason: reason ?? null }))
       .on(RoomEvent.Reconnecting, () => record('reconnecting'))
       .on(RoomEvent.Reconnected, () => record('reconnected'))
+      .on(RoomEvent.SignalReconnecting, () => record('signal_reconnecting'))
       .on(RoomEvent.MediaDevicesError, (err) => record('media_devices_error', { message: String(err) }));
+    // which path a reconnect takes: 'resuming' (same participant) or 'restarting' (full rejoin)
+    room.engine
+      ?.on('resuming', () => record('engine_resuming'))
+      .on('restarting', () => record('engine_restarting'))
+      .on('resumed', () => record('engine_resumed'))
+      .on('restarted', () => record('engine_restarted'))
+      .on('signalResumed', () => record('engine_signal_resumed'));
     await room.connect(url, token, connectOptions);
     record('connected');
     return { sid: room.localParticipant.sid, identity: room.localParticipant.identity, room: room.name };
@@ -170,6 +178,81 @@
     }
     return out;
   };
+
+  // Both peer connections as the browser holds them: states and ICE credentials (an ICE
+  // restart changes the local ufrag), and the selected pair's local and remote candidates.
+  T.peerConnections = async () => {
+    const pcm = T.room.engine.pcManager;
+    const ufrag = (sd) => /a=ice-ufrag:(\S+)/.exec(sd?.sdp ?? '')?.[1] ?? null;
+    const out = {};
+    for (const [name, transport] of [['publisher', pcm.publisher], ['subscriber', pcm.subscriber]]) {
+      const pc = transport?._pc;
+      if (!pc) {
+        out[name] = null;
+        continue;
+      }
+      const stats = await pc.getStats();
+      let pair = null;
+      stats.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+      });
+      const cand = (id) => {
+        const c = id && stats.get(id);
+        return c ? `${c.address ?? c.ip}:${c.port}/${c.protocol}` : null;
+      };
+      out[name] = {
+        connectionState: pc.connectionState,
+        iceConnectionState: pc.iceConnectionState,
+        signalingState: pc.signalingState,
+        localUfrag: ufrag(pc.localDescription),
+        remoteUfrag: ufrag(pc.remoteDescription),
+        pair: pair ? { state: pair.state, local: cand(pair.localCandidateId), remote: cand(pair.remoteCandidateId) } : null,
+      };
+    }
+    return out;
+  };
+
+  // Frame clocks: sample a remote track's framesDecoded every intervalMs and keep the
+  // (wall-clock, Date.now()) times at which it grew, to measure gaps in decoded video.
+  const frameClocks = new Map();
+  T.startFrameClock = (identity, source, intervalMs = 40) => {
+    const key = `${identity}/${source}`;
+    if (frameClocks.has(key)) return true;
+    const clock = { times: [], last: null, timer: null, busy: false };
+    clock.timer = setInterval(async () => {
+      if (clock.busy) return;
+      clock.busy = true;
+      try {
+        const now = await T.inbound(identity, source);
+        const decoded = now?.framesDecoded ?? null;
+        if (decoded !== null && clock.last !== null && decoded > clock.last) clock.times.push(Date.now());
+        if (decoded !== null) clock.last = decoded;
+      } finally {
+        clock.busy = false;
+      }
+    }, intervalMs);
+    frameClocks.set(key, clock);
+    return true;
+  };
+
+  // The longest time (ms) without a newly decoded frame from sinceMs on (counting from
+  // sinceMs to the first frame), and how many samples saw frames grow since then.
+  T.frameGap = (identity, source, sinceMs) => {
+    const clock = frameClocks.get(`${identity}/${source}`);
+    if (!clock) throw new Error(`no frame clock for ${identity}/${source}`);
+    const times = [sinceMs, ...clock.times.filter((t) => t >= sinceMs)];
+    let gap = 0;
+    for (let i = 1; i < times.length; i += 1) gap = Math.max(gap, times[i] - times[i - 1]);
+    return { maxGapMs: gap, grew: times.length - 1, lastAt: clock.times.at(-1) ?? null };
+  };
+
+  T.stopFrameClocks = () => {
+    for (const clock of frameClocks.values()) clearInterval(clock.timer);
+    frameClocks.clear();
+    return true;
+  };
+
+  T.localSid = () => T.room.localParticipant.sid;
 
   T.disconnect = async () => {
     await T.room?.disconnect();
