@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -36,6 +37,10 @@ CONFIG = {
     "logging": {"level": "debug"},
 }
 MAX_GAP = 3.0  # seconds without a decoded frame, either direction
+# With the publisher's path cut as well, the page's video cannot reach the server from the
+# path cut (at the SDK's signal_reconnecting) until the SDK's ICE restart, sent once the signal
+# is back, moved the connection to a new pair: the outage plus the resume (~3 s here).
+MAX_GAP_PATH_LOST = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ class AnyFrameClock:
 
     def max_gap(self, since: float) -> float:
         times = [since, *(x for x in self.times if x >= since)]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -96,17 +101,34 @@ async def any_frame_clock(track: rtc.Track) -> AsyncIterator[AnyFrameClock]:
         await c.close()
 
 
-async def _diagnosis(page: Page, server: TrackyardProcess) -> str:
+async def _diagnosis(page: Page) -> str:
     with contextlib.suppress(Exception):
         pcs = await page.call("peerConnections")
-        events = await page.call("eventsOf", "engine_signal_resumed")
-        return f"peer connections: {pcs}\nreconnecting events: {events}"
+        events = await page.call("eventsOf", "engine_resuming")
+        events += await page.call("eventsOf", "engine_restarting")
+        return f"peer connections: {pcs}\nengine events: {events}"
     return "(page unreachable)"
 
 
+@contextlib.contextmanager
+def udp_port_blocked(port: int) -> Iterator[None]:
+    """Drop all UDP from and to the page's local ``port`` (its old ICE path dies, as when the
+    client's network changes); the sockets of the ICE restart's new generation get new ports."""
+    with input_rules("trackyard_pathcut", f"udp sport {port} drop", f"udp dport {port} drop"):
+        yield
+
+
+def _port(candidate: str) -> int:
+    return int(candidate.rsplit("/", 1)[0].rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("path_lost", [False, True], ids=["signal_cut", "signal_and_path_cut"])
 async def test_browser_signal_cut_resumes(
-    server: TrackyardProcess, browser: Browser, room_name: str
+    server: TrackyardProcess, browser: Browser, room_name: str, path_lost: bool
 ) -> None:
+    """``signal_cut``: only the signal socket is lost. ``signal_and_path_cut``: the publisher
+    connection's ICE path dies as well while the signal is away, so media from the page comes
+    back only if the SDK's ICE restart really takes effect on the server's side."""
     async with (
         connected(server.ws_url, "watcher", room_name) as watcher,
         browser.pages("mover") as (page,),
@@ -133,42 +155,55 @@ async def test_browser_signal_cut_resumes(
 
                 since = await page.mark()
                 cut = time.time()
-                with tcp_blocked(PAGE_ADDR, server.port):
-                    await page.wait_event("signal_reconnecting", since=since, timeout=30)
-                away = time.time()
-                try:
-                    await page.wait_event("reconnected", since=since, timeout=45)
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}\n{await _diagnosis(page, server)}") from None
-                back = time.time()
-                # media after the resume: both directions decode again
-                await from_page.frames_after(back, 10)
-                await page.decodes("watcher", frames=10)
-                after = await page.call("peerConnections")
+                old_port = _port(before["publisher"]["pair"]["local"])
+                with contextlib.ExitStack() as cuts:
+                    with tcp_blocked(PAGE_ADDR, server.port):
+                        await page.wait_event("signal_reconnecting", since=since, timeout=30)
+                        if path_lost:
+                            cuts.enter_context(udp_port_blocked(old_port))
+                    away = time.time()
+                    try:
+                        await page.wait_event("reconnected", since=since, timeout=45)
+                    except AssertionError as exc:
+                        raise AssertionError(f"{exc}\n{await _diagnosis(page)}") from None
+                    back = time.time()
+                    engine: list[dict[str, Any]] = [
+                        ev
+                        for kind in ("engine_resuming", "engine_restarting")
+                        for ev in await page.call("eventsOf", kind, since)
+                    ]
+                    kinds = {e["type"] for e in engine}
+                    assert "engine_restarting" not in kinds, f"full rejoin: {engine}"
+                    assert "engine_resuming" in kinds, engine
+                    assert await page.call("localSid") == sid, "the page rejoined with a new sid"
+                    # media after the resume: both directions decode again
+                    try:
+                        await from_page.frames_after(back, 10)
+                        await page.decodes("watcher", frames=10)
+                    except (TimeoutError, AssertionError) as exc:
+                        raise AssertionError(
+                            f"no media after the resume: {exc!r}\n{await _diagnosis(page)}"
+                        ) from None
+                    after = await page.call("peerConnections")
                 gap_page = (await page.call("frameGap", "watcher", "camera", cut * 1000))[
                     "maxGapMs"
                 ] / 1000
                 gap_watcher = from_page.max_gap(cut)
-                engine: list[dict[str, Any]] = [
-                    ev
-                    for kind in ("engine_resuming", "engine_restarting", "signal_reconnecting")
-                    for ev in await page.call("eventsOf", kind, since)
-                ]
                 print(
-                    f"browser resume: signal outage {back - cut:.2f}s (resume {back - away:.2f}s), "
-                    f"decoded-video gap at the page {gap_page:.3f}s, at the watcher "
-                    f"{gap_watcher:.3f}s; engine {sorted(e['type'] for e in engine)}; "
-                    f"publisher ufrag {before['publisher']['localUfrag']} -> "
-                    f"{after['publisher']['localUfrag']}"
+                    f"browser resume ({'path lost' if path_lost else 'signal only'}): signal "
+                    f"outage {back - cut:.2f}s (resume {back - away:.2f}s), decoded-video gap "
+                    f"at the page {gap_page:.3f}s, at the watcher {gap_watcher:.3f}s; publisher "
+                    f"ICE pair {before['publisher']['pair']} -> {after['publisher']['pair']}"
                 )
-                kinds = {e["type"] for e in engine}
-                assert "engine_restarting" not in kinds, f"full rejoin: {engine}"
-                assert "engine_resuming" in kinds, engine
-                assert await page.call("localSid") == sid, "the page rejoined with a new sid"
                 assert watcher.remote_participants["mover"].sid == sid
                 assert camera_sid in watcher.remote_participants["mover"].track_publications
                 assert not left.calls, "the watcher saw the page leave"
-                # the SDK did restart ICE on its publisher connection, and it is connected
-                assert after["publisher"]["localUfrag"] != before["publisher"]["localUfrag"]
-                assert after["publisher"]["connectionState"] == "connected", after
-                assert gap_page < MAX_GAP and gap_watcher < MAX_GAP, (gap_page, gap_watcher)
+                # The SDK restarted ICE on its publisher connection (new local credentials),
+                # the server took the restart: the connection moved to a new-generation pair
+                # (new local sockets, so a new local port) and is connected.
+                pub_before, pub_after = before["publisher"], after["publisher"]
+                assert pub_after["localUfrag"] != pub_before["localUfrag"], after
+                assert pub_after["connectionState"] == "connected", after
+                assert _port(pub_after["pair"]["local"]) != old_port, after
+                assert gap_page < MAX_GAP, gap_page  # the subscriber path was never cut
+                assert gap_watcher < (MAX_GAP_PATH_LOST if path_lost else MAX_GAP), gap_watcher

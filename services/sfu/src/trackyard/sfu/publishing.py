@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ _RIDS = {
     models.VideoQuality.MEDIUM: "h",
     models.VideoQuality.HIGH: "f",
 }
+
+_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)  # bundled: the first is all's
+_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
 
 _NOT_MEDIA_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}  # never a track's primary codec
 
@@ -164,6 +168,7 @@ class Publisher:
             return
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            self._follow_ice_restart(offer.sdp)
             # no await between here and attach: packets of a new m-line must reach its UpTrack
             self._bind_media(offer.sdp)
             answer = await self.pc.createAnswer()
@@ -174,6 +179,17 @@ class Publisher:
         # aiortc drops a=rid/a=simulcast from answers; without them the client sends one layer
         sdp_text = rtphooks.simulcast_answer(self.pc.localDescription.sdp, offer.sdp)
         self._send(responses.answer(sdp_text, offer.id))
+
+    def _follow_ice_restart(self, offer_sdp: str) -> None:
+        """An offer with new ICE credentials is the SDK's ICE restart (every browser SDK
+        resume sends one): aiortc would ignore it, so the connection takes them itself, and
+        the client can move to a new path when its old one died (network change)."""
+        ufrag = _ICE_UFRAG.search(offer_sdp)
+        password = _ICE_PWD.search(offer_sdp)
+        if ufrag is None or password is None:
+            return
+        if rtphooks.restart_remote_ice(self.pc, ufrag.group(1), password.group(1)):
+            self.log.info("publisher ICE restarted by the client", ufrag=ufrag.group(1))
 
     def _bind_media(self, offer_sdp: str) -> None:
         """Pending tracks whose cid appears as an msid in the offer become published; published

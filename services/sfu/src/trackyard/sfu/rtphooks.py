@@ -33,6 +33,10 @@ Simulcast
   negotiate the RtpStreamId header extensions, and ``simulcast_answer`` adds the receive side
   of the offer's simulcast to an answer before it is sent to the client.
 
+ICE restart
+  ``restart_remote_ice(pc, ufrag, password)`` takes a remote peer's new ICE credentials
+  (an offer with ``iceRestart``) into the started aioice connection; see there.
+
 ``check_aiortc_internals()`` verifies that everything used here still exists; run it at
 start-up (the SFU node does) and in the test suite.
 """
@@ -97,6 +101,7 @@ __all__ = [
     "receiver_codecs",
     "receiver_rtcp_ssrc",
     "receiver_rtx_ssrcs",
+    "restart_remote_ice",
     "send_rtcp",
     "send_rtcp_nowait",
     "send_rtp",
@@ -303,6 +308,29 @@ def _needs() -> list[_Need]:
         _Need(aioice.turn, "UDP_SOCKET_BUFFER_SIZE", "attr", "aioice.turn.UDP_SOCKET_BUFFER_SIZE"),
         _Need(aioice.ice, "relayed_candidate", "attr", "aioice.ice.relayed_candidate"),
         _Need((ice_conn, "__init__"), "turn_server", "uses", "aioice.Connection.turn_server"),
+        # ICE restart by the remote side (restart_remote_ice)
+        _Need((ice_conn, "__init__"), "remote_username", "uses", "aioice.remote_username"),
+        _Need((ice_conn, "__init__"), "remote_password", "uses", "aioice.remote_password"),
+        _Need(ice_conn, "_valid_username", "attr", "aioice.Connection._valid_username"),
+        _Need(
+            (ice_conn, "request_received"),
+            "_valid_username",
+            "uses",
+            "aioice.Connection.request_received -> self._valid_username",
+        ),
+        _Need(
+            (ice_conn, "build_request"),
+            "remote_username",
+            "uses",
+            "aioice.Connection.build_request -> self.remote_username",
+        ),
+        _Need(
+            (ice_conn, "check_incoming"),
+            "check_complete",
+            "uses",
+            "aioice.Connection.check_incoming -> check_complete (nomination after connect)",
+        ),
+        _Need(RTCPeerConnection, "sctp", "attr", "RTCPeerConnection.sctp"),
         # simulcast negotiation
         _Need(HEADER_EXTENSIONS, "video", "key", "aiortc.codecs.HEADER_EXTENSIONS['video']"),
     ]
@@ -687,6 +715,56 @@ async def send_rtcp(transport: RTCDtlsTransport, data: bytes) -> bool:
     except ConnectionError:
         return False
     return True
+
+
+# --- ICE restart ------------------------------------------------------------------------
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice.ice.Connection]:
+    """The aioice connections of ``pc``'s ICE transports (one when bundled)."""
+    found: dict[int, aioice.ice.Connection] = {}
+    dtls = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls.append(pc.sctp.transport)
+    for transport in dtls:
+        connection = transport.transport._connection
+        found[id(connection)] = connection
+    return list(found.values())
+
+
+def restart_remote_ice(pc: RTCPeerConnection, ufrag: str, password: str) -> bool:
+    """The remote peer restarted ICE: its offer carries new credentials (``ufrag``,
+    ``password``). aiortc has no ICE restart (it keeps the first remote credentials, so the
+    peer's new-generation checks are refused as unauthenticated and only its old path works;
+    when that path died, e.g. the client's network changed, the connection is lost).
+
+    On each aioice connection of ``pc`` that is started and knew other remote credentials:
+    checks we send (triggered and consent checks) use the new ones, and incoming checks of
+    both the previous and the new generation are accepted, so the old path keeps working
+    until the peer nominates a new-generation pair, which aioice then sends on (a nomination
+    after ``connect`` completed still replaces the nominated pair). Our local credentials
+    stay: the peer restarts its side only. True if anything was restarted."""
+    restarted = False
+    for connection in _ice_connections(pc):
+        previous = connection.remote_username
+        if previous is None or previous == ufrag:
+            continue
+        connection.remote_username = ufrag
+        connection.remote_password = password
+        # per instance: aioice's check also only knows one remote ufrag
+        connection._valid_username = functools.partial(  # type: ignore[method-assign]
+            _valid_username_of, connection, (previous, ufrag)
+        )
+        restarted = True
+    return restarted
+
+
+def _valid_username_of(
+    connection: aioice.ice.Connection, remote_ufrags: tuple[str, ...], username: str
+) -> bool:
+    """aioice's USERNAME check of an incoming request, with more than one remote ufrag."""
+    local, colon, remote = username.partition(":")
+    return colon == ":" and local == connection.local_username and remote in remote_ufrags
 
 
 # --- ICE sockets --------------------------------------------------------------------------
