@@ -101,6 +101,7 @@ __all__ = [
     "receiver_codecs",
     "receiver_rtcp_ssrc",
     "receiver_rtx_ssrcs",
+    "restart_remote_credentials",
     "restart_remote_ice",
     "send_rtcp",
     "send_rtcp_nowait",
@@ -744,19 +745,25 @@ def restart_remote_ice(pc: RTCPeerConnection, ufrag: str, password: str) -> bool
     until the peer nominates a new-generation pair, which aioice then sends on (a nomination
     after ``connect`` completed still replaces the nominated pair). Our local credentials
     stay: the peer restarts its side only. True if anything was restarted."""
-    restarted = False
-    for connection in _ice_connections(pc):
-        previous = connection.remote_username
-        if previous is None or previous == ufrag:
-            continue
-        connection.remote_username = ufrag
-        connection.remote_password = password
-        # per instance: aioice's check also only knows one remote ufrag
-        connection._valid_username = functools.partial(  # type: ignore[method-assign]
-            _valid_username_of, connection, (previous, ufrag)
-        )
-        restarted = True
-    return restarted
+    restarted = [restart_remote_credentials(c, ufrag, password) for c in _ice_connections(pc)]
+    return any(restarted)
+
+
+def restart_remote_credentials(
+    connection: aioice.ice.Connection, ufrag: str, password: str
+) -> bool:
+    """``restart_remote_ice`` on one aioice connection; False if it was not started yet
+    (``connect`` takes the first credentials) or already has these."""
+    previous = connection.remote_username
+    if previous is None or previous == ufrag:
+        return False
+    connection.remote_username = ufrag
+    connection.remote_password = password
+    # per instance: aioice's own check knows a single remote ufrag
+    connection._valid_username = functools.partial(  # type: ignore[method-assign]
+        _valid_username_of, connection, (previous, ufrag)
+    )
+    return True
 
 
 def _valid_username_of(
