@@ -27,6 +27,7 @@ async def publisher() -> AsyncIterator[tuple[Participant, MemoryBus]]:
     assert room is not None
     participant = await room.join(start)
     participant.test_sub = sub  # type: ignore[attr-defined]
+    participant.test_room = room  # type: ignore[attr-defined]
     yield participant, bus
     await node.stop()
 
@@ -68,3 +69,25 @@ async def test_audio_gets_no_quality_update(publisher: tuple[Participant, Memory
     participant.publisher.wanted_quality("TR_a", models.VideoQuality.HIGH)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(_next_quality_update(participant), 0.5)
+
+
+async def test_a_resume_sends_the_wanted_layers_again(
+    publisher: tuple[Participant, MemoryBus],
+) -> None:
+    """An update published while the signal was being lost (before the node noticed) never
+    reached the client: after the resume the publisher is told again."""
+    participant, bus = publisher
+    info = models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO, mime_type="video/VP8")
+    participant.tracks[info.sid] = info
+    participant.publisher.wanted_quality("TR_v", models.VideoQuality.MEDIUM)
+    await _next_quality_update(participant)  # the one the dead edge swallowed
+    participant.detach()
+    resumed = bus.subscribe(keys.session_channel("SE_back"))
+    participant.test_sub = resumed  # type: ignore[attr-defined]
+    start = messages.SessionStart(session_id="SE_back", room="r", identity="pub")
+    participant.resume(start, rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
+    participant.test_room.send_resume_snapshot(participant)  # type: ignore[attr-defined]
+    update = await _next_quality_update(participant)
+    enabled = {q.quality: q.enabled for q in update.subscribed_qualities}
+    assert update.track_sid == "TR_v" and enabled[models.VideoQuality.MEDIUM]
+    assert not enabled[models.VideoQuality.HIGH]

@@ -78,6 +78,7 @@ class Publisher:
         self.uptracks: dict[str, UpTrack] = {}  # published track sid -> its media
         self.channels: dict[str, RTCDataChannel] = {}
         self._quality_held: dict[str, list[int | None]] = {}  # track sid -> held updates
+        self._quality_sent: dict[str, int | None] = {}  # track sid -> last quality sent
         pc.on("datachannel", self._on_datachannel)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -241,6 +242,7 @@ class Publisher:
     async def unpublish(self, track_sid: str) -> None:
         info = self.tracks.pop(track_sid, None)
         up = self.uptracks.pop(track_sid, None)
+        self._quality_sent.pop(track_sid, None)
         if info is None:
             return
         self.log.info("track unpublished", track=track_sid)
@@ -264,10 +266,19 @@ class Publisher:
         if held:
             self._send_wanted_quality(track_sid, held[-1])
 
+    def resend_wanted_qualities(self) -> None:
+        """After a resume: the last update of each track again (one sent while the signal
+        was being lost, before the node noticed, never reached the client, and a publisher
+        that missed an "enable" keeps those layers off)."""
+        for track_sid, quality in list(self._quality_sent.items()):
+            if track_sid not in self._quality_held:
+                self._send_wanted_quality(track_sid, quality)
+
     def _send_wanted_quality(self, track_sid: str, quality: int | None) -> None:
         info = self.tracks.get(track_sid)
         if info is None or info.type != models.TrackType.VIDEO:
             return
+        self._quality_sent[track_sid] = quality
         wanted = -1 if quality is None else quality
         qualities = [
             rtc.SubscribedQuality(quality=q, enabled=q <= wanted)
