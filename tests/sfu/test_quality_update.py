@@ -43,6 +43,16 @@ async def _next_quality_update(participant: Participant) -> rtc.SubscribedQualit
             return msg.subscribed_quality_update
 
 
+async def _responses(participant: Participant) -> list[rtc.SignalResponse]:
+    """What is queued on the participant's session channel now."""
+    sub = participant.test_sub  # type: ignore[attr-defined]
+    out = []
+    while (env := await sub.get(timeout=0.5)) is not None:
+        if env.kind == messages.SIGNAL:
+            out.append(rtc.SignalResponse.FromString(env.data))
+    return out
+
+
 async def test_wanted_layers_are_reported(publisher: tuple[Participant, MemoryBus]) -> None:
     participant, _ = publisher
     info = models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO, mime_type="video/VP8")
@@ -71,23 +81,31 @@ async def test_audio_gets_no_quality_update(publisher: tuple[Participant, Memory
         await asyncio.wait_for(_next_quality_update(participant), 0.5)
 
 
-async def test_a_resume_sends_the_wanted_layers_again(
+async def test_a_resume_sends_the_publishing_state_again(
     publisher: tuple[Participant, MemoryBus],
 ) -> None:
-    """An update published while the signal was being lost (before the node noticed) never
-    reached the client: after the resume the publisher is told again."""
+    """A wanted-layers update and the answer to an announced track, published while the
+    signal was being lost (before the node noticed), never reached the client: after the
+    resume they are sent again."""
     participant, bus = publisher
     info = models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO, mime_type="video/VP8")
     participant.tracks[info.sid] = info
     participant.publisher.wanted_quality("TR_v", models.VideoQuality.MEDIUM)
-    await _next_quality_update(participant)  # the one the dead edge swallowed
+    participant.publisher.add_track(
+        rtc.AddTrackRequest(cid="mic", type=models.TrackType.AUDIO), participant.permission
+    )  # both went to the edge that died
     participant.detach()
-    resumed = bus.subscribe(keys.session_channel("SE_back"))
-    participant.test_sub = resumed  # type: ignore[attr-defined]
+    participant.test_sub = bus.subscribe(keys.session_channel("SE_back"))  # type: ignore[attr-defined]
     start = messages.SessionStart(session_id="SE_back", room="r", identity="pub")
     participant.resume(start, rtc.SignalResponse(reconnect=rtc.ReconnectResponse()))
     participant.test_room.send_resume_snapshot(participant)  # type: ignore[attr-defined]
-    update = await _next_quality_update(participant)
+    got = await _responses(participant)
+    kinds = [r.WhichOneof("message") for r in got]
+    assert kinds[0] == "reconnect"
+    (update,) = [
+        r.subscribed_quality_update for r in got if r.HasField("subscribed_quality_update")
+    ]
     enabled = {q.quality: q.enabled for q in update.subscribed_qualities}
     assert update.track_sid == "TR_v" and enabled[models.VideoQuality.MEDIUM]
     assert not enabled[models.VideoQuality.HIGH]
+    assert [r.track_published.cid for r in got if r.HasField("track_published")] == ["mic"]

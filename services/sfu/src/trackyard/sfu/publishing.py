@@ -266,13 +266,16 @@ class Publisher:
         if held:
             self._send_wanted_quality(track_sid, held[-1])
 
-    def resend_wanted_qualities(self) -> None:
-        """After a resume: the last update of each track again (one sent while the signal
-        was being lost, before the node noticed, never reached the client, and a publisher
-        that missed an "enable" keeps those layers off)."""
+    def resend_state(self) -> None:
+        """After a resume, what may have been lost while the signal was going away (sent
+        before the node noticed): the last wanted-layers update of each track (a publisher
+        that missed an "enable" keeps those layers off) and the answer to each announced
+        track whose media has not come (its publish waits for it; the SDKs ignore a repeat)."""
         for track_sid, quality in list(self._quality_sent.items()):
             if track_sid not in self._quality_held:
                 self._send_wanted_quality(track_sid, quality)
+        for cid, info in self.pending_tracks.items():
+            self._send(responses.track_published(cid, info))
 
     def _send_wanted_quality(self, track_sid: str, quality: int | None) -> None:
         info = self.tracks.get(track_sid)

@@ -261,12 +261,12 @@ class Room:
 
     def send_resume_snapshot(self, participant: Participant) -> None:
         """After the replay, as LiveKit's ResumeParticipant: everyone's current info (its own
-        too: metadata may have changed), the room, and which layers of its tracks are wanted
-        (what was sent before the node noticed the signal was gone is lost)."""
+        too: metadata may have changed), the room, and its publishing state (what was sent
+        before the node noticed the signal was gone is lost)."""
         infos = [*self.visible_infos(exclude=participant), participant.info()]
         participant.send(responses.participant_update(infos))
         participant.send(responses.room_update(self.info()))
-        participant.publisher.resend_wanted_qualities()
+        participant.publisher.resend_state()
 
     async def remove(
         self,
