@@ -2,8 +2,10 @@
 is cut by its network (nftables inside the test namespace drops its TCP to the server) while
 media keeps its own path. The SDK resumes (``reconnect=1&sid=``) and, as it always does on a
 resume, restarts ICE on its publisher connection (an offer with new ICE credentials) before it
-counts as reconnected. Asserted: the page resumes (same participant sid, no full rejoin), the
-Python peer never saw it leave, and decoded video keeps flowing both ways with a bounded gap."""
+counts as reconnected; the server, as LiveKit's does, offers an ICE restart on the subscriber
+connection. Asserted: the page resumes (same participant sid, no full rejoin), the Python peer
+never saw it leave, and decoded video keeps flowing both ways with a bounded gap, also when the
+old ICE paths of the publisher connection, or of both connections, died with the signal."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ MAX_GAP = 3.0  # seconds without a decoded frame, either direction
 # path cut (at the SDK's signal_reconnecting) until the SDK's ICE restart, sent once the signal
 # is back, moved the connection to a new pair: the outage plus the resume (~3 s here).
 MAX_GAP_PATH_LOST = 6.0
+CUT_NONE, CUT_PUBLISHER, CUT_BOTH = "signal_cut", "signal_and_path_cut", "signal_and_both_paths_cut"
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +114,10 @@ async def _diagnosis(page: Page) -> str:
 
 
 @contextlib.contextmanager
-def udp_port_blocked(port: int) -> Iterator[None]:
+def udp_port_blocked(port: int, table: str = "trackyard_pathcut") -> Iterator[None]:
     """Drop all UDP from and to the page's local ``port`` (its old ICE path dies, as when the
     client's network changes); the sockets of the ICE restart's new generation get new ports."""
-    with input_rules("trackyard_pathcut", f"udp sport {port} drop", f"udp dport {port} drop"):
+    with input_rules(table, f"udp sport {port} drop", f"udp dport {port} drop"):
         yield
 
 
@@ -122,13 +125,16 @@ def _port(candidate: str) -> int:
     return int(candidate.rsplit("/", 1)[0].rsplit(":", 1)[1])
 
 
-@pytest.mark.parametrize("path_lost", [False, True], ids=["signal_cut", "signal_and_path_cut"])
+@pytest.mark.parametrize("mode", [CUT_NONE, CUT_PUBLISHER, CUT_BOTH])
 async def test_browser_signal_cut_resumes(
-    server: TrackyardProcess, browser: Browser, room_name: str, path_lost: bool
+    server: TrackyardProcess, browser: Browser, room_name: str, mode: str
 ) -> None:
     """``signal_cut``: only the signal socket is lost. ``signal_and_path_cut``: the publisher
     connection's ICE path dies as well while the signal is away, so media from the page comes
-    back only if the SDK's ICE restart really takes effect on the server's side."""
+    back only if the SDK's ICE restart really takes effect on the server's side.
+    ``signal_and_both_paths_cut``: the subscriber connection's path dies too (a network
+    change), so media to the page comes back only through the server's ICE restart offer."""
+    path_lost = mode != CUT_NONE
     async with (
         connected(server.ws_url, "watcher", room_name) as watcher,
         browser.pages("mover") as (page,),
@@ -156,11 +162,15 @@ async def test_browser_signal_cut_resumes(
                 since = await page.mark()
                 cut = time.time()
                 old_port = _port(before["publisher"]["pair"]["local"])
+                old_sub_port = _port(before["subscriber"]["pair"]["local"])
                 with contextlib.ExitStack() as cuts:
                     with tcp_blocked(PAGE_ADDR, server.port):
                         await page.wait_event("signal_reconnecting", since=since, timeout=30)
                         if path_lost:
                             cuts.enter_context(udp_port_blocked(old_port))
+                        if mode == CUT_BOTH:
+                            assert old_sub_port != old_port, before
+                            cuts.enter_context(udp_port_blocked(old_sub_port, "trackyard_subcut"))
                     away = time.time()
                     try:
                         await page.wait_event("reconnected", since=since, timeout=45)
@@ -190,10 +200,11 @@ async def test_browser_signal_cut_resumes(
                 ] / 1000
                 gap_watcher = from_page.max_gap(cut)
                 print(
-                    f"browser resume ({'path lost' if path_lost else 'signal only'}): signal "
+                    f"browser resume ({mode}): signal "
                     f"outage {back - cut:.2f}s (resume {back - away:.2f}s), decoded-video gap "
                     f"at the page {gap_page:.3f}s, at the watcher {gap_watcher:.3f}s; publisher "
-                    f"ICE pair {before['publisher']['pair']} -> {after['publisher']['pair']}"
+                    f"ICE pair {before['publisher']['pair']} -> {after['publisher']['pair']}; "
+                    f"subscriber {before['subscriber']['pair']} -> {after['subscriber']['pair']}"
                 )
                 assert watcher.remote_participants["mover"].sid == sid
                 assert camera_sid in watcher.remote_participants["mover"].track_publications
@@ -205,5 +216,16 @@ async def test_browser_signal_cut_resumes(
                 assert pub_after["localUfrag"] != pub_before["localUfrag"], after
                 assert pub_after["connectionState"] == "connected", after
                 assert _port(pub_after["pair"]["local"]) != old_port, after
-                assert gap_page < MAX_GAP, gap_page  # the subscriber path was never cut
+                # The server restarted ICE on the subscriber connection (new credentials on its
+                # side, and the page's new ones in its answer); when the old path was cut, the
+                # connection moved to a new-generation pair, whose sockets are new.
+                sub_before, sub_after = before["subscriber"], after["subscriber"]
+                assert sub_after["remoteUfrag"] != sub_before["remoteUfrag"], after
+                assert sub_after["localUfrag"] != sub_before["localUfrag"], after
+                assert sub_after["connectionState"] == "connected", after
+                if mode == CUT_BOTH:
+                    assert _port(sub_after["pair"]["local"]) != old_sub_port, after
+                    assert gap_page < MAX_GAP_PATH_LOST, gap_page
+                else:
+                    assert gap_page < MAX_GAP, gap_page  # the subscriber path was never cut
                 assert gap_watcher < (MAX_GAP_PATH_LOST if path_lost else MAX_GAP), gap_watcher

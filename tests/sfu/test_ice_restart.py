@@ -1,8 +1,15 @@
-"""The remote side's ICE restart (rtphooks.restart_remote_credentials), on aioice itself: a
-connected server connection, the client's first generation, and the client's new generation
-(new sockets, new credentials) as separate aioice connections, as a browser's ICE restart makes
-them. Without the restart the new generation's checks are refused; with it they succeed, the
-server sends on the new pair, and the old generation's checks are still answered meanwhile."""
+"""ICE restarts on aioice itself: a connected server connection, the client's first generation,
+and the client's new generation (new sockets, new credentials) as separate aioice connections,
+as a browser's ICE restart makes them.
+
+The remote side's restart (rtphooks.restart_remote_credentials, the publisher connection):
+without it the new generation's checks are refused; with it they succeed, the server sends on
+the new pair, and the old generation's checks are still answered meanwhile.
+
+Our own restart (rtphooks.restart_local_credentials, the subscriber connection we offer and
+control): new local credentials; checks of both local generations are answered, each signed
+with its own password; the new generation's pairs are checked (and nominated) once the client's
+answer gave its credentials, and the server then sends on the new pair and says so."""
 
 from __future__ import annotations
 
@@ -13,7 +20,12 @@ from collections.abc import AsyncIterator
 import aioice
 from aioice import stun
 
-from trackyard.sfu.rtphooks import restart_remote_credentials
+from trackyard.sfu.rtphooks import (
+    answered_local_credentials,
+    on_nominated,
+    restart_local_credentials,
+    restart_remote_credentials,
+)
 
 TIMEOUT = 10.0
 
@@ -55,22 +67,34 @@ async def _new_generation(server: aioice.Connection, client: aioice.Connection) 
     await asyncio.wait_for(client.connect(), TIMEOUT)
 
 
-async def _binding(client: aioice.Connection, server: aioice.Connection, username: str) -> int:
+async def _binding(
+    client: aioice.Connection,
+    server: aioice.Connection,
+    username: str,
+    password: str | None = None,
+) -> int:
     """A connectivity check from ``client``'s first socket to ``server``'s first candidate
-    with ``username``, signed with the server's password: 0 if answered, else the error code
-    (sent without a response key: aioice would drop the unsigned 401 and retransmit)."""
+    with ``username``, signed with ``password`` (default: the server's): 0 if answered with a
+    response signed with that password, else the error code (sent without a response key:
+    aioice would drop the unsigned 401 and retransmit)."""
+    key = (password or server.local_password).encode()
     protocol = client._protocols[0]
     target = server.local_candidates[0]
     request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
     request.attributes["USERNAME"] = username
     request.attributes["PRIORITY"] = 1
-    request.attributes["ICE-CONTROLLING"] = 1
-    request.add_message_integrity(server.local_password.encode())
+    # the client's role: the opposite of the server's (else a role conflict, 487)
+    role = "ICE-CONTROLLED" if server.ice_controlling else "ICE-CONTROLLING"
+    request.attributes[role] = 1
+    request.add_message_integrity(key)
     request.add_fingerprint()
     try:
-        await asyncio.wait_for(protocol.request(request, (target.host, target.port)), TIMEOUT)
+        response, _addr = await asyncio.wait_for(
+            protocol.request(request, (target.host, target.port)), TIMEOUT
+        )
     except stun.TransactionFailed as failed:
         return int(failed.response.attributes["ERROR-CODE"][0])
+    assert response.check_message_integrity(key), "response not signed with the check's key"
     return 0
 
 
@@ -106,3 +130,49 @@ async def test_restart_moves_to_the_new_generation() -> None:
         assert new_pair.remote_addr == new._nominated[1].local_addr
         await server.send(b"after the restart")
         assert await asyncio.wait_for(new.recv(), TIMEOUT) == b"after the restart"
+
+
+async def test_local_restart_moves_to_the_new_generation() -> None:
+    # the server offered: it is the controlling side, the client's generations controlled
+    async with _connections(True, False, False, False) as (server, old, new, stranger):
+        await _introduce(server, old)
+        await _connected(server, old)
+        old_pair = server._nominated[1]
+        old_ufrag, old_password = server.local_username, server.local_password
+        nominated = asyncio.Event()
+        on_nominated(server, nominated.set)
+
+        restart_local_credentials(server, "newufrag", "n" * 24)
+        assert (server.local_username, server.local_password) == ("newufrag", "n" * 24)
+        # the old generation is still answered, with its own password (its path keeps
+        # working until the new one is nominated); a wrong password or ufrag is not
+        assert await _binding(old, server, f"{old_ufrag}:{old.local_username}", old_password) == 0
+        assert await _binding(old, server, f"{old_ufrag}:{old.local_username}") == 401
+        assert await _binding(old, server, f"zzzz:{old.local_username}", old_password) == 401
+        # the new generation is answered before the client's answer gave its ufrag ...
+        assert await _binding(new, server, f"newufrag:{new.local_username}") == 0
+        # ... but not checked back yet: a triggered check would carry the old credentials
+        new_addr = new.local_candidates[0].host, new.local_candidates[0].port
+        assert not any(p.remote_addr == new_addr for p in server._check_list)
+        assert server._nominated[1] is old_pair and not nominated.is_set()
+
+        new.remote_username, new.remote_password = "newufrag", "n" * 24
+        for candidate in server.local_candidates:
+            await new.add_remote_candidate(candidate)
+        await new.add_remote_candidate(None)
+        connecting = asyncio.ensure_future(new.connect())
+        try:
+            assert answered_local_credentials(server, new.local_username, new.local_password)
+            await asyncio.wait_for(nominated.wait(), TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(connecting), TIMEOUT)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+        new_pair = server._nominated[1]
+        assert new_pair is not old_pair
+        assert new_pair.remote_addr == new._nominated[1].local_addr
+        await server.send(b"after the restart")
+        assert await asyncio.wait_for(new.recv(), TIMEOUT) == b"after the restart"
+        # answered: the new generation needs the client's ufrag now
+        assert await _binding(stranger, server, f"newufrag:{stranger.local_username}") == 401
+        assert await _binding(new, server, f"newufrag:{new.local_username}") == 0

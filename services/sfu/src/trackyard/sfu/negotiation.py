@@ -15,6 +15,11 @@ States::
     OFFER_SENT, RENEGOTIATE_PENDING --no answer in time--> OFFER_SENT (re-offer, bounded)
                                                           then CLOSED (client must reconnect)
     any --bad description, close--> CLOSED
+
+An ICE restart (:meth:`SubscriberNegotiation.restart_ice`, on a resume) is a change like any
+other: the next offer made carries new local ICE credentials (``restart_local_ice`` runs just
+before it is created), and every applied answer is handed to ``answer_applied`` (which takes
+the client's new credentials from it).
 """
 
 from __future__ import annotations
@@ -81,10 +86,14 @@ class SubscriberNegotiation:
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         answer_timeout: float = ANSWER_TIMEOUT,
         max_reoffers: int = MAX_REOFFERS,
+        restart_local_ice: Callable[[], None] | None = None,
+        answer_applied: Callable[[str], None] | None = None,
         log: FilteringBoundLogger = log,
     ) -> None:
         """``send_offer(sdp, offer_id)`` sends an offer to the client; ``failed(what,
-        problem)`` ends the session with a reconnect (a bad description, a lost answer)."""
+        problem)`` ends the session with a reconnect (a bad description, a lost answer);
+        ``restart_local_ice()`` gives the connection new local ICE credentials (see
+        :meth:`restart_ice`); ``answer_applied(sdp)`` sees every answer applied."""
         self._pc = pc
         self._send_offer = send_offer
         self._failed = failed
@@ -98,6 +107,9 @@ class SubscriberNegotiation:
         self._superseded: set[int] = set()  # ids of offers re-sent since (their answers: late)
         self._timer: asyncio.TimerHandle | None = None
         self._signal_lost = False  # no answer can come: the answer wait is on hold
+        self._restart_local_ice = restart_local_ice
+        self._answer_applied = answer_applied
+        self.ice_restart_pending = False  # the next offer made restarts ICE
 
     def _set(self, state: NegotiationState, why: str) -> None:
         if state is not self.state:
@@ -166,6 +178,8 @@ class SubscriberNegotiation:
             self._set(NegotiationState.CLOSED, "bad answer")
             await self._failed("answer", problem)
             return
+        if self._answer_applied is not None:
+            self._answer_applied(sdp)
         pending = self.state is NegotiationState.RENEGOTIATE_PENDING
         self._reoffers = 0
         self._superseded.clear()
@@ -185,6 +199,15 @@ class SubscriberNegotiation:
         if self.state in _AWAITING_ANSWER:
             self._start_timer()
 
+    def restart_ice(self) -> None:
+        """Offer with new local ICE credentials (LiveKit's ICE restart of the subscriber
+        connection on a resume: the client's network may have changed, and its old path may
+        be dead). An offer already out is answered first; the restart follows it."""
+        if self.state is NegotiationState.CLOSED or self._restart_local_ice is None:
+            return
+        self.ice_restart_pending = True
+        self._spawn(self.request())
+
     def close(self) -> None:
         self._set(NegotiationState.CLOSED, "closed")
 
@@ -194,6 +217,9 @@ class SubscriberNegotiation:
         # in flight from here: changes made while the offer is being created wait for its answer
         self._set(NegotiationState.OFFER_SENT, "re-offer" if reoffer else "offer")
         try:
+            if self.ice_restart_pending and self._restart_local_ice is not None:
+                self.ice_restart_pending = False
+                self._restart_local_ice()
             offer = await self._pc.createOffer()
             await self._pc.setLocalDescription(offer)
         except Exception as exc:

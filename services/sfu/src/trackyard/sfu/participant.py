@@ -300,6 +300,7 @@ class Participant:
         self.edge_id = start.edge_id
         old = self.signal.rebind(start.session_id, reconnect)
         self.subscriber.negotiation.signal_back()
+        self.subscriber.restart_ice()  # after the replay: the SDK expects it on a resume
         return old
 
     # -- outgoing -----------------------------------------------------------------------------

@@ -35,7 +35,10 @@ Simulcast
 
 ICE restart
   ``restart_remote_ice(pc, ufrag, password)`` takes a remote peer's new ICE credentials
-  (an offer with ``iceRestart``) into the started aioice connection; see there.
+  (an offer with ``iceRestart``) into the started aioice connection; ``restart_local_ice(pc)``
+  gives the started connection new local credentials for the next offer we make, and
+  ``answered_local_ice`` takes the client's answer to it; see there. ``on_transport_state``
+  also reports a newly nominated pair (the native fan-out's cached route follows it).
 
 ``check_aiortc_internals()`` verifies that everything used here still exists; run it at
 start-up (the SFU node does) and in the test suite.
@@ -47,8 +50,11 @@ import asyncio
 import functools
 import random
 import re
+import secrets
 import socket
+import string
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import CodeType
@@ -92,15 +98,21 @@ __all__ = [
     "RtpPacket",
     "SendParameters",
     "SenderHandler",
+    "answered_local_credentials",
+    "answered_local_ice",
     "check_aiortc_internals",
     "hook_peer_connection",
     "hook_receiver",
     "hook_sender",
     "install_mid_router",
     "install_simulcast_extensions",
+    "on_nominated",
+    "on_transport_state",
     "receiver_codecs",
     "receiver_rtcp_ssrc",
     "receiver_rtx_ssrcs",
+    "restart_local_credentials",
+    "restart_local_ice",
     "restart_remote_credentials",
     "restart_remote_ice",
     "send_rtcp",
@@ -330,6 +342,52 @@ def _needs() -> list[_Need]:
             "check_complete",
             "uses",
             "aioice.Connection.check_incoming -> check_complete (nomination after connect)",
+        ),
+        _Need(
+            (ice_conn, "request_received"),
+            "check_incoming",
+            "uses",
+            "aioice.Connection.request_received -> self.check_incoming",
+        ),
+        _Need(
+            (ice_conn, "request_received"),
+            "local_password",
+            "uses",
+            "aioice.Connection.request_received -> self.local_password (signs responses)",
+        ),
+        _Need(
+            (aioice.ice.StunProtocol, "datagram_received"),
+            "request_received",
+            "uses",
+            "aioice.StunProtocol.datagram_received -> receiver.request_received",
+        ),
+        # ICE restart by us (restart_local_ice)
+        _Need((ice_conn, "__init__"), "_local_username", "uses", "aioice._local_username"),
+        _Need((ice_conn, "__init__"), "_local_password", "uses", "aioice._local_password"),
+        _Need(
+            (aiortc.rtcicetransport.RTCIceGatherer, "getLocalParameters"),
+            "local_username",
+            "uses",
+            "RTCIceGatherer.getLocalParameters -> connection.local_username (offers)",
+        ),
+        _Need(
+            (ice_conn, "check_start"),
+            "build_request",
+            "uses",
+            "aioice.Connection.check_start -> build_request (triggered checks, nominating)",
+        ),
+        # a newly nominated pair (on_transport_state)
+        _Need(
+            (ice_conn, "check_start"),
+            "check_complete",
+            "uses",
+            "aioice.Connection.check_start -> self.check_complete",
+        ),
+        _Need(
+            (ice_conn, "check_complete"),
+            "_nominated",
+            "uses",
+            "aioice.Connection.check_complete sets _nominated",
         ),
         _Need(RTCPeerConnection, "sctp", "attr", "RTCPeerConnection.sctp"),
         # simulcast negotiation
@@ -699,8 +757,40 @@ def route_rtcp_ssrcs(sender: RTCRtpSender, ssrcs: Iterable[int]) -> None:
 
 
 def on_transport_state(transport: RTCDtlsTransport, callback: Callable[[], None]) -> None:
-    """Call ``callback`` whenever the DTLS transport's state changes (routes come and go)."""
+    """Call ``callback`` whenever the DTLS transport's state changes or its ICE connection
+    nominates another pair (an ICE restart moved it to a new path): routes come and go."""
     transport.on("statechange", callback)
+    on_nominated(transport._transport._connection, callback)
+
+
+def on_nominated(connection: aioice.ice.Connection, callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever ``connection`` nominates another pair (sends elsewhere)."""
+    watchers = _pair_watchers.get(connection)
+    if watchers is None:
+        watchers = _pair_watchers[connection] = []
+        # per instance: aioice sets the nominated pair here and tells nobody
+        connection.__dict__["check_complete"] = functools.partial(
+            _check_complete, connection, watchers, connection.check_complete
+        )
+    watchers.append(callback)
+
+
+_pair_watchers: weakref.WeakKeyDictionary[aioice.ice.Connection, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _check_complete(
+    connection: aioice.ice.Connection,
+    watchers: list[Callable[[], None]],
+    original: Callable[[aioice.ice.CandidatePair], None],
+    pair: aioice.ice.CandidatePair,
+) -> None:
+    before = connection._nominated.get(pair.component)
+    original(pair)
+    if connection._nominated.get(pair.component) is not before:
+        for callback in list(watchers):
+            callback()
 
 
 def send_rtcp_nowait(transport: RTCDtlsTransport, data: bytes) -> bool:
@@ -757,21 +847,168 @@ def restart_remote_credentials(
     previous = connection.remote_username
     if previous is None or previous == ufrag:
         return False
+    state = _generations(connection)
     connection.remote_username = ufrag
     connection.remote_password = password
-    # per instance: aioice's own check knows a single remote ufrag
-    connection._valid_username = functools.partial(  # type: ignore[method-assign]
-        _valid_username_of, connection, (previous, ufrag)
-    )
+    state.remote = [*state.remote, ufrag][-_GENERATIONS:]
     return True
 
 
-def _valid_username_of(
-    connection: aioice.ice.Connection, remote_ufrags: tuple[str, ...], username: str
+def restart_local_ice(pc: RTCPeerConnection) -> str | None:
+    """Restart ICE from our side (an offer we make next carries new local credentials, as
+    LiveKit's subscriber offer on a resume does): the client's network may have changed,
+    and only an ICE restart lets it check and move to new paths. Returns the new ufrag,
+    None if no ICE connection of ``pc`` was started yet (the first offer is still out).
+
+    The started aioice connection keeps running: incoming checks of the previous local
+    generations are still answered, each signed with its own password (the old path works
+    until the new one is nominated); checks of the new generation are answered at once, and
+    the pairs they reveal are checked (triggered checks, nominating: we are the controlling
+    side of a connection we offered) once the client's answer gave its credentials
+    (``answered_local_ice``), when the pair with the new generation is nominated and sent on
+    (``on_transport_state`` callbacks run)."""
+    connections = _ice_connections(pc)
+    if not any(c.remote_username is not None for c in connections):
+        return None
+    ufrag = "".join(secrets.choice(_ICE_CHARS) for _ in range(8))
+    password = "".join(secrets.choice(_ICE_CHARS) for _ in range(24))
+    for connection in connections:
+        restart_local_credentials(connection, ufrag, password)
+    return ufrag
+
+
+def restart_local_credentials(connection: aioice.ice.Connection, ufrag: str, password: str) -> None:
+    """``restart_local_ice`` on one aioice connection (one not started yet just takes the new
+    credentials: it starts with them)."""
+    if connection.remote_username is None:
+        connection._local_username = ufrag
+        connection._local_password = password
+        return
+    state = _generations(connection)
+    state.local = [*state.local, (ufrag, password)][-_GENERATIONS:]
+    connection._local_username = ufrag
+    connection._local_password = password
+    state.awaiting_answer = True
+    state.deferred.clear()
+
+
+def answered_local_ice(pc: RTCPeerConnection, ufrag: str, password: str) -> bool:
+    """The client answered our offer with ICE credentials ``ufrag``/``password`` (new ones
+    if it followed our restart, as a browser does): take them (``restart_remote_ice``) and
+    check the pairs the new generation's incoming checks revealed meanwhile. True if the
+    remote credentials changed."""
+    changed = [answered_local_credentials(c, ufrag, password) for c in _ice_connections(pc)]
+    return any(changed)
+
+
+def answered_local_credentials(
+    connection: aioice.ice.Connection, ufrag: str, password: str
 ) -> bool:
-    """aioice's USERNAME check of an incoming request, with more than one remote ufrag."""
+    """``answered_local_ice`` on one aioice connection."""
+    changed = restart_remote_credentials(connection, ufrag, password)
+    state = _states.get(connection)
+    if state is not None and state.awaiting_answer:
+        state.awaiting_answer = False
+        deferred, state.deferred = state.deferred, {}
+        for message, addr, protocol in deferred.values():
+            connection.check_incoming(message, addr, protocol)
+    return changed
+
+
+_ICE_CHARS = string.ascii_letters + string.digits  # ice-char without "+" and "/"
+_GENERATIONS = 3  # ICE credential generations answered per side (resumes in a row)
+_DEFERRED_CHECKS = 32  # new-generation checks held until the client's answer
+
+
+@dataclass(slots=True, eq=False)
+class _IceGenerations:
+    """The ICE credential generations one aioice connection answers (aioice knows a single
+    local and remote pair), newest last."""
+
+    local: list[tuple[str, str]]  # (ufrag, password)
+    remote: list[str]
+    awaiting_answer: bool = False  # a local restart's offer awaits the client's credentials
+    # incoming checks of the new local generation, by source, until then
+    deferred: dict[tuple[tuple[str, int], int], tuple[Any, tuple[str, int], Any]] = field(
+        default_factory=dict
+    )
+
+
+_states: weakref.WeakKeyDictionary[aioice.ice.Connection, _IceGenerations] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _generations(connection: aioice.ice.Connection) -> _IceGenerations:
+    """The connection's generations; on first use, its per-instance request handling."""
+    state = _states.get(connection)
+    if state is None:
+        state = _IceGenerations(
+            local=[(connection.local_username, connection.local_password)],
+            remote=[connection.remote_username] if connection.remote_username else [],
+        )
+        _states[connection] = state
+        d = connection.__dict__
+        # per instance: aioice's own checks know a single local and remote generation
+        d["_valid_username"] = functools.partial(_valid_username_of, connection, state)
+        d["request_received"] = functools.partial(
+            _request_received, connection, state, connection.request_received
+        )
+    return state
+
+
+def _valid_username_of(
+    connection: aioice.ice.Connection, state: _IceGenerations, username: str
+) -> bool:
+    """aioice's USERNAME check of an incoming request, with more than one generation (the
+    request's local generation is in place, see ``_request_received``)."""
     local, colon, remote = username.partition(":")
-    return colon == ":" and local == connection.local_username and remote in remote_ufrags
+    if colon != ":" or local != connection.local_username:
+        return False
+    if state.awaiting_answer and local == state.local[-1][0]:
+        return True  # the client's new ufrag comes with its answer (aioice: any until known)
+    return remote in state.remote
+
+
+def _request_received(
+    connection: aioice.ice.Connection,
+    state: _IceGenerations,
+    original: Callable[[Any, tuple[str, int], Any], None],
+    message: Any,
+    addr: tuple[str, int],
+    protocol: Any,
+) -> None:
+    """aioice's handling of an incoming check, with the local generation its USERNAME names
+    in place (so it is verified and answered with that generation's password); a check of
+    a new generation whose answer is not in yet is answered, and checked back later."""
+    username = message.attributes.get("USERNAME")
+    local = username.partition(":")[0] if isinstance(username, str) else ""
+    generation = next((g for g in state.local if g[0] == local), None)
+    if generation is None:
+        original(message, addr, protocol)  # refused (401) by aioice
+        return
+    current = connection._local_username, connection._local_password
+    defer = state.awaiting_answer and generation == state.local[-1]
+    d = connection.__dict__
+    connection._local_username, connection._local_password = generation
+    if defer:
+        d["check_incoming"] = functools.partial(_defer_check, state)
+    try:
+        original(message, addr, protocol)
+    finally:
+        connection._local_username, connection._local_password = current
+        if defer:
+            del d["check_incoming"]
+
+
+def _defer_check(
+    state: _IceGenerations, message: Any, addr: tuple[str, int], protocol: Any
+) -> None:
+    """A triggered check now would use the client's old credentials (refused by a client that
+    restarted): held until its answer, the latest per source and socket, bounded."""
+    key = (addr, id(protocol))
+    if key in state.deferred or len(state.deferred) < _DEFERRED_CHECKS:
+        state.deferred[key] = (message, addr, protocol)
 
 
 # --- ICE sockets --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,6 +26,8 @@ from trackyard.sfu.trackcontract import TrackSource
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
 DATA_QUEUE_LIMIT = 256  # data packets held per channel until the participant's channel opens
+_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
+_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
 
 
 class Subscriber:
@@ -61,7 +64,13 @@ class Subscriber:
             LOSSY: deque(maxlen=DATA_QUEUE_LIMIT),
         }
         self.negotiation = SubscriberNegotiation(
-            pc, send_offer=send_offer, failed=negotiation_failed, spawn=spawn, log=log
+            pc,
+            send_offer=send_offer,
+            failed=negotiation_failed,
+            spawn=spawn,
+            restart_local_ice=self._restart_local_ice,
+            answer_applied=self._answer_applied,
+            log=log,
         )
         for label, channel in self.channels.items():
             channel.on("open", functools.partial(self._on_channel_open, label))
@@ -74,6 +83,26 @@ class Subscriber:
 
     def transport_changed(self) -> None:
         self.negotiation.transport_changed()
+
+    # -- ICE restart (on a resume) ----------------------------------------------------------
+
+    def restart_ice(self) -> None:
+        """Offer an ICE restart, as LiveKit does on a resume: a client whose network changed
+        can only reach us on new paths, which its old ICE credentials cannot open."""
+        self.negotiation.restart_ice()
+
+    def _restart_local_ice(self) -> None:
+        ufrag = rtphooks.restart_local_ice(self.pc)
+        if ufrag is not None:
+            self.log.info("subscriber ICE restart offered", ufrag=ufrag)
+
+    def _answer_applied(self, sdp: str) -> None:
+        ufrag = _ICE_UFRAG.search(sdp)
+        password = _ICE_PWD.search(sdp)
+        if ufrag is None or password is None:
+            return
+        if rtphooks.answered_local_ice(self.pc, ufrag.group(1), password.group(1)):
+            self.log.info("subscriber ICE restart answered", ufrag=ufrag.group(1))
 
     # -- subscriptions ----------------------------------------------------------------------
 
