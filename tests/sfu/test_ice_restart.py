@@ -9,17 +9,21 @@ the new pair, and the old generation's checks are still answered meanwhile.
 Our own restart (rtphooks.restart_local_credentials, the subscriber connection we offer and
 control): new local credentials; checks of both local generations are answered, each signed
 with its own password; the new generation's pairs are checked (and nominated) once the client's
-answer gave its credentials, and the server then sends on the new pair and says so."""
+answer gave its credentials, and the server then sends on the new pair and says so. The
+negotiation makes the restart in the next offer it creates, after an offer already out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import aioice
 from aioice import stun
 
+from tests.sfu.test_negotiation import ANSWER, FakePeer
+from trackyard.sfu.negotiation import NegotiationState, SubscriberNegotiation
 from trackyard.sfu.rtphooks import (
     answered_local_credentials,
     on_nominated,
@@ -176,3 +180,40 @@ async def test_local_restart_moves_to_the_new_generation() -> None:
         # answered: the new generation needs the client's ufrag now
         assert await _binding(stranger, server, f"newufrag:{stranger.local_username}") == 401
         assert await _binding(new, server, f"newufrag:{new.local_username}") == 0
+
+
+async def test_negotiation_restarts_in_the_offer_after_the_one_out() -> None:
+    pc = FakePeer()
+    pc.connectionState = "connected"
+    offers: list[str] = []
+    restarted_before: list[int] = []  # offers created before each restart
+    answers: list[str] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def failed(what: str, problem: str) -> None:
+        raise AssertionError(f"negotiation failed: {what}: {problem}")
+
+    def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        tasks.append(asyncio.ensure_future(coro))
+        return tasks[-1]
+
+    negotiation = SubscriberNegotiation(
+        pc,
+        send_offer=lambda sdp, _id: offers.append(sdp),
+        failed=failed,
+        spawn=spawn,
+        restart_local_ice=lambda: restarted_before.append(pc.offers_made),
+        answer_applied=answers.append,
+    )
+    await negotiation.request()
+    negotiation.restart_ice()  # a resume while offer 1 is out: it is answered first
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert negotiation.state is NegotiationState.RENEGOTIATE_PENDING
+    assert restarted_before == [] and offers == ["offer 1"]
+    await negotiation.answer(ANSWER, "answer", 1)
+    assert answers == [ANSWER]
+    assert restarted_before == [1] and offers == ["offer 1", "offer 2"]
+    await negotiation.answer(ANSWER, "answer", 2)
+    assert answers == [ANSWER, ANSWER]
+    await negotiation.request()  # a later change: no restart again
+    assert restarted_before == [1] and offers[-1] == "offer 3"
