@@ -362,6 +362,7 @@ def _needs() -> list[_Need]:
             "aioice.StunProtocol.datagram_received -> receiver.request_received",
         ),
         # ICE restart by us (restart_local_ice)
+        _Need((ice_conn, "request_received"), "_closing", "uses", "aioice.Connection._closing"),
         _Need((ice_conn, "__init__"), "_local_username", "uses", "aioice._local_username"),
         _Need((ice_conn, "__init__"), "_local_password", "uses", "aioice._local_password"),
         _Need(
@@ -911,6 +912,8 @@ def answered_local_credentials(
         state.awaiting_answer = False
         deferred, state.deferred = state.deferred, {}
         for message, addr, protocol in deferred.values():
+            if connection._closing:  # as aioice's request_received: no checks once closing
+                break
             connection.check_incoming(message, addr, protocol)
     return changed
 
