@@ -9,17 +9,14 @@ old ICE paths of the publisher connection, or of both connections, died with the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from livekit import rtc
 
-from tests.support.browser import MEDIA_CALL, Browser, Page, browser_fixture
+from tests.support.browser import MEDIA_CALL, Browser, Page, any_frame_clock, browser_fixture
 from tests.support.media import pattern_video
 from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
@@ -59,49 +56,6 @@ def tcp_blocked(addr: str, port: int) -> Iterator[None]:
     Python peer signals through 127.0.0.1 and all media is UDP, so only the page is cut."""
     with input_rules("trackyard_pagecut", f"ip daddr {addr} tcp dport {port} drop"):
         yield
-
-
-class AnyFrameClock:
-    """Arrival times of every decoded frame of one track (the browser's fake camera carries no
-    frame numbers, so tests.support.media.FrameClock's pattern check does not apply)."""
-
-    def __init__(self, track: rtc.Track) -> None:
-        self.times: list[float] = []
-        self._stream = rtc.VideoStream(track)
-        self._arrived = asyncio.Event()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for _event in self._stream:
-            self.times.append(time.time())
-            self._arrived.set()
-
-    async def frames_after(self, t: float, count: int, timeout: float = 30) -> None:
-        async def wait() -> None:
-            while sum(1 for x in self.times if x > t) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        await asyncio.wait_for(wait(), timeout)
-
-    def max_gap(self, since: float) -> float:
-        times = [since, *(x for x in self.times if x >= since)]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._stream.aclose()
-
-
-@contextlib.asynccontextmanager
-async def any_frame_clock(track: rtc.Track) -> AsyncIterator[AnyFrameClock]:
-    c = AnyFrameClock(track)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def _diagnosis(page: Page) -> str:
@@ -198,7 +152,7 @@ async def test_browser_signal_cut_resumes(
                 gap_page = (await page.call("frameGap", "watcher", "camera", cut * 1000))[
                     "maxGapMs"
                 ] / 1000
-                gap_watcher = from_page.max_gap(cut)
+                gap_watcher = from_page.max_gap(cut, until=time.time())
                 print(
                     f"browser resume ({mode}): signal "
                     f"outage {back - cut:.2f}s (resume {back - away:.2f}s), decoded-video gap "
