@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from livekit import rtc
 
+from tests.support.media import FrameClock, clock
+
 BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
 DRIVER = BROWSER_DIR / "driver.mjs"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -292,49 +294,11 @@ def browser_fixture() -> Any:
     return _browser
 
 
-class AnyFrameClock:
+AnyFrameClock = FrameClock  # of every frame, on time.time(): see any_frame_clock
+
+
+def any_frame_clock(track: rtc.Track) -> contextlib.AbstractAsyncContextManager[FrameClock]:
     """Arrival times (``time.time()``, comparable with the page's ``Date.now()``) of every
-    frame the Python SDK decodes from one track. A browser's fake camera carries no frame
-    numbers, so :class:`tests.support.media.FrameClock`'s pattern check does not apply."""
-
-    def __init__(self, track: rtc.Track) -> None:
-        self.times: list[float] = []
-        self._stream = rtc.VideoStream(track)
-        self._arrived = asyncio.Condition()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for _event in self._stream:
-            self.times.append(time.time())
-            async with self._arrived:
-                self._arrived.notify_all()
-
-    async def frames_after(self, t: float, count: int, timeout: float = 30) -> None:
-        async def wait() -> None:
-            async with self._arrived:
-                await self._arrived.wait_for(lambda: sum(1 for x in self.times if x > t) >= count)
-
-        await asyncio.wait_for(wait(), timeout)
-
-    def max_gap(self, since: float, until: float | None = None) -> float:
-        """The longest time between decoded frames after ``since``; with ``until``, counting
-        from ``since`` to the first frame and from the last frame to ``until`` too."""
-        times = [x for x in self.times if x >= since and (until is None or x <= until)]
-        if until is not None:
-            times = [since, *times, until]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._stream.aclose()
-
-
-@contextlib.asynccontextmanager
-async def any_frame_clock(track: rtc.Track) -> AsyncIterator[AnyFrameClock]:
-    c = AnyFrameClock(track)
-    try:
-        yield c
-    finally:
-        await c.close()
+    frame the Python SDK decodes from one track: a browser's fake camera carries no frame
+    numbers."""
+    return clock(track, numbered=False, now=time.time)

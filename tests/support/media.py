@@ -194,18 +194,28 @@ async def until_width(track: rtc.Track, pred: Callable[[int], bool], timeout: fl
 
 
 class FrameClock:
-    """Arrival times of decoded pattern frames of one track."""
+    """Arrival times of decoded frames of one track: of pattern frames (``numbered``, the
+    default), or of every frame (a browser's fake camera carries no frame numbers). ``now``:
+    the clock (``time.time`` compares with a page's ``Date.now()``)."""
 
-    def __init__(self, track: rtc.Track) -> None:
+    def __init__(
+        self,
+        track: rtc.Track,
+        *,
+        numbered: bool = True,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.times: list[float] = []
+        self._numbered = numbered
+        self._now = now
         self._arrived = asyncio.Condition()
         self._stream = rtc.VideoStream(track)
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         async for event in self._stream:
-            if read_pattern(event.frame) is not None:
-                self.times.append(time.monotonic())
+            if not self._numbered or read_pattern(event.frame) is not None:
+                self.times.append(self._now())
                 async with self._arrived:
                     self._arrived.notify_all()
 
@@ -232,8 +242,10 @@ class FrameClock:
 
 
 @contextlib.asynccontextmanager
-async def clock(track: rtc.Track) -> AsyncIterator[FrameClock]:
-    c = FrameClock(track)
+async def clock(
+    track: rtc.Track, *, numbered: bool = True, now: Callable[[], float] = time.monotonic
+) -> AsyncIterator[FrameClock]:
+    c = FrameClock(track, numbered=numbered, now=now)
     try:
         yield c
     finally:
