@@ -452,7 +452,7 @@ class SfuNode:
             self._room_locks.pop(room.name, None)
         if not room.is_home:
             return  # a part: the room lives on with its home
-        others = bool(room.peers.nodes)  # parts live on: one of them takes the home role
+        others = room.handed_over  # parts live on: one of them takes the home role
         if not others:
             if self.webhooks is not None:
                 self.webhooks.notify("room_finished", room=room.info())

@@ -123,6 +123,7 @@ class Room:
         self._remote_quality: dict[str, dict[str, rtc.ConnectionQualityInfo]] = {}
         self._admitted: dict[str, float] = {}  # home: joins admitted for other nodes -> until
         self.closed = False
+        self.handed_over = False  # closed here while the room lives on on other nodes
         self._close_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(room=name, room_sid=self.sid)
         self._arm_close_timer(self.empty_timeout)
@@ -311,6 +312,7 @@ class Room:
         if self.is_home and reason != models.DisconnectReason.SERVER_SHUTDOWN:
             self.peers.send(messages.PEER_CLOSE, headers={"reason": str(int(reason))})
         else:  # a part, or a home going away with its node: the others keep the room
+            self.handed_over = bool(self.peers.nodes)
             self.peers.send(messages.PEER_BYE)
         await self._close_relays()
         await self._listener.room_closed(self)
@@ -321,6 +323,7 @@ class Room:
         self.closed = True
         self._cancel_close_timer()
         self._stop_monitors()
+        self.handed_over = bool(self.peers.nodes)
         await self._listener.room_closed(self)
         for participant in list(self.participants.values()):
             participant.send(responses.rejoin())
