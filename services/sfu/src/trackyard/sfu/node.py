@@ -492,8 +492,6 @@ class SfuNode:
 
     def participant_added(self, room: Room, participant: Participant) -> None:
         self.sessions[participant.session_id] = participant
-        if not participant.relay_node:
-            self.spawn(self.store.put_seat(room.name, participant.identity, self.node_id))
 
     def participant_joined(self, room: Room, participant: Participant) -> None:
         dispatcher_for(self).participant_joined(room, participant)
@@ -511,7 +509,6 @@ class SfuNode:
             del self.sessions[participant.session_id]
 
     def participant_left(self, room: Room, participant: Participant) -> None:
-        self.spawn(self.store.delete_seat(room.name, participant.identity, self.node_id))
         self._webhook_left(room, participant)
         dispatcher_for(self).participant_left(room, participant)
         self._check_drained()

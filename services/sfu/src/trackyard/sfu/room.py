@@ -29,6 +29,7 @@ from trackyard.sfu.audiolevel import AudioLevelSettings
 from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
 from trackyard.sfu.peers import RemoteParticipant, RoomPeers, participant_update, participants_of
 from trackyard.sfu.relay import LAYER_MARK, RELAY_IDENTITY_PREFIX, RelayIn, parse_alias
+from trackyard.sfu.roomrecord import RoomRecord
 from trackyard.sfu.rtpstats import TrafficCounters
 
 log = structlog.get_logger(__name__)
@@ -113,6 +114,13 @@ class Room:
         self.epoch = epoch
         self.home_node = home_node or services.node_id
         self.participants: dict[str, Participant] = {}  # identity -> participant
+        self.record = RoomRecord(
+            services.store,
+            name,
+            services.node_id,
+            spawn=services.spawn,
+            room_info=self._stored_info,
+        )
         self.peers = RoomPeers(
             name, services.node_id, bus=services.bus, patience=services.config.signal.ping_timeout
         )
@@ -162,9 +170,12 @@ class Room:
         )
 
     def _persist(self) -> None:
-        # the home writes the room's record; a closed room was deleted: keep it deleted
-        if self.is_home and not self.closed:
-            self._spawn(self._services.store.put_room(self.info()))
+        if self.is_home:  # the home writes the room's record
+            self.record.room()
+
+    def _stored_info(self) -> models.Room | None:
+        """The record as written now (a closed room was deleted: keep it deleted)."""
+        return self.info() if self.is_home and not self.closed else None
 
     # -- join / leave -----------------------------------------------------------------------
 
@@ -225,6 +236,7 @@ class Room:
             start, room_name=self.name, services=self._services.participants, listener=self
         )
         self.participants[participant.identity] = participant
+        self.record.seat(participant.identity)
         self._listener.participant_added(self, participant)
         if not _dependent(participant):  # agents alone keep no room open (LiveKit)
             self._cancel_close_timer()
@@ -290,7 +302,8 @@ class Room:
         if not participant.hidden:
             self.broadcast(responses.participant_update([info]))
         self.peers.send(messages.PEER_PARTICIPANTS, participant_update([info]))
-        self._spawn(self._services.store.delete_participant(self.name, participant.identity))
+        self.record.participant_gone(participant.identity)
+        self.record.unseat(participant.identity)
         self._persist()
         self._listener.participant_left(self, participant)
         self.log.info(
@@ -315,6 +328,7 @@ class Room:
             self.handed_over = bool(self.peers.nodes)
             self.peers.send(messages.PEER_BYE)
         await self._close_relays()
+        await self.record.flush()
         await self._listener.room_closed(self)
         self.log.info("room closed", reason=models.DisconnectReason.Name(reason))
 
@@ -385,7 +399,7 @@ class Room:
         else:
             self.broadcast(update)
         if not self.closed:
-            self._spawn(self._services.store.put_participant(self.name, info))
+            self.record.participant(info)
         self.peers.send(messages.PEER_PARTICIPANTS, participant_update([info]))
         self._persist()
 
