@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -68,6 +69,19 @@ async def test_password_and_db(protected: RedisServer) -> None:
     with pytest.raises((AuthenticationError, ResponseError)):
         await bad.ping()
     for client in (good, other_db, url, bad):
+        await client.aclose()
+
+
+async def test_hundreds_of_concurrent_commands_all_go_through(protected: RedisServer) -> None:
+    """A burst wider than redis-py's default pool (100) is not refused ("Too many
+    connections"), even with no retry to hide it."""
+    client = connect_redis(
+        RedisConfig(address=protected.address, password="s3cret"), RedisTimeouts(retries=0)
+    )
+    try:
+        await asyncio.gather(*(client.xadd("burst", {"i": str(i)}) for i in range(500)))
+        assert await client.xlen("burst") == 500
+    finally:
         await client.aclose()
 
 

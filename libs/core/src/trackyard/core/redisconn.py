@@ -63,6 +63,12 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
     return host, port
 
 
+# Connections one process may open (opened on demand). redis-py's default, 100, refuses the
+# 101st concurrent command at once ("Too many connections"): a node fanning a participant
+# update out to a few hundred sessions in one go hit it (benchmarks/span.py, N >= 192).
+MAX_CONNECTIONS = 2000
+
+
 def _retry(t: RedisTimeouts) -> Retry:
     return Retry(
         ExponentialWithJitterBackoff(base=t.backoff_base, cap=t.backoff_cap),
@@ -85,6 +91,7 @@ def client_kwargs(cfg: RedisConfig, timeouts: RedisTimeouts | None = None) -> di
         "retry": _retry(t),
         "decode_responses": False,
         "client_name": "trackyard",
+        "max_connections": MAX_CONNECTIONS,
     }
     if cfg.use_tls:
         kwargs["ssl"] = True
