@@ -3,6 +3,9 @@ participant's node) plus health (metrics: ``prometheus.port``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -16,6 +19,8 @@ from trackyard.core.store import Store
 from trackyard.router.placement import Placer
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 PLACEMENTS = Counter("trackyard_router_placements_total", "Placement requests", ["outcome"])
 SEATS = Counter(
@@ -58,45 +63,50 @@ def _refused(refusal: Refusal) -> JSONResponse:
     )
 
 
+async def _decide(counter: Counter, room: str, decision: Awaitable[T | None]) -> T | JSONResponse:
+    """The placer's answer, or the refusal to send back (counted by outcome either way)."""
+    try:
+        found = await decision
+    except Refusal as exc:
+        counter.labels("refused").inc()
+        return _refused(exc)
+    except StoreUnavailableError as exc:
+        counter.labels("store_down").inc()
+        return _refused(Refusal(Code.UNAVAILABLE, f"store unavailable: {exc}"))
+    if found is None:
+        counter.labels("absent").inc()
+        return _refused(Refusal(Code.NOT_FOUND, f"room {room} does not exist"))
+    counter.labels("ok").inc()
+    return found
+
+
 def create_app(placer: Placer, store: Store) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, title="trackyard router")
     app.state.draining = False
 
     @app.post("/place", response_model=None)
     async def place(req: PlaceRequest) -> PlaceResponse | JSONResponse:
-        try:
-            placement = await placer.place(req.room, create=req.create, region=req.region)
-        except Refusal as exc:
-            PLACEMENTS.labels("refused").inc()
-            return _refused(exc)
-        except StoreUnavailableError as exc:
-            PLACEMENTS.labels("store_down").inc()
-            return _refused(Refusal(Code.UNAVAILABLE, f"store unavailable: {exc}"))
-        if placement is None:
-            PLACEMENTS.labels("absent").inc()
-            return _refused(Refusal(Code.NOT_FOUND, f"room {req.room} does not exist"))
-        PLACEMENTS.labels("ok").inc()
-        return PlaceResponse(room=placement.room, node_id=placement.node_id, epoch=placement.epoch)
+        decided = await _decide(
+            PLACEMENTS, req.room, placer.place(req.room, create=req.create, region=req.region)
+        )
+        if isinstance(decided, JSONResponse):
+            return decided
+        return PlaceResponse(room=decided.room, node_id=decided.node_id, epoch=decided.epoch)
 
     @app.post("/seat", response_model=None)
     async def seat(req: SeatRequest) -> SeatResponse | JSONResponse:
-        try:
-            found = await placer.seat(req.room, req.identity, create=req.create, region=req.region)
-        except Refusal as exc:
-            SEATS.labels("refused").inc()
-            return _refused(exc)
-        except StoreUnavailableError as exc:
-            SEATS.labels("store_down").inc()
-            return _refused(Refusal(Code.UNAVAILABLE, f"store unavailable: {exc}"))
-        if found is None:
-            SEATS.labels("absent").inc()
-            return _refused(Refusal(Code.NOT_FOUND, f"room {req.room} does not exist"))
-        SEATS.labels("ok").inc()
+        decided = await _decide(
+            SEATS,
+            req.room,
+            placer.seat(req.room, req.identity, create=req.create, region=req.region),
+        )
+        if isinstance(decided, JSONResponse):
+            return decided
         return SeatResponse(
-            room=found.home.room,
-            home_node_id=found.home.node_id,
-            epoch=found.home.epoch,
-            node_id=found.node_id,
+            room=decided.home.room,
+            home_node_id=decided.home.node_id,
+            epoch=decided.home.epoch,
+            node_id=decided.node_id,
         )
 
     @app.get("/healthz")
