@@ -1,6 +1,11 @@
 """Two parts of one room on two fake nodes sharing a memory bus and store: the parts mirror
 each other's participants (in order), room-level state comes from the home, a dead part's
-participants leave everyone's view, and admission counts joins the home admitted elsewhere."""
+participants leave everyone's view, and admission counts joins the home admitted elsewhere.
+
+And a real node (memory store and bus) holding a part: its heartbeat never waits behind its
+checks (peers judge it dead when its heartbeat lags), and its periodic check writes back only
+the participants the store lost (rewriting a hundred every round held the heartbeat back over
+``dead_after``, found by benchmarks/span at N=192)."""
 
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from tests.support.fakenode import FakeNode
 from trackyard.core import keys, messages
 from trackyard.core.auth import VideoGrants
 from trackyard.core.bus import MemoryBus, Subscription
+from trackyard.core.config import Config
+from trackyard.core.node import NodeRecord
 from trackyard.core.refusal import Refusal
-from trackyard.core.store import MemoryStore
+from trackyard.core.store import MemoryStore, Placement
+from trackyard.sfu.node import SfuNode
 from trackyard.sfu.room import Room
 
 HOME, PART = "ND_home", "ND_part"
@@ -131,3 +139,89 @@ async def test_the_home_counts_joins_it_admitted_elsewhere() -> None:
         with pytest.raises(Refusal, match="full"):
             home.admit("y", hold=10)
         home.admit("a")  # someone already in (a rejoin) always fits
+
+
+class _WatchedStore(MemoryStore):
+    """A memory store that records participant and seat writes and heartbeats, and whose
+    placement reads can be made to hang (a store read that does not come back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, str]] = []
+        self.beats = 0
+        self.hang_reads = False
+        self.read_hanging = asyncio.Event()
+
+    async def put_participant(self, room: str, participant: models.ParticipantInfo) -> None:
+        self.writes.append(("participant", participant.identity))
+        await super().put_participant(room, participant)
+
+    async def put_seat(self, room: str, identity: str, node_id: str) -> None:
+        self.writes.append(("seat", identity))
+        await super().put_seat(room, identity, node_id)
+
+    async def put_node(self, record: NodeRecord, ttl: float) -> None:
+        self.beats += 1
+        await super().put_node(record, ttl)
+
+    async def get_placement(self, room: str) -> Placement | None:
+        if self.hang_reads:
+            self.read_hanging.set()
+            await asyncio.Event().wait()
+        return await super().get_placement(room)
+
+
+def _config(interval: float) -> Config:
+    config = Config.load(dev=True, env={})
+    config.node.heartbeat_interval = interval
+    config.node.stats_update_interval = interval
+    return config
+
+
+async def test_a_node_beats_while_its_checks_hang() -> None:
+    store = _WatchedStore()
+    node = SfuNode(_config(0.02), store, MemoryBus())
+    await node.start()
+    try:
+        assert await node.ensure_room("r", create=True) is not None
+        store.hang_reads = True  # the next placement check never returns
+        await asyncio.wait_for(store.read_hanging.wait(), 5)
+        beats = store.beats
+        await _until(lambda: store.beats >= beats + 5, "five heartbeats during the hung check")
+    finally:
+        await node.stop()
+
+
+async def test_a_part_writes_back_only_participants_the_store_lost() -> None:
+    store = _WatchedStore()
+    await store.claim_room("r", HOME)
+    node = SfuNode(_config(60.0), store, MemoryBus(), node_id=PART)  # checks run by hand
+    await node.start()
+    try:
+        part = await node.ensure_room("r", create=True, home_node=HOME)
+        assert part is not None and not part.is_home
+        for identity in ("a", "b", "c"):
+            await part.join(_start(identity))
+
+        async def seats() -> dict[str, str]:
+            return await store.list_seats("r")
+
+        for _ in range(500):  # the room's own writes go out in the background
+            if await seats() == {"a": PART, "b": PART, "c": PART}:
+                break
+            await asyncio.sleep(0.01)
+        assert await seats() == {"a": PART, "b": PART, "c": PART}
+
+        store.writes.clear()
+        await node.check_placements()
+        assert store.writes == []  # nothing lost: nothing written
+
+        await store.delete_seat("r", "b", PART)
+        await store.delete_participant("r", "b")
+        await node.check_placements()
+        assert store.writes == [("participant", "b"), ("seat", "b")]
+        assert await seats() == {"a": PART, "b": PART, "c": PART}
+        stored = await store.get_participant("r", "b")
+        assert stored is not None and stored.identity == "b"
+    finally:
+        await node.stop()

@@ -73,6 +73,7 @@ class SfuNode:
         self._sub: Subscription | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
+        self._check_task: asyncio.Task[None] | None = None
         self.log = log.bind(node=self.node_id)
         self.webhooks = WebhookNotifier.from_config(config)  # None without webhook.urls
         self._announced: set[str] = set()  # participant sids sent as participant_joined
@@ -109,12 +110,13 @@ class SfuNode:
         self._consumer = asyncio.create_task(self._consume(self._sub), name="node-consumer")
         await self.report()
         self._stats_task = asyncio.create_task(self._report_loop(), name="node-stats")
+        self._check_task = asyncio.create_task(self._check_loop(), name="node-checks")
         self.log.info("sfu node started", region=self.config.region, fan_out=fanout.describe())
 
     async def stop(self) -> None:
         for room in list(self.rooms.values()):
             await room.close(models.DisconnectReason.SERVER_SHUTDOWN)
-        for task in (self._stats_task, self._consumer):
+        for task in (self._check_task, self._stats_task, self._consumer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -262,9 +264,11 @@ class SfuNode:
             self.log.warning("cannot write node record", error=str(exc))
 
     async def _report_loop(self) -> None:
-        """The heartbeat (record rewritten every ``heartbeat_interval``, fresh figures every
-        ``stats_update_interval``); placements re-asserted with each fresh figure and at once
-        when the store's generation changed (Redis restarted empty); dead edges' sessions."""
+        """The heartbeat: the record rewritten every ``heartbeat_interval`` (fresh figures
+        every ``stats_update_interval``), and again at once when the store's generation
+        changed (Redis restarted empty). Nothing else waits in this loop: peers judge this
+        node dead when its heartbeat lags theirs by ``dead_after``, so a slow round of
+        checks (``_check_loop``) must not hold the next write back."""
         cfg = self.config.node
         next_stats = time.monotonic() + cfg.stats_update_interval
         while True:
@@ -277,7 +281,20 @@ class SfuNode:
             await self.generation.observe(self.store)
             if self.generation.value != before:
                 await self.report(fresh=False)  # the store forgot us too: at once, again
-            if fresh or self.generation.value != before:
+
+    async def _check_loop(self) -> None:
+        """Every ``heartbeat_interval``: placements re-asserted every
+        ``stats_update_interval`` and at once when the store's generation changed; the
+        rooms' other nodes and the signal edges checked for deaths."""
+        cfg = self.config.node
+        next_placements = time.monotonic() + cfg.stats_update_interval
+        checked = self.generation.value
+        while True:
+            await asyncio.sleep(cfg.heartbeat_interval)
+            forgot = self.generation.value != checked
+            checked = self.generation.value
+            if forgot or time.monotonic() >= next_placements:
+                next_placements = time.monotonic() + cfg.stats_update_interval
                 await self.check_placements()
             try:
                 await self.check_peers()
@@ -309,8 +326,12 @@ class SfuNode:
                         await self._restore_participants(room)
                         room.log.info("placement re-asserted", epoch=current.epoch)
                 elif not room.is_home:
-                    await self._restore_participants(room)
-                    await self._discover_peers(room)
+                    # one read tells which of ours the store lost (it restarted empty, or a
+                    # seat was cleared): rewriting all of them every round took a part with
+                    # a hundred participants over a second of store round trips
+                    seats = await self.store.list_seats(room.name)
+                    await self._restore_participants(room, seated=seats)
+                    await self._discover_peers(room, seats=seats)
             except Exception as exc:
                 self.log.debug("cannot check placement", room=room.name, error=str(exc))
                 return
@@ -345,10 +366,14 @@ class SfuNode:
         room.log.info("room taken over from the store", sid=stored.sid)
         return True
 
-    async def _discover_peers(self, room: Room, *, seed: bool = False) -> None:
+    async def _discover_peers(
+        self, room: Room, *, seed: bool = False, seats: dict[str, str] | None = None
+    ) -> None:
         """The room's other nodes (its home and the nodes its participants are seated on);
-        ``seed``: a new part also takes their participants from the store."""
-        seats = await self.store.list_seats(room.name)
+        ``seed``: a new part also takes their participants from the store. ``seats``: the
+        room's seats if just read."""
+        if seats is None:
+            seats = await self.store.list_seats(room.name)
         nodes = (set(seats.values()) | {room.home_node}) - {self.node_id}
         dead = await self._dead(nodes)
         if seed:  # seats on dead nodes are participants about to rejoin: not in the room
@@ -374,11 +399,16 @@ class SfuNode:
                 room.log.warning("room part's node is dead", peer=node)
                 room.peer_gone(node, "node dead")
 
-    async def _restore_participants(self, room: Room) -> None:
-        """Put the room's participants back into a store that forgot them. One that leaves
-        while we write is deleted again, so a late put never outlives its leave."""
+    async def _restore_participants(
+        self, room: Room, *, seated: dict[str, str] | None = None
+    ) -> None:
+        """Put the room's participants back into a store that forgot them (``seated``: the
+        room's seats as just read; only ours missing there). One that leaves while we write
+        is deleted again, so a late put never outlives its leave."""
         for p in list(room.participants.values()):
             if room.participants.get(p.identity) is not p:
+                continue
+            if seated is not None and seated.get(p.identity) == self.node_id:
                 continue
             await self.store.put_participant(room.name, p.info())
             await self.store.put_seat(room.name, p.identity, self.node_id)
