@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -138,6 +139,53 @@ def _node_of(tester: Tester) -> str:
     return tester.join.server_info.node_id if tester.join is not None else ""
 
 
+STALL_MS = 20.0  # a client-process GC pass or event-loop lag this long is reported
+LAG_TICK = 0.005  # seconds between the client process's event-loop lag probes
+
+
+class ClientStalls:
+    """When the client process itself stops: its GC passes and its event loop's lag.
+
+    Every send and arrival is timed in this one process, so a pause here (a full GC pass
+    over a few hundred peer connections' objects) shows as latency of every packet in
+    flight, whatever the SFU did. Reported with each phase so such a pause is told apart
+    from the servers'."""
+
+    def __init__(self) -> None:
+        self.gc: list[tuple[float, float, int]] = []  # (start, ms, generation)
+        self.lag: list[tuple[float, float]] = []  # (start, ms)
+        self._gc_start = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            gc.callbacks.append(self._on_gc)
+            self._task = asyncio.ensure_future(self._probe())
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        now = time.monotonic()
+        if phase == "start":
+            self._gc_start = now
+        elif (now - self._gc_start) * 1000 >= STALL_MS:
+            self.gc.append((self._gc_start, (now - self._gc_start) * 1000, info["generation"]))
+
+    async def _probe(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_TICK)
+            late = (time.monotonic() - before - LAG_TICK) * 1000
+            if late >= STALL_MS:
+                self.lag.append((before, late))
+
+    def within(self, t0: float, t1: float) -> dict[str, Any]:
+        gcs = [(ms, gen) for t, ms, gen in self.gc if t0 <= t <= t1]
+        lags = [ms for t, ms in self.lag if t0 <= t <= t1]
+        return {
+            "client_gc_pauses_ms": [[round(ms, 1), gen] for ms, gen in gcs],
+            "client_loop_stalls_ms": [round(ms, 1) for ms in lags],
+        }
+
+
 class SpanClientSide(ClientSide):
     """``forwarding``'s client side (send log, counters, stats) with LiveKit participants."""
 
@@ -145,9 +193,12 @@ class SpanClientSide(ClientSide):
         super().__init__()
         self.testers: list[Tester] = []
         self.per_subscriber = False
+        self.window = (0.0, 0.0)  # the last measuring window (``op_stats``)
+        self.stalls = ClientStalls()
 
     async def op_publisher(self, url: str, room: str) -> str:
         """Join and publish the stream; returns the node joined."""
+        self.stalls.start()
         spec = PublishSpec("video", self.frames, FPS, "vp8", WIDTH, HEIGHT, BITRATE)
         tester = Tester(
             "publisher", url, _token("publisher", room, publish=True), room, publish=spec
@@ -180,11 +231,19 @@ class SpanClientSide(ClientSide):
                     return f"error: {exc.reason}"
                 return _node_of(sub)
 
-        return list(await asyncio.gather(*(one(s) for s in subs)))
+        joined = list(await asyncio.gather(*(one(s) for s in subs)))
+        # Every packet is timed in this process: a full GC pass over the few hundred peer
+        # connections built so far stops it for 150-300 ms (at N=192), which every packet in
+        # flight then shows as latency. Collect now and keep what exists out of later passes.
+        gc.collect()
+        gc.freeze()
+        return joined
 
     async def op_stats(self, t0: float, t1: float) -> dict[str, Any]:
         """``forwarding``'s stats, plus each subscriber's own when asked (the hop phases)."""
         stats = await super().op_stats(t0, t1)
+        self.window = (t0, t1)
+        stats.update(self.stalls.within(t0, t1))
         if self.per_subscriber:
             subs = self.subs
             each = []
@@ -203,10 +262,28 @@ class SpanClientSide(ClientSide):
             stats["per_subscriber"] = each
         return stats
 
+    async def op_dump(self, path: str) -> None:
+        """Write the raw send log and each subscriber's arrivals around the last measuring
+        window [t0, t1] to ``path`` (JSON; times relative to t0), for looking at single
+        stalls (``--dump``)."""
+        t0, t1 = self.window
+        lo, hi = t0 - 1.0, t1 + 2.0
+        data = {
+            "t0": t0,
+            "t1": t1,
+            "sent": [[t - t0, ts, seq, key] for t, ts, seq, key, _ in self.sent if lo <= t <= hi],
+            "subscribers": {
+                str(i): [[t - t0, ts, seq] for t, ts, seq, _ in c.arrivals if lo <= t <= hi]
+                for i, c in self.subs.items()
+            },
+        }
+        await asyncio.to_thread(Path(path).write_text, json.dumps(data))
+
     async def op_reset(self) -> None:
         testers, self.testers = self.testers, []
         await asyncio.gather(*(t.close() for t in testers), return_exceptions=True)
         self.per_subscriber = False
+        gc.unfreeze()  # the phase's connections are garbage now
         await super().op_reset()
 
 
@@ -335,11 +412,27 @@ class CpuMeter:
         }
 
 
+def _warnings(log_path: Path) -> dict[str, int]:
+    """The workers' warnings and errors so far, by event (JSON log lines): a phase that
+    fails on latency or loss may show why here (a room part judged dead, a relay closed)."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(line)
+                if entry.get("level") in ("warning", "error", "critical"):
+                    key = f"{entry['level']}: {entry.get('event', '')}"
+                    counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 @dataclass
 class Bench:
     redis: RedisServer
     workdir: Path
     clients: Clients
+    dump: Path | None = None  # where ``--dump`` writes each phase's raw arrivals and logs
+    log_level: str = "warn"  # the servers'
 
 
 def _placement(k: int, node_ids: list[str], joined: list[str]) -> dict[str, Any]:
@@ -388,7 +481,7 @@ async def run_phase(
     spread = node_participants or math.ceil((n + 1) / k)
     result: dict[str, Any] = {"n": n}
     overrides = {
-        "logging": {"json": True, "level": "warn"},
+        "logging": {"json": True, "level": bench.log_level},
         "room": {"departure_timeout": 1, "empty_timeout": 5},
         "span": {"enabled": True, "node_participants": spread},
     }
@@ -435,9 +528,21 @@ async def run_phase(
         setup = Setup([], cpu=meter, extra=meter.window)
         result.update(await measure(bench.clients, setup, n, seconds))
         result["placement"] = placement
+        result["worker_warnings"] = _warnings(workers.proc.log_path)
+        if bench.dump is not None:
+            bench.dump.mkdir(parents=True, exist_ok=True)
+            path = bench.dump / f"k{k}-n{n}-{int(time.time())}.json"
+            await bench.clients.call("dump", path=str(path))
+            placed = {"placement": placement, "node_ids": workers.node_ids}
+            path.with_suffix(".placement.json").write_text(json.dumps(placed))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        if bench.dump is not None and workers is not None:
+            bench.dump.mkdir(parents=True, exist_ok=True)
+            log_copy = bench.dump / f"k{k}-n{n}-{int(time.time())}.workers.log"
+            with contextlib.suppress(OSError):
+                log_copy.write_bytes(workers.proc.log_path.read_bytes())
         try:
             await bench.clients.call("reset")
             if workers is not None:
@@ -462,6 +567,14 @@ def print_span_phase(r: dict[str, Any]) -> None:
             f" subscribers by worker {r['placement']['subscribers_by_worker']}"
             f"{' (OVER node_participants)' if r['placement']['over_node_participants'] else ''};"
             " cpu " + " ".join(f"{name} {share * 100:.0f}%" for name, share in cpu.items()),
+            flush=True,
+        )
+    if r.get("worker_warnings"):
+        print(f"        worker warnings: {r['worker_warnings']}", flush=True)
+    if r.get("client_gc_pauses_ms") or r.get("client_loop_stalls_ms"):
+        print(
+            f"        client process: GC pauses (ms, generation) {r['client_gc_pauses_ms']},"
+            f" event-loop stalls (ms) {r['client_loop_stalls_ms']}",
             flush=True,
         )
 
@@ -575,13 +688,19 @@ async def measure_hop(bench: Bench, seconds: float, rounds: int) -> dict[str, An
 
 
 async def main(
-    ks: list[int], sizes: list[int], seconds: float, hop_seconds: float, hop_rounds: int
+    ks: list[int],
+    sizes: list[int],
+    seconds: float,
+    hop_seconds: float,
+    hop_rounds: int,
+    dump: Path | None = None,
+    log_level: str = "warn",
 ) -> dict[str, Any]:
     per_k: dict[str, dict[str, Any]] = {}
     hop: dict[str, Any] | None = None
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="span-bench-") as work:
         clients = await Clients.start("benchmarks.span")
-        bench = Bench(redis, Path(work), clients)
+        bench = Bench(redis, Path(work), clients, dump, log_level)
         try:
             stream = await clients.call("init", timeout=120)
             print(
@@ -648,6 +767,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring window per phase")
     parser.add_argument("--hop-seconds", type=float, default=15.0, help="window of hop phases")
     parser.add_argument("--hop-rounds", type=int, default=2, help="0: no hop measurement")
+    parser.add_argument(
+        "--dump", help="a directory: each saturation phase's raw send and arrival times"
+    )
+    parser.add_argument("--log-level", default="warn", help="the servers' log level")
+    parser.add_argument(
+        "--out", default=str(RESULTS / "span.json"), help="where the results JSON goes"
+    )
     parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients_fd is not None:
@@ -661,11 +787,13 @@ if __name__ == "__main__":
             args.seconds,
             args.hop_seconds,
             args.hop_rounds,
+            Path(args.dump) if args.dump else None,
+            args.log_level,
         )
     )
     result["command"] = " ".join(["python -m benchmarks.span", *sys.argv[1:]])
     result["run_s"] = round(time.monotonic() - started, 1)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "span.json"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out} ({result['run_s']} s)")
