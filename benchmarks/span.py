@@ -65,7 +65,9 @@ import gc
 import json
 import math
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -319,8 +321,25 @@ def _worker_pid(supervisor: TrackyardProcess, index: int, k: int) -> int | None:
     return None
 
 
+def _free_port_run(k: int) -> int:
+    """A first port of ``k`` consecutive free ones (worker i serves on first + i), below the
+    ephemeral range: one from ``free_port`` alone may have its neighbour taken by one of the
+    client process's hundreds of connections, and the worker then never serves."""
+    for _ in range(100):
+        first = free_port() if k == 1 else random.randrange(20000, 30000)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + k):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {k} consecutive free ports")
+
+
 async def start_workers(cluster: Cluster, k: int) -> Workers:
-    api_port = free_port()
+    api_port = _free_port_run(k)
     cfg = cluster.base_config()
     cfg["region"] = "us-east"
     cfg["node"] = {**cfg["node"], "api_port": api_port, "workers": k, "host_id": HOST_ID}
@@ -345,7 +364,12 @@ async def start_workers(cluster: Cluster, k: int) -> Workers:
         return [r for r in records if r is not None]
 
     try:
-        records = await eventually(serving, timeout=START_TIMEOUT, what=f"{k} workers serving")
+        try:
+            records = await eventually(serving, timeout=START_TIMEOUT, what=f"{k} workers serving")
+        except AssertionError as exc:
+            states = [(p, (_node_record(p) or {}).get("state")) for p in ports]
+            log_tail = proc.logs()[-1500:]
+            raise RuntimeError(f"{exc}; api ports, states {states}; log: {log_tail}") from exc
         workers.node_ids = [r["id"] for r in records]
         pids = [_worker_pid(proc, i, k) for i in range(k)]
         if None in pids:
