@@ -272,3 +272,22 @@ def test_full_passes_come_at_most_once_per_interval() -> None:
         policy.stop()
     gc.collect()  # unfrozen: the collector has it again
     assert ref() is None
+
+
+def test_ticks_do_not_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting them walks every one (10 ms at 300k objects): once per interval at most."""
+    policy = GcPolicy(full_after=3600.0)
+    counted: list[int] = []
+    count = gc.get_freeze_count
+
+    def counting() -> int:
+        counted.append(1)
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counting)
+    try:
+        for _ in range(5):
+            policy.tick()
+        assert counted == []
+    finally:
+        policy.stop()

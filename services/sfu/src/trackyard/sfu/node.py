@@ -94,6 +94,7 @@ class GcPolicy:
         self._full_growth = full_growth
         self._last_full = time.monotonic()
         self._frozen_after_full = gc.get_freeze_count()
+        self._last_count = self._last_full
         self._departed = False
 
     def departed(self) -> None:
@@ -102,9 +103,7 @@ class GcPolicy:
 
     def tick(self) -> None:
         now = time.monotonic()
-        frozen = max(self._frozen_after_full, 1)  # none before the first tick
-        grown = gc.get_freeze_count() > frozen * (1 + self._full_growth)
-        if (self._departed or grown) and now - self._last_full >= self._full_after:
+        if now - self._last_full >= self._full_after and (self._departed or self._grown(now)):
             self._departed = False
             self._last_full = now
             gc.unfreeze()
@@ -113,6 +112,14 @@ class GcPolicy:
             self._frozen_after_full = gc.get_freeze_count()
             return
         gc.freeze()
+
+    def _grown(self, now: float) -> bool:
+        # counting the frozen objects walks all of them (10 ms at 300k): once per interval
+        if now - self._last_count < self._full_after:
+            return False
+        self._last_count = now
+        frozen = max(self._frozen_after_full, 1)  # none before the first tick
+        return gc.get_freeze_count() > frozen * (1 + self._full_growth)
 
     def stop(self) -> None:
         """Give the frozen objects back to the collector."""
