@@ -27,6 +27,11 @@ pids, all threads) over the measuring window, per delivered packet; the edge's, 
 Redis's are reported on their own (``cpu_by_process``) and not in that figure. The client
 process's CPU is printed too: clients and servers share this machine's 2 cores, so at large N
 the client process can be what saturates (read ``client_process_cpu_utilization`` first).
+Every packet is timed in that one process, so its own pauses show as latency: it collects and
+freezes its objects once the subscribers joined (a full GC pass over ~200 peer connections
+took 140-300 ms), and each phase reports its GC pauses and event-loop stalls over 20 ms
+(``client_gc_pauses_ms``, ``client_loop_stalls_ms``) and the workers' logged warnings
+(``worker_warnings``: a room part judged dead, a long GC pass).
 
 (a) Saturation, per K in ``--ks``: N grows through ``--saturate-sizes`` until a phase fails
 ``forwarding.holds`` (loss >= 1% of the packets owed to the subscribers, or p99 latency over
@@ -51,9 +56,12 @@ CPU per delivered packet, which spreads the fixed costs over many copies.
 Both noisy on a shared machine: more rounds average them.
 
 Run: ``scripts/netns .venv/bin/python -m benchmarks.span [--ks 1,2] [--saturate-sizes
-16,32,64,...] [--seconds 8] [--hop-seconds 15] [--hop-rounds 2]`` (the netns: the SDK-style
-clients and the nodes talk over its veth address, see DESIGN §2); writes
-``benchmarks/results/span.json``.
+16,32,64,...] [--seconds 8] [--hop-seconds 15] [--hop-rounds 2] [--out PATH]`` (the netns: the
+SDK-style clients and the nodes talk over its veth address, see DESIGN §2); writes
+``benchmarks/results/span.json`` (or ``--out``). To look at one phase: ``--ks 2
+--saturate-sizes 192 --hop-rounds 0 --dump DIR`` writes each phase's raw send and arrival
+times (relative to the window's start), where each subscriber landed, and the workers' log
+(``--log-level info`` for more of it) to DIR.
 """
 
 from __future__ import annotations
