@@ -1,5 +1,7 @@
 """The native fan-out path of a DownTrack sends the same RTP as the Python path, packet for
-packet, through simulcast layer switches, a pause and resume, and NACK retransmissions.
+packet, through simulcast layer switches, a pause and resume, and NACK retransmissions; and so
+does the lane (C deciding a copy's packets on its steady stream) through late packets, padding
+and packets from before a skip point, which it hands back to Python.
 
 Two DownTracks subscribe to one simulcast UpTrack (the set-up of test_simulcast: real aiortc
 receiver/sender objects, no network) with the same sequence-number seeds: one has no route
@@ -73,6 +75,9 @@ async def test_native_and_python_paths_send_the_same_packets(
         drain(rx, c_out)
 
     await both(lambda dt: None, 8)
+    assert c_dt.in_lane and not py_dt.in_lane  # steady: C decides the native copy's packets
+    lane_sent = c_dt._copy.sent()[0]
+    assert lane_sent > 0
     await both(lambda dt: dt.set_layer_preference(quality=QUALITY_LOW), 8)  # switch down
     await both(lambda dt: dt.set_layer_preference(disabled=True), 4)  # pause
     await both(lambda dt: dt.set_layer_preference(quality=QUALITY_HIGH), 8)  # resume, up
@@ -92,3 +97,52 @@ async def test_native_and_python_paths_send_the_same_packets(
     # (extension block: BEDE header, MID element "7", abs-send-time element at 18..21)
     assert c_rtx[0][18] == py_rtx[0][18] == (6 << 4 | 2)
     assert [p[:19] + p[22:] for p in c_rtx] == [p[:19] + p[22:] for p in py_rtx]
+
+
+async def test_the_lane_hands_back_what_only_python_can_decide(
+    monkeypatch: pytest.MonkeyPatch, udp: tuple[socket.socket, socket.socket]
+) -> None:
+    build.build()
+    tx, rx = udp
+    monkeypatch.setattr(random, "randrange", lambda *a: 4242)
+    _, pub, (_, c_dt), (py_out, _), _ = await _setup([QUALITY_HIGH, QUALITY_HIGH], [])
+    route = Route(None, tx, rx.getsockname())
+    monkeypatch.setattr("trackyard.sfu.rtphooks.udp_route", lambda transport: route)
+    c_dt._update_route()
+    fed: list[RtpPacket] = []
+    handle = pub.receiver._handle_rtp_packet
+
+    async def feed(packet: RtpPacket, arrival: int) -> None:
+        if packet.ssrc == pub.layers["f"].ssrc:
+            fed.append(packet)
+        await handle(packet, arrival)
+
+    pub.receiver.__dict__["_handle_rtp_packet"] = feed
+    c_out: list[bytes] = []
+    f = pub.layers["f"]
+
+    def again(packet: RtpPacket) -> RtpPacket:  # a fresh copy (the track unwraps in place)
+        return RtpPacket.parse(bytes(packet.serialize()))
+
+    async def padding() -> None:  # probing: no payload, the next sequence number
+        await handle(RtpPacket(payload_type=96, sequence_number=f.seq, timestamp=0, ssrc=f.ssrc), 0)
+        f.seq = (f.seq + 1) & 0xFFFF
+
+    await pub.frames(6)
+    assert c_dt.in_lane
+    await handle(again(fed[-3]), 0)  # late (reordered or repaired): the lane maps it
+    assert c_dt.in_lane
+    before_skip = again(fed[-1])
+    await padding()  # Python skips it (the lane keeps no skip list) ...
+    assert not c_dt.in_lane
+    await pub.frames(2)
+    assert c_dt.in_lane  # ... and hands the copy back with the next packet it forwards
+    await handle(before_skip, 0)  # older than the skip point: the lane hands it back
+    await padding()
+    await pub.frames(3)
+    await handle(again(fed[-2]), 0)
+    drain(rx, c_out)
+    sent = media(py_out)
+    assert len(sent) >= 12
+    assert media(c_out) == sent
+    assert c_dt.in_lane

@@ -9,7 +9,9 @@ fields (``Vp8Munger``), adds its own header extensions (MID, abs-send-time, audi
 subscriber's negotiated ids) and sends it through aiortc's SRTP/ICE: on a plain UDP route it
 fills its ``Copy`` and adds it to the source's ``Fanout``, which writes, protects and sends all
 copies of the packet in one native call after the fan-out; otherwise (TURN, no native library
-loaded: the reference path) it builds and sends the packet itself. The subscriber sees one
+loaded: the reference path) it builds and sends the packet itself. Once it forwards one stream
+steadily it hands its copy and munger state to the fan-out's lane (C decides its packets from
+then on, the UpTrack no longer calls it) and takes them back whenever Python must decide. The subscriber sees one
 continuous stream across layer switches and pauses. It keeps a short history of sent packets
 and answers NACKs with RTX (or a plain resend when RTX was not negotiated), forwards PLI/FIR to
 the UpTrack (throttled there), and sends sender reports derived from the publisher's, so the
@@ -136,9 +138,12 @@ class DownTrack:
         self._hist_ts = [0] * n
         self._hist_pt = [0] * n
         self._hist_rtx = [0.0] * n
+        self._hist_at = [0.0] * n  # arrival of the source packet (the lane keeps its own)
         # while the transport has a plain-UDP route: this subscriber's slot in the fan-out
         self._copy: Copy | None = None
         self._copy_own_payload = False
+        self._lane_ok = False  # the copy may join the source's native lane
+        self._lane = False  # it is in the lane: C decides its packets, munger state is there
         self._watched: object | None = None  # the transport whose state we follow
         # negotiated when aiortc starts the sender
         self._ssrc, self._rtx_ssrc = rtphooks.sender_ssrcs(self._sender)
@@ -162,9 +167,9 @@ class DownTrack:
         self._disabled = False
         self._closed = False
         self._errors = 0
-        # statistics
-        self.packets_sent = 0
-        self.bytes_sent = 0
+        # statistics (the lane counts its own packets: see packets_sent)
+        self._packets = 0
+        self._bytes = 0
         self.retransmits = 0
         self.nacks_received = 0
         self.plis_received = 0
@@ -210,6 +215,30 @@ class DownTrack:
     def switches(self) -> int:
         """Source streams switched to after the first (layer changes, resumes, rebinds)."""
         return self._fwd.switches
+
+    @property
+    def packets_sent(self) -> int:
+        copy = self._copy
+        return self._packets + (copy.sent()[0] if copy is not None else 0)
+
+    @property
+    def bytes_sent(self) -> int:
+        copy = self._copy
+        return self._bytes + (copy.sent()[1] if copy is not None else 0)
+
+    @property
+    def last_sent_numbers(self) -> tuple[int, int]:
+        """(sequence number, timestamp) of the newest packet sent."""
+        if self._lane:
+            assert self._copy is not None
+            (_, _, last_out_ext, last_out_ts), _, _ = self._copy.lane_state()
+            return last_out_ext & 0xFFFF, last_out_ts
+        return self._munger.last_out_seq, self._munger.last_out_ts
+
+    @property
+    def in_lane(self) -> bool:
+        """C decides this copy's packets (its steady state on the native fan-out)."""
+        return self._lane
 
     @property
     def paused(self) -> bool:
@@ -260,6 +289,7 @@ class DownTrack:
             return
         self._closed = True
         self._fwd.pause()
+        self._lane_leave()
         self.desired_layer = -1
         self.uptrack.remove_sink(self)
 
@@ -296,6 +326,7 @@ class DownTrack:
         self._disabled = False
         self._pt_map.clear()
         self._hist = [None] * (self._mask + 1)
+        self._hist_at = [0.0] * (self._mask + 1)
         self._update_route()  # the copy comes from the new source's fan-out
         rtphooks.set_sender_msid(self._sender, stream_id, track_id)
         self.carried.add(stream_id)
@@ -306,16 +337,52 @@ class DownTrack:
     def _update_route(self) -> None:
         """(Re)build the fan-out copy when the transport's route, SSRC or extension ids
         change; no copy (the Python send path) while there is no plain-UDP route."""
+        self._lane_leave()
+        old = self._copy
+        if old is not None:  # its lane counts carry over
+            packets, size = old.sent()
+            self._packets += packets
+            self._bytes += size
         route = rtphooks.udp_route(self._sender.transport)
         if route is None:
             self._copy = None
+            self._lane_ok = False
             return
-        copy = self.uptrack.fanout.new_copy()
+        fanout = self.uptrack.fanout
+        copy = fanout.new_copy()
         copy.set_route(route)
         copy.set_extensions(*self._ext.elements())
         copy.fields.ssrc = self._ssrc
+        if fanout.lane:
+            copy.set_history(self._mask + 1, old)
         self._copy = copy
         self._copy_own_payload = False
+        self._lane_ok = fanout.lane
+
+    def _lane_enter(self, packet: ForwardedPacket, in_pt: int, out_pt: int) -> None:
+        copy = self._copy
+        assert copy is not None
+        rtp = packet.rtp
+        copy.enter_lane(
+            (rtp.ssrc, packet.layer, in_pt, out_pt),
+            self._munger.lane_state(),
+            self._vp8.lane_state(),
+            self._last_sent,
+        )
+        packet.fanout.lane_add(copy, self, packet.n + 1)  # this one is in the batch
+        self._lane = True
+
+    def _lane_leave(self) -> None:
+        """Take the forwarding state back from the lane (Python decides from here)."""
+        if not self._lane:
+            return
+        self._lane = False
+        copy = self._copy
+        assert copy is not None
+        self.uptrack.fanout.lane_remove(copy)
+        munger, vp8, self._last_sent = copy.lane_state()
+        self._munger.lane_return(*munger)
+        self._vp8.lane_return(*vp8)
 
     # --- layer choice (PacketSink) ------------------------------------------------------
 
@@ -326,6 +393,7 @@ class DownTrack:
     def source_closed(self) -> None:
         self._closed = True
         self._fwd.pause()
+        self._lane_leave()
 
     def _retarget(self) -> None:
         if self._closed:
@@ -335,12 +403,15 @@ class DownTrack:
         if self._disabled:
             self.desired_layer = -1
             fwd.pause()  # resume needs a keyframe
+            self._lane_leave()
             return
         fwd.resume()
         desired = up.select_layer(self._quality, self._width, self._height)
         self.desired_layer = desired
         if fwd.retarget(up.usable_layer(desired)):
             up.request_keyframe(fwd.target)
+        if fwd.target != fwd.current:  # a switch is pending: Python watches for its keyframe
+            self._lane_leave()
 
     def _failed(self) -> None:
         self._errors += 1
@@ -498,6 +569,8 @@ class DownTrack:
         """Forward one packet of the source, or drop it, as the ``Forwarder`` decides.
         Never raises (errors are counted and logged, rate-limited)."""
         try:
+            if self._lane:  # a packet the lane hands back (or padding): decide it here
+                self._lane_leave()
             rtp = packet.rtp
             fwd = self._fwd
             # decide()'s first rule (the stream being forwarded goes on) inlined: it holds
@@ -531,10 +604,11 @@ class DownTrack:
             self._hist_ts[i] = ts
             self._hist_pt[i] = pt | 0x80 if rtp.marker else pt
             self._hist_rtx[i] = 0.0
+            self._hist_at[i] = packet.arrival
             self._last_sent = packet.arrival
             size = len(payload)
-            self.packets_sent += 1
-            self.bytes_sent += size
+            self._packets += 1
+            self._bytes += size
             counters = self.counters
             if counters is not None:
                 counters.packets_out += 1
@@ -552,6 +626,8 @@ class DownTrack:
                     copy.set_payload(None)
                     self._copy_own_payload = False
                 packet.fanout.add(copy)
+                if self._lane_ok and fwd.current == fwd.target:  # steady: C takes it from here
+                    self._lane_enter(packet, rtp.payload_type, pt)
             else:
                 if self._video:
                     ext = self._ext.video(packet.abs_send_time)
@@ -565,17 +641,24 @@ class DownTrack:
     def _retransmit(self, lost: list[int]) -> None:
         now = time.monotonic()
         transport = self._sender.transport
+        copy = self._copy
         for seq in lost:
             i = seq & self._mask
             payload = self._hist[i]
-            if payload is None or self._hist_seq[i] != seq:
+            if payload is not None and self._hist_seq[i] != seq:
+                payload = None
+            laned = copy.sent_packet(seq) if copy is not None else None
+            if laned is not None and (payload is None or laned[0] > self._hist_at[i]):
+                _, payload, ts, ptm = laned  # the lane sent it (more recently)
+            elif payload is not None:
+                ts, ptm = self._hist_ts[i], self._hist_pt[i]
+            else:
                 continue
             if now - self._hist_rtx[i] < self._rtx_min_interval:
                 continue
             self._hist_rtx[i] = now
-            ptm = self._hist_pt[i]
             ext = self._ext.video(abs_send_time()) if self._video else self._ext.audio(None)
-            header = rtp_header(ptm & 0x7F, ptm >> 7, seq, self._hist_ts[i], self._ssrc, ext)
+            header = rtp_header(ptm & 0x7F, ptm >> 7, seq, ts, self._ssrc, ext)
             data = header + payload
             if self._rtx_pt >= 0:
                 out = rtx_packet(data, len(header), self._rtx_pt, self._rtx_seq, self._rtx_ssrc)

@@ -7,6 +7,13 @@ packet and sends them together: the header rewriting, SRTP protection and sendin
 them happen in one call into C (``native/fanout.c``: one ``sendmmsg`` per socket run), not in
 a chain of Python calls and one ``sendto`` per copy.
 
+The lane: on a source's own fan-out (``make_fanout(lane=True)``), a copy whose DownTrack
+forwards one stream steadily is handed to C with its munger state (``Copy.enter_lane``); C then
+decides, rewrites (sequence number, timestamp, payload type, VP8 picture ids) and records its
+packets itself, by the same rules as ``RtpMunger``/``Vp8Munger``, and hands back to Python the
+packets only Python can decide (``Fanout.forward`` returns their owners). The fan-out keeps the
+source payloads in a ring so the lane's NACK history holds numbers, not bytes.
+
 ``PyFanout``/``PyCopy`` are the pure-Python reference (``rtp_header`` + pylibsrtp + ``sendto``)
 with the same surface; tests check that both write the same bytes. ``make_fanout()`` picks
 the native one when its library was built (``python -m trackyard.sfu.native.build``).
@@ -17,12 +24,15 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from pylibsrtp import Session
 
 from trackyard.sfu.native.build import LIBRARY
+
+if TYPE_CHECKING:
+    from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink
 
 __all__ = [
     "Copy",
@@ -46,16 +56,29 @@ typedef int (*ty_protect_fn)(void *ctx, void *rtp, int *len);
 typedef struct ty_packet {
     const uint8_t *payload; uint32_t payload_len; uint32_t abs_time; int32_t level;
     uint8_t marker; uint8_t video;
+    uint8_t pt; uint8_t pid_wide; uint32_t ssrc; uint32_t ts; uint16_t seq; int16_t layer;
+    int32_t pid; int32_t tl0; int32_t keyidx; uint16_t pid_at, tl0_at, keyidx_at;
+    uint32_t n; double arrival; uint32_t lane_packets; uint64_t lane_bytes;
 } ty_packet;
+typedef struct ty_hist {
+    double at; uint32_t ts; uint32_t src; uint16_t seq; uint8_t ptm; uint8_t pid_wide;
+    int32_t pid; int16_t tl0; int16_t keyidx; uint16_t pid_at, tl0_at, keyidx_at;
+} ty_hist;
 typedef struct ty_copy {
     void *srtp; int32_t fd; uint32_t addrlen; uint8_t addr[128];
     uint32_t ssrc; uint32_t ts; uint16_t seq; uint8_t pt; uint8_t mid_len; uint8_t mid[17];
     uint8_t abs_id; uint8_t level_id; const uint8_t *payload; uint32_t payload_len;
+    uint32_t lane_from; uint32_t src_ssrc; int16_t layer; uint8_t in_pt, out_pt;
+    int64_t hi, seg_start, seq_off, late_floor, last_out_ext;
+    uint32_t ts_offset, last_out_ts;
+    int32_t pid_off, tl0_off, keyidx_off, last_pid, last_tl0, last_keyidx;
+    double last_sent; uint64_t packets, bytes; ty_hist *hist; uint32_t hist_mask;
 } ty_copy;
 int ty_build(const ty_copy *c, const ty_packet *p, uint8_t *out, uint32_t out_cap,
              ty_protect_fn protect);
-int ty_fanout(const ty_packet *p, ty_copy *const *copies, int n, uint8_t *scratch,
-              uint32_t slot, ty_protect_fn protect);
+int ty_fanout(ty_packet *p, ty_copy *const *copies, int n, ty_copy *const *lane, int n_lane,
+              int32_t *deferred, int32_t *n_deferred, uint8_t *scratch, uint32_t slot,
+              ty_protect_fn protect);
 """
 
 
@@ -95,8 +118,28 @@ class CopyFields(Protocol):
     pt: int
 
 
+MungerLane = tuple[int, int, int, int, int, int, int]
+"""RtpMunger's state a lane copy starts from: hi, seg_start, seq_off, late_floor,
+last_out_ext, ts_offset, last_out_ts (see ``RtpMunger.lane_state``)."""
+MungerBack = tuple[int, int, int, int]
+"""What the lane changed: hi, seq_off, last_out_ext, last_out_ts."""
+Vp8Lane = tuple[int, int, int, int, int, int]
+"""Vp8Munger's offsets and newest values: pid_off, tl0_off, keyidx_off, last_pid, last_tl0,
+last_keyidx."""
+Vp8Back = tuple[int, int, int]
+"""What the lane changed: last_pid, last_tl0, last_keyidx."""
+SentPacket = tuple[float, bytes, int, int]
+"""A packet a copy sent, for a retransmission: (arrival of its source packet, payload as sent,
+timestamp, payload type | marker << 7)."""
+
+
 class Copy(Protocol):
-    """One subscriber's copy target: ``fields`` per packet, the rest when they change."""
+    """One subscriber's copy target: ``fields`` per packet, the rest when they change.
+
+    On a fan-out with a lane (``Fanout.lane``) a copy forwarding one stream steadily is handed
+    to C (``enter_lane``): from the next packet on C decides, rewrites and records its packets
+    by the munger's rules, until Python takes it back (``lane_state``) to decide anything else.
+    """
 
     @property
     def fields(self) -> CopyFields: ...
@@ -104,12 +147,56 @@ class Copy(Protocol):
     def set_route(self, route: Route | None) -> None: ...
     def set_extensions(self, mid: bytes, abs_id: int, level_id: int) -> None: ...
     def set_payload(self, payload: bytes | None) -> None: ...
+    def set_history(self, size: int, previous: Copy | None) -> None: ...
+    def enter_lane(
+        self,
+        stream: tuple[int, int, int, int],
+        munger: MungerLane,
+        vp8: Vp8Lane,
+        last_sent: float,
+    ) -> None: ...
+    def lane_state(self) -> tuple[MungerBack, Vp8Back, float]:
+        """What the lane changed so far (the munger state Python continues from)."""
+        ...
+
+    def sent(self) -> tuple[int, int]:
+        """Packets and payload bytes the lane sent for this copy."""
+        ...
+
+    def sent_packet(self, seq: int) -> SentPacket | None:
+        """What the lane sent as ``seq`` (still in the history), else None."""
+        ...
 
 
 class Fanout(Protocol):
+    @property
+    def lane(self) -> bool:
+        """Copies may join the lane (the native fan-out of a source that numbers its packets)."""
+        ...
+
+    @property
+    def lane_version(self) -> int:
+        """Changes whenever a copy joins or leaves the lane."""
+        ...
+
+    def lane_owners(self) -> frozenset[object]: ...
+    def lane_add(self, copy: Copy, owner: PacketSink, start: int) -> None:
+        """C decides ``copy``'s packets from packet number ``start`` on."""
+        ...
+
+    def lane_remove(self, copy: Copy) -> None: ...
     def new_copy(self) -> Copy: ...
     def add(self, copy: Copy) -> None: ...
     def send(self, payload: bytes, marker: int, video: bool, abs_time: int, level: int) -> int: ...
+    def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
+        """Send the copies added for ``packet`` and the lane's; returns the owners of lane
+        copies that must decide this packet in Python (their ``forward`` takes the copy back)."""
+        ...
+
+    def lane_sent(self) -> tuple[int, int]:
+        """Packets and bytes the lane sent for the last packet forwarded."""
+        ...
+
     def build(
         self, copy: Copy, payload: bytes, marker: int, video: bool, abs_time: int, level: int
     ) -> bytes: ...
@@ -155,12 +242,55 @@ class PyCopy:
     def set_payload(self, payload: bytes | None) -> None:
         self.payload = payload
 
+    # the reference path has no lane: its DownTracks decide every packet in Python
+
+    def set_history(self, size: int, previous: Copy | None) -> None:
+        return None
+
+    def enter_lane(
+        self,
+        stream: tuple[int, int, int, int],
+        munger: MungerLane,
+        vp8: Vp8Lane,
+        last_sent: float,
+    ) -> None:
+        raise RuntimeError("the reference fan-out has no lane")
+
+    def lane_state(self) -> tuple[MungerBack, Vp8Back, float]:
+        raise RuntimeError("the reference fan-out has no lane")
+
+    def sent(self) -> tuple[int, int]:
+        return 0, 0
+
+    def sent_packet(self, seq: int) -> SentPacket | None:
+        return None
+
 
 class PyFanout:
     """Reference: the same bytes as ``native/fanout.c``, one Python ``sendto`` per copy."""
 
+    lane = False
+    lane_version = 0
+
     def __init__(self) -> None:
         self._batch: list[PyCopy] = []
+
+    def lane_owners(self) -> frozenset[object]:
+        return frozenset()
+
+    def lane_add(self, copy: Copy, owner: PacketSink, start: int) -> None:
+        raise RuntimeError("the reference fan-out has no lane")
+
+    def lane_remove(self, copy: Copy) -> None:
+        return None
+
+    def lane_sent(self) -> tuple[int, int]:
+        return 0, 0
+
+    def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
+        rtp = packet.rtp
+        self.send(rtp.payload, rtp.marker, video, packet.abs_send_time, level)
+        return []
 
     def new_copy(self) -> PyCopy:
         return PyCopy()
@@ -249,17 +379,21 @@ def _srtp_handle(session: Session | None) -> int:
 
 
 class NativeCopy:
-    __slots__ = ("_c", "_keep", "_route", "fields")
+    __slots__ = ("_c", "_fanout", "_hist", "_keep", "_route", "fields", "lane_index")
 
-    def __init__(self, ffi: Any) -> None:
+    def __init__(self, fanout: NativeFanout) -> None:
+        ffi = fanout._ffi
+        self._fanout = fanout
         self._c = ffi.new("ty_copy *")
         self._c.fd = -1
         self.fields: Any = self._c
         self._keep: Any = None  # the payload buffer _c.payload points into
         self._route: Route | None = None  # keeps the SRTP session (and its srtp_t) alive
+        self._hist: Any = None  # the ty_hist array _c.hist points into
+        self.lane_index = -1  # position in the fan-out's lane, -1: not in it
 
     def set_route(self, route: Route | None) -> None:
-        ffi = _load()[0]  # type: ignore[index]
+        ffi = self._fanout._ffi
         c = self._c
         self._route = route
         if route is None:
@@ -272,23 +406,87 @@ class NativeCopy:
         ffi.memmove(c.addr, raw, len(raw))
 
     def set_extensions(self, mid: bytes, abs_id: int, level_id: int) -> None:
-        ffi = _load()[0]  # type: ignore[index]
         c = self._c
         c.mid_len = len(mid)
-        ffi.memmove(c.mid, mid, len(mid))
+        self._fanout._ffi.memmove(c.mid, mid, len(mid))
         c.abs_id, c.level_id = abs_id, level_id
 
     def set_payload(self, payload: bytes | None) -> None:
-        ffi = _load()[0]  # type: ignore[index]
+        ffi = self._fanout._ffi
         if payload is None:
             self._c.payload, self._keep = ffi.NULL, None
         else:
             self._keep = ffi.from_buffer(payload)
             self._c.payload, self._c.payload_len = self._keep, len(payload)
 
+    def set_history(self, size: int, previous: Copy | None) -> None:
+        """Record the lane's packets in a ring of ``size`` (a power of two), the previous
+        copy's when it is of the same source (a new route keeps the history)."""
+        if (
+            isinstance(previous, NativeCopy)
+            and previous._fanout is self._fanout
+            and previous._hist is not None
+            and previous._c.hist_mask == size - 1
+        ):
+            self._hist = previous._hist
+        else:
+            self._hist = self._fanout._ffi.new("ty_hist[]", size)
+        self._c.hist = self._hist
+        self._c.hist_mask = size - 1
+
+    def enter_lane(
+        self,
+        stream: tuple[int, int, int, int],
+        munger: MungerLane,
+        vp8: Vp8Lane,
+        last_sent: float,
+    ) -> None:
+        """``stream``: (source SSRC, layer, source payload type, payload type sent)."""
+        c = self._c
+        c.src_ssrc, c.layer, c.in_pt, c.out_pt = stream
+        (c.hi, c.seg_start, c.seq_off, c.late_floor, c.last_out_ext, c.ts_offset) = munger[:6]
+        c.last_out_ts = munger[6]
+        c.pid_off, c.tl0_off, c.keyidx_off, c.last_pid, c.last_tl0, c.last_keyidx = vp8
+        c.last_sent = last_sent
+
+    def lane_state(self) -> tuple[MungerBack, Vp8Back, float]:
+        c = self._c
+        return (
+            (c.hi, c.seq_off, c.last_out_ext, c.last_out_ts),
+            (c.last_pid, c.last_tl0, c.last_keyidx),
+            c.last_sent,
+        )
+
+    def sent(self) -> tuple[int, int]:
+        return self._c.packets, self._c.bytes
+
+    def sent_packet(self, seq: int) -> SentPacket | None:
+        if self._hist is None:
+            return None
+        h = self._hist[seq & self._c.hist_mask]
+        if h.at == 0.0 or h.seq != seq:
+            return None
+        payload = self._fanout.payload_of(h.src)
+        if payload is None:
+            return None
+        if h.pid >= 0 or h.tl0 >= 0 or h.keyidx >= 0:  # as the lane rewrote it (VP8)
+            buf = bytearray(payload)
+            if h.pid >= 0:
+                if h.pid_wide:
+                    buf[h.pid_at] = 0x80 | (h.pid >> 8)
+                    buf[h.pid_at + 1] = h.pid & 0xFF
+                else:
+                    buf[h.pid_at] = h.pid
+            if h.tl0 >= 0:
+                buf[h.tl0_at] = h.tl0
+            if h.keyidx >= 0:
+                buf[h.keyidx_at] = (buf[h.keyidx_at] & 0xE0) | h.keyidx
+            payload = bytes(buf)
+        return h.at, payload, h.ts, h.ptm
+
 
 class NativeFanout:
-    def __init__(self) -> None:
+    def __init__(self, *, lane: bool = False, ring: int = 2048) -> None:
         loaded = _load()
         if loaded is None:
             raise RuntimeError(f"native fan-out unavailable: {_native_error}")
@@ -298,17 +496,78 @@ class NativeFanout:
         self._n = 0
         self._packet = self._ffi.new("ty_packet *")
         self._scratch = self._ffi.new("uint8_t[]", 64 * SLOT)
+        # the lane: copies C decides for, their owners (same order), deferred indices
+        self.lane = lane
+        self.lane_version = 0
+        self._lane = self._ffi.new("ty_copy *[]", FIRST_CAPACITY)
+        self._lane_cap = FIRST_CAPACITY
+        self._lane_copies: list[NativeCopy] = []
+        self._owners: list[PacketSink] = []
+        self._deferred = self._ffi.new("int32_t[]", FIRST_CAPACITY)
+        self._n_deferred = self._ffi.new("int32_t *")
+        # the source payloads the lane's histories point at (a lane copy keeps no bytes)
+        self._ring_mask = ring - 1
+        self._ring: list[bytes | None] = [None] * ring if lane else []
+        self._ring_n = [-1] * ring if lane else []
 
     def new_copy(self) -> NativeCopy:
-        return NativeCopy(self._ffi)
+        return NativeCopy(self)
 
     def add(self, copy: Copy) -> None:
         if self._n == self._capacity:  # more subscribers than ever: twice the room
-            grown = self._ffi.new("ty_copy *[]", 2 * self._capacity)
-            self._ffi.memmove(grown, self._copies, self._ffi.sizeof("ty_copy *") * self._n)
-            self._copies, self._capacity = grown, 2 * self._capacity
+            self._copies, self._capacity = self._grow(self._copies, self._capacity, self._n)
         self._copies[self._n] = copy._c  # type: ignore[attr-defined]
         self._n += 1
+
+    def _grow(self, array: Any, capacity: int, used: int) -> tuple[Any, int]:
+        grown = self._ffi.new("ty_copy *[]", 2 * capacity)
+        self._ffi.memmove(grown, array, self._ffi.sizeof("ty_copy *") * used)
+        return grown, 2 * capacity
+
+    # --- the lane ------------------------------------------------------------------------
+
+    def lane_owners(self) -> frozenset[object]:
+        return frozenset(self._owners)
+
+    def lane_add(self, copy: Copy, owner: PacketSink, start: int) -> None:
+        assert isinstance(copy, NativeCopy) and self.lane and copy.lane_index < 0
+        n = len(self._lane_copies)
+        if n == self._lane_cap:
+            self._lane, self._lane_cap = self._grow(self._lane, self._lane_cap, n)
+            self._deferred = self._ffi.new("int32_t[]", self._lane_cap)
+        copy._c.lane_from = start & 0xFFFFFFFF
+        self._lane[n] = copy._c
+        self._lane_copies.append(copy)
+        self._owners.append(owner)
+        copy.lane_index = n
+        self.lane_version += 1
+
+    def lane_remove(self, copy: Copy) -> None:
+        assert isinstance(copy, NativeCopy)
+        i = copy.lane_index
+        if i < 0:
+            return
+        last = len(self._lane_copies) - 1
+        if i != last:  # the last one takes its place
+            moved = self._lane_copies[last]
+            self._lane[i] = moved._c
+            self._lane_copies[i] = moved
+            self._owners[i] = self._owners[last]
+            moved.lane_index = i
+        self._lane_copies.pop()
+        self._owners.pop()
+        copy.lane_index = -1
+        self.lane_version += 1
+
+    def payload_of(self, n: int) -> bytes | None:
+        i = n & self._ring_mask
+        return self._ring[i] if self._ring and self._ring_n[i] == n else None
+
+    def lane_sent(self) -> tuple[int, int]:
+        pk = self._packet
+        return pk.lane_packets, pk.lane_bytes
+
+    # --- sending -------------------------------------------------------------------------
 
     def _fill(self, payload: bytes, marker: int, video: bool, abs_time: int, level: int) -> Any:
         pk = self._packet
@@ -323,10 +582,63 @@ class NativeFanout:
             return 0
         buf = self._fill(payload, marker, video, abs_time, level)
         sent: int = self._lib.ty_fanout(
-            self._packet, self._copies, n, self._scratch, SLOT, self._protect
+            self._packet,
+            self._copies,
+            n,
+            self._lane,
+            0,
+            self._deferred,
+            self._n_deferred,
+            self._scratch,
+            SLOT,
+            self._protect,
         )
         del buf
         return sent
+
+    def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
+        count = packet.n
+        rtp = packet.rtp
+        payload = rtp.payload
+        lane_n = len(self._lane_copies)
+        if self._ring:
+            i = count & self._ring_mask
+            self._ring[i] = payload
+            self._ring_n[i] = count
+        n, self._n = self._n, 0
+        pk = self._packet
+        if not n and not lane_n:
+            pk.lane_packets = pk.lane_bytes = 0
+            return []
+        buf = self._fill(payload, rtp.marker, video, packet.abs_send_time, level)
+        pk.pt, pk.ssrc, pk.ts = rtp.payload_type, rtp.ssrc, rtp.timestamp
+        pk.seq = rtp.sequence_number
+        pk.layer, pk.n, pk.arrival = packet.layer, count, packet.arrival
+        d = packet.vp8
+        if d is None:
+            pk.pid = pk.tl0 = pk.keyidx = -1
+        else:
+            pk.pid, pk.pid_at, pk.pid_wide = d.picture_id, d.picture_id_offset, d.picture_id_wide
+            pk.tl0, pk.tl0_at = d.tl0picidx, d.tl0picidx_offset
+            pk.keyidx, pk.keyidx_at = d.keyidx, d.keyidx_offset
+        self._lib.ty_fanout(
+            pk,
+            self._copies,
+            n,
+            self._lane,
+            lane_n,
+            self._deferred,
+            self._n_deferred,
+            self._scratch,
+            SLOT,
+            self._protect,
+        )
+        del buf
+        deferred = self._n_deferred[0]
+        if not deferred:
+            return []
+        owners = self._owners
+        return [owners[self._deferred[i]] for i in range(deferred)]
 
     def build(
         self, copy: Copy, payload: bytes, marker: int, video: bool, abs_time: int, level: int
@@ -358,11 +670,13 @@ def _sockaddr(family: int, addr: tuple[str, int]) -> bytes:
     )
 
 
-def make_fanout(*, native: bool | None = None) -> Fanout:
-    """The native fan-out when built (or required: ``native=True``), else the reference."""
+def make_fanout(*, native: bool | None = None, lane: bool = False, ring: int = 2048) -> Fanout:
+    """The native fan-out when built (or required: ``native=True``), else the reference.
+    ``lane``: copies may join the C lane (a source that hands ``forward`` every packet it
+    fans out, so the lane's histories can point at them; ``ring`` of them are kept)."""
     if native is False or (native is None and not native_available()):
         return PyFanout()
-    return NativeFanout()
+    return NativeFanout(lane=lane, ring=ring)
 
 
 def describe() -> str:

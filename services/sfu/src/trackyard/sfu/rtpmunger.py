@@ -137,6 +137,26 @@ class RtpMunger:
             self.last_out_ts = out_ts
         return out_ext & 0xFFFF, out_ts
 
+    def lane_state(self) -> tuple[int, int, int, int, int, int, int]:
+        """The state the native lane continues from (``fanout.MungerLane``): it maps as
+        ``map`` does, and hands packets from before the newest skip point back."""
+        skips = self._skips
+        floor = skips[-1] if skips else self._seg_start - 1
+        return (
+            self._hi,
+            self._seg_start,
+            self._seq_off,
+            floor,
+            self._last_out_ext,
+            self.ts_offset,
+            self.last_out_ts,
+        )
+
+    def lane_return(self, hi: int, seq_off: int, last_out_ext: int, last_out_ts: int) -> None:
+        """Take back what the lane changed (``fanout.MungerBack``)."""
+        self._hi, self._seq_off = hi, seq_off
+        self._last_out_ext, self.last_out_ts = last_out_ext, last_out_ts
+
     def skip(self, in_seq: int) -> bool:
         """Drop a packet without a hole in the output. Only newer-than-newest packets can be
         skipped this way; returns False (the packet is dropped, leaving a hole) otherwise."""

@@ -61,7 +61,8 @@ class ForwardedPacket:
     first; 0 for a single stream). ``keyframe``: it starts a picture decodable on its own
     (always True for audio). ``padding``: it carries no payload (probing; a sink forwarding
     its stream closes the sequence gap). ``arrival``: ``time.monotonic()`` at reception.
-    ``vp8``: its parsed payload descriptor (VP8 only). ``abs_send_time``: the 6.18
+    ``n``: its number among the packets the source handed out (32-bit, wrapping). ``vp8``:
+    its parsed payload descriptor (VP8 only). ``abs_send_time``: the 6.18
     fixed-point send time to stamp on copies (video). ``audio_level``: RFC 6464 (voice,
     -dBov) when the publisher sent it (audio). ``fanout``: the source's batch; a sink
     forwarding on a plain UDP route adds its copy, and the source sends them all at once
@@ -74,6 +75,7 @@ class ForwardedPacket:
         "fanout",
         "keyframe",
         "layer",
+        "n",
         "padding",
         "rtp",
         "vp8",
@@ -83,6 +85,7 @@ class ForwardedPacket:
         self.rtp = rtp
         self.fanout = fanout
         self.layer = 0
+        self.n = 0  # the source's packet number (32-bit, wrapping)
         self.keyframe = False
         self.padding = False
         self.arrival = 0.0

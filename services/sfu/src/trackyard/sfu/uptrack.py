@@ -257,8 +257,12 @@ class UpTrack:
         self._started_at: float | None = None  # first packet
         self._starting = True  # within layer_timeout of the first packet
         # the hand-off to the sinks, refilled for every received packet
-        self._fanout = fanout if fanout is not None else make_fanout()
+        if fanout is None:  # its own: copies on their steady stream are decided in C
+            fanout = make_fanout(lane=True, ring=2048 if kind == "video" else 256)
+        self._fanout = fanout
         self._packet = ForwardedPacket(RtpPacket(), self._fanout)
+        self._py_sinks: tuple[PacketSink, ...] = ()  # the sinks not in the lane
+        self._lane_seen = -1  # the fan-out's lane_version _py_sinks reflects
         self._fanning_out = False  # PLIs asked for meanwhile wait in _plis_due
         self._plis_due: list[int] = []
 
@@ -372,10 +376,12 @@ class UpTrack:
             sink.source_closed()
             return
         self._sinks = (*self._sinks, sink)
+        self._lane_seen = -1
         self.wanted_changed()
 
     def remove_sink(self, sink: PacketSink) -> None:
         self._sinks = tuple(s for s in self._sinks if s is not sink)
+        self._lane_seen = -1
         self.wanted_changed()
 
     # --- layer selection ----------------------------------------------------------------
@@ -607,6 +613,7 @@ class UpTrack:
         # the hand-off: one object per track, refilled per packet
         out = self._packet
         out.rtp = packet
+        out.n = (out.n + 1) & 0xFFFFFFFF
         out.layer = layer.index
         out.arrival = now
         fan_out = True
@@ -652,18 +659,31 @@ class UpTrack:
         sinks = self._sinks
         if fan_out and sinks:
             self._fanning_out = True
+            fanout = self._fanout
             try:
-                for sink in sinks:
-                    sink.forward(out)  # never raises (PacketSink contract)
-                if not out.padding:  # the copies the sinks added, in one native call
+                if out.padding:  # every sink, the lane's too (they leave it to skip)
+                    for sink in sinks:
+                        sink.forward(out)  # never raises (PacketSink contract)
+                else:
+                    if fanout.lane_version != self._lane_seen:
+                        self._lane_seen = fanout.lane_version
+                        laned = fanout.lane_owners()
+                        self._py_sinks = tuple(s for s in sinks if s not in laned)
+                    for sink in self._py_sinks:
+                        sink.forward(out)
+                    # the copies the sinks added and the lane's, in one native call
                     level = out.audio_level
-                    self._fanout.send(
-                        payload,
-                        packet.marker,
-                        self.kind == "video",
-                        out.abs_send_time,
-                        -1 if level is None else (0x80 if level[0] else 0) | (level[1] & 0x7F),
-                    )
+                    video = self.kind == "video"
+                    lvl = -1 if level is None else (0x80 if level[0] else 0) | (level[1] & 0x7F)
+                    handed_back = fanout.forward(out, video, lvl)
+                    if counters is not None:
+                        lane_packets, lane_bytes = fanout.lane_sent()
+                        counters.packets_out += lane_packets
+                        counters.bytes_out += lane_bytes
+                    if handed_back:  # lane copies this packet needs Python for
+                        for sink in handed_back:
+                            sink.forward(out)
+                        fanout.send(payload, packet.marker, video, out.abs_send_time, lvl)
             finally:
                 self._fanning_out = False
             if not out.padding and counters is not None:  # LiveKit's forward latency

@@ -153,6 +153,20 @@ class Vp8Munger:
         if d.keyidx >= 0 and self._last_keyidx >= 0:
             self._keyidx_off = (d.keyidx - (self._last_keyidx + 1)) & 0x1F
 
+    def lane_state(self) -> tuple[int, int, int, int, int, int]:
+        """Offsets and newest values for the native lane (``fanout.Vp8Lane``)."""
+        return (
+            self._pid_off,
+            self._tl0_off,
+            self._keyidx_off,
+            self._last_pid,
+            self._last_tl0,
+            self._last_keyidx,
+        )
+
+    def lane_return(self, last_pid: int, last_tl0: int, last_keyidx: int) -> None:
+        self._last_pid, self._last_tl0, self._last_keyidx = last_pid, last_tl0, last_keyidx
+
     def rewrite(self, payload: bytes, d: Vp8Descriptor) -> bytes:
         pid = d.picture_id
         tl0 = d.tl0picidx
