@@ -1,21 +1,21 @@
 """DownTrack: one subscriber's copy of one UpTrack, sent on a send-only transceiver.
 
-For every packet of its source (an ``UpTrack``, seen only through the ``TrackSource``
-protocol of ``trackyard.sfu.trackcontract``; it is that source's ``PacketSink``) the
-DownTrack asks its ``Forwarder`` whether to forward it (the layer it currently forwards, or the
-start of a keyframe on the layer it wants to switch to), and applies the decision: rewrites
-SSRC, payload type, sequence number, timestamp (``RtpMunger``) and, for VP8, the picture id
-fields (``Vp8Munger``), adds its own header extensions (MID, abs-send-time, audio level with the
-subscriber's negotiated ids) and sends it through aiortc's SRTP/ICE: on a plain UDP route it
-fills its ``Copy`` and adds it to the source's ``Fanout``, which writes, protects and sends all
-copies of the packet in one native call after the fan-out; otherwise (TURN, no native library
-loaded: the reference path) it builds and sends the packet itself. Once it forwards one stream
-steadily it hands its copy and munger state to the fan-out's lane (C decides its packets from
-then on, the UpTrack no longer calls it) and takes them back whenever Python must decide. The subscriber sees one
-continuous stream across layer switches and pauses. It keeps a short history of sent packets
-and answers NACKs with RTX (or a plain resend when RTX was not negotiated), forwards PLI/FIR to
-the UpTrack (throttled there), and sends sender reports derived from the publisher's, so the
-subscriber can keep audio and video in sync.
+For every packet of its source (an ``UpTrack``, seen only through the ``TrackSource`` protocol
+of ``trackyard.sfu.trackcontract``; it is that source's ``PacketSink``) the DownTrack asks its
+``Forwarder`` whether to forward it (the layer it currently forwards, or the start of a keyframe
+on the layer it wants to switch to), and applies the decision: rewrites SSRC, payload type,
+sequence number, timestamp (``RtpMunger``) and, for VP8, the picture id fields (``Vp8Munger``),
+adds its own header extensions (MID, abs-send-time, audio level with the subscriber's negotiated
+ids) and sends it through aiortc's SRTP/ICE: on a plain UDP route it fills its ``Copy`` and adds
+it to the source's ``Fanout``, which writes, protects and sends all copies of the packet in one
+native call after the fan-out; otherwise (TURN, no native library loaded: the reference path) it
+builds and sends the packet itself. Once it forwards one stream steadily it hands its copy and
+munger state to the fan-out's lane (C decides its packets from then on, the UpTrack no longer
+calls it) and takes them back whenever Python must decide. The subscriber sees one continuous
+stream across layer switches and pauses. It keeps a short history of sent packets and answers
+NACKs with RTX (or a plain resend when RTX was not negotiated), forwards PLI/FIR to the UpTrack
+(throttled there), and sends sender reports derived from the publisher's, so the subscriber can
+keep audio and video in sync.
 
 Integration (subscriber peer connection, the server offers)::
 
