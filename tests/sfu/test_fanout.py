@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from trackyard.sfu import fanout
 from trackyard.sfu.fanout import Copy, Fanout, NativeFanout, PyFanout
 from trackyard.sfu.native import build
+from trackyard.sfu.rtpstats import TrafficCounters
+from trackyard.sfu.trackcontract import ForwardedPacket
 
 KEY = bytes(range(30))  # AES_CM_128 master key + salt
 
@@ -189,3 +192,33 @@ def test_an_unroutable_copy_does_not_stop_the_others(
     fan.add(good)
     fan.send(b"x" * 10, 0, True, 0, -1)
     assert rx.recv(2048).endswith(b"x" * 10)
+
+
+def test_the_lane_credits_each_copy_to_its_own_counters(
+    udp: tuple[socket.socket, socket.socket],
+) -> None:
+    """Subscribers count as delivered media, a relay's copies as relayed media: the lane
+    credits each copy's packets to the counters its DownTrack gave, and refuses a fifth kind."""
+    tx, rx = udp
+    fan = NativeFanout(lane=True)
+    clients, relay = TrafficCounters(), TrafficCounters()
+    owners: list[object] = []
+    for counters in (clients, clients, relay):
+        c = fan.new_copy()
+        c.set_route(Route(None, tx, rx.getsockname()))
+        c.enter_lane((5, 0, 96, 100), (0, 0, 0, -1, -1, 0, 0), (0, 0, 0, -1, -1, -1), 0.0)
+        owners.append(object())
+        assert fan.lane_add(c, owners[-1], 1, counters)  # type: ignore[arg-type]
+    for counters in (TrafficCounters(), TrafficCounters()):  # copies of another layer's stream
+        c = fan.new_copy()
+        c.enter_lane((6, 1, 96, 100), (0, 0, 0, -1, -1, 0, 0), (0, 0, 0, -1, -1, -1), 0.0)
+        assert fan.lane_add(c, object(), 1, counters)  # type: ignore[arg-type]
+    refused = fan.new_copy()
+    assert not fan.lane_add(refused, object(), 1, TrafficCounters())  # type: ignore[arg-type]
+    rtp = RtpPacket(payload_type=96, ssrc=5, sequence_number=1, timestamp=0, payload=b"p" * 100)
+    packet = ForwardedPacket(rtp, fan)
+    packet.n = 1
+    assert fan.forward(packet, True, -1) == []
+    assert (clients.packets_out, clients.bytes_out) == (2, 200)
+    assert (relay.packets_out, relay.bytes_out) == (1, 100)
+    assert sorted(len(rx.recv(2048)) for _ in range(3)) == [112, 112, 112]  # header + 100

@@ -369,8 +369,9 @@ class DownTrack:
             self._vp8.lane_state(),
             self._last_sent,
         )
-        packet.fanout.lane_add(copy, self, packet.n + 1)  # this one is in the batch
-        self._lane = True
+        # from the next packet on: this one is in the batch already
+        self._lane = packet.fanout.lane_add(copy, self, packet.n + 1, self.counters)
+        self._lane_ok = self._lane  # refused: stays on the Python path
 
     def _lane_leave(self) -> None:
         """Take the forwarding state back from the lane (Python decides from here)."""

@@ -32,12 +32,14 @@ from pylibsrtp import Session
 from trackyard.sfu.native.build import LIBRARY
 
 if TYPE_CHECKING:
+    from trackyard.sfu.rtpstats import TrafficCounters
     from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink
 
 __all__ = [
     "Copy",
     "CopyFields",
     "Fanout",
+    "LaneFilter",
     "NativeFanout",
     "PyCopy",
     "PyFanout",
@@ -50,6 +52,7 @@ log = structlog.get_logger(__name__)
 
 SLOT = 2048  # bytes per packet in the scratch buffer: MTU + header + SRTP trailer fit
 FIRST_CAPACITY = 256  # copies per received packet before the array grows
+_CREDITS = 4  # TY_CREDITS: distinct counters objects one fan-out's lane copies credit
 
 _CDEF = """
 typedef int (*ty_protect_fn)(void *ctx, void *rtp, int *len);
@@ -58,7 +61,7 @@ typedef struct ty_packet {
     uint8_t marker; uint8_t video;
     uint8_t pt; uint8_t pid_wide; uint32_t ssrc; uint32_t ts; uint16_t seq; int16_t layer;
     int32_t pid; int32_t tl0; int32_t keyidx; uint16_t pid_at, tl0_at, keyidx_at;
-    uint32_t n; double arrival; uint32_t lane_packets; uint64_t lane_bytes;
+    uint32_t n; double arrival; uint32_t lane_packets[4]; uint64_t lane_bytes[4];
 } ty_packet;
 typedef struct ty_hist {
     double at; uint32_t ts; uint32_t src; uint16_t seq; uint8_t ptm; uint8_t pid_wide;
@@ -68,7 +71,7 @@ typedef struct ty_copy {
     void *srtp; int32_t fd; uint32_t addrlen; uint8_t addr[128];
     uint32_t ssrc; uint32_t ts; uint16_t seq; uint8_t pt; uint8_t mid_len; uint8_t mid[17];
     uint8_t abs_id; uint8_t level_id; const uint8_t *payload; uint32_t payload_len;
-    uint32_t lane_from; uint32_t src_ssrc; int16_t layer; uint8_t in_pt, out_pt;
+    uint32_t lane_from; uint32_t src_ssrc; int16_t layer; uint8_t in_pt, out_pt; uint8_t credit;
     int64_t hi, seg_start, seq_off, late_floor, last_out_ext;
     uint32_t ts_offset, last_out_ts;
     int32_t pid_off, tl0_off, keyidx_off, last_pid, last_tl0, last_keyidx;
@@ -180,8 +183,16 @@ class Fanout(Protocol):
         ...
 
     def lane_owners(self) -> frozenset[object]: ...
-    def lane_add(self, copy: Copy, owner: PacketSink, start: int) -> None:
-        """C decides ``copy``'s packets from packet number ``start`` on."""
+    def next_number(self) -> int:
+        """The number of the next packet handed out (``ForwardedPacket.n``): one count per
+        fan-out, which several streams may share (a relayed track's layers)."""
+        ...
+
+    def lane_add(
+        self, copy: Copy, owner: PacketSink, start: int, counters: TrafficCounters | None
+    ) -> bool:
+        """C decides ``copy``'s packets from packet number ``start`` on and credits them to
+        ``counters``; False: not taken (the lane serves few distinct counters objects)."""
         ...
 
     def lane_remove(self, copy: Copy) -> None: ...
@@ -193,13 +204,30 @@ class Fanout(Protocol):
         copies that must decide this packet in Python (their ``forward`` takes the copy back)."""
         ...
 
-    def lane_sent(self) -> tuple[int, int]:
-        """Packets and bytes the lane sent for the last packet forwarded."""
-        ...
-
     def build(
         self, copy: Copy, payload: bytes, marker: int, video: bool, abs_time: int, level: int
     ) -> bytes: ...
+
+
+class LaneFilter:
+    """Which of a source's sinks a packet must still be handed to: those whose copy is not in
+    the fan-out's lane (recomputed only when the sinks or the lane change)."""
+
+    __slots__ = ("_fanout", "_python", "_seen", "_sinks")
+
+    def __init__(self, fanout: Fanout) -> None:
+        self._fanout = fanout
+        self._sinks: tuple[PacketSink, ...] = ()
+        self._python: tuple[PacketSink, ...] = ()
+        self._seen = -1
+
+    def python_sinks(self, sinks: tuple[PacketSink, ...]) -> tuple[PacketSink, ...]:
+        version = self._fanout.lane_version
+        if sinks is not self._sinks or version != self._seen:
+            laned = self._fanout.lane_owners()
+            self._sinks, self._seen = sinks, version
+            self._python = tuple(s for s in sinks if s not in laned)
+        return self._python
 
 
 # --- the pure-Python reference ----------------------------------------------------------------
@@ -278,14 +306,16 @@ class PyFanout:
     def lane_owners(self) -> frozenset[object]:
         return frozenset()
 
-    def lane_add(self, copy: Copy, owner: PacketSink, start: int) -> None:
-        raise RuntimeError("the reference fan-out has no lane")
+    def next_number(self) -> int:
+        return 0
+
+    def lane_add(
+        self, copy: Copy, owner: PacketSink, start: int, counters: TrafficCounters | None
+    ) -> bool:
+        return False
 
     def lane_remove(self, copy: Copy) -> None:
         return None
-
-    def lane_sent(self) -> tuple[int, int]:
-        return 0, 0
 
     def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
         rtp = packet.rtp
@@ -505,6 +535,8 @@ class NativeFanout:
         self._owners: list[PacketSink] = []
         self._deferred = self._ffi.new("int32_t[]", FIRST_CAPACITY)
         self._n_deferred = self._ffi.new("int32_t *")
+        self._number = 0  # packets handed out (next_number)
+        self._credits: list[TrafficCounters] = []  # the counters lane copies credit, by slot
         # the source payloads the lane's histories point at (a lane copy keeps no bytes)
         self._ring_mask = ring - 1
         self._ring: list[bytes | None] = [None] * ring if lane else []
@@ -529,8 +561,23 @@ class NativeFanout:
     def lane_owners(self) -> frozenset[object]:
         return frozenset(self._owners)
 
-    def lane_add(self, copy: Copy, owner: PacketSink, start: int) -> None:
+    def next_number(self) -> int:
+        self._number = (self._number + 1) & 0xFFFFFFFF
+        return self._number
+
+    def lane_add(
+        self, copy: Copy, owner: PacketSink, start: int, counters: TrafficCounters | None
+    ) -> bool:
         assert isinstance(copy, NativeCopy) and self.lane and copy.lane_index < 0
+        credit = _CREDITS  # none
+        if counters is not None:
+            credits = self._credits
+            credit = next((i for i, c in enumerate(credits) if c is counters), len(credits))
+            if credit == _CREDITS:
+                return False
+            if credit == len(credits):
+                credits.append(counters)
+        copy._c.credit = credit
         n = len(self._lane_copies)
         if n == self._lane_cap:
             self._lane, self._lane_cap = self._grow(self._lane, self._lane_cap, n)
@@ -541,6 +588,7 @@ class NativeFanout:
         self._owners.append(owner)
         copy.lane_index = n
         self.lane_version += 1
+        return True
 
     def lane_remove(self, copy: Copy) -> None:
         assert isinstance(copy, NativeCopy)
@@ -562,10 +610,6 @@ class NativeFanout:
     def payload_of(self, n: int) -> bytes | None:
         i = n & self._ring_mask
         return self._ring[i] if self._ring and self._ring_n[i] == n else None
-
-    def lane_sent(self) -> tuple[int, int]:
-        pk = self._packet
-        return pk.lane_packets, pk.lane_bytes
 
     # --- sending -------------------------------------------------------------------------
 
@@ -608,7 +652,6 @@ class NativeFanout:
         n, self._n = self._n, 0
         pk = self._packet
         if not n and not lane_n:
-            pk.lane_packets = pk.lane_bytes = 0
             return []
         buf = self._fill(payload, rtp.marker, video, packet.abs_send_time, level)
         pk.pt, pk.ssrc, pk.ts = rtp.payload_type, rtp.ssrc, rtp.timestamp
@@ -634,6 +677,11 @@ class NativeFanout:
             self._protect,
         )
         del buf
+        for i, counters in enumerate(self._credits):  # what the lane sent, where it counts
+            sent = pk.lane_packets[i]
+            if sent:
+                counters.packets_out += sent
+                counters.bytes_out += pk.lane_bytes[i]
         deferred = self._n_deferred[0]
         if not deferred:
             return []

@@ -32,11 +32,11 @@ from trackyard.core.auth import VideoGrants
 from trackyard.core.bus import Bus, BusClosedError, Envelope, Subscription
 from trackyard.sfu import sdp as sdpparse
 from trackyard.sfu.audiolevel import AudioLevel, AudioLevelSettings
-from trackyard.sfu.fanout import Fanout, make_fanout
+from trackyard.sfu.fanout import Fanout, LaneFilter, make_fanout
 from trackyard.sfu.rtphooks import CodecInfo
 from trackyard.sfu.rtpstats import TrafficCounters
 from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink
-from trackyard.sfu.uptrack import LayerSpec, UpTrack, choose_layer
+from trackyard.sfu.uptrack import RING_AUDIO, RING_VIDEO, LayerSpec, UpTrack, choose_layer
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +83,10 @@ class _Tap:
 
     def forward(self, packet: ForwardedPacket) -> None:
         packet.layer = self._layer
-        for sink in self._source.downtracks:
+        source = self._source
+        sinks = source.downtracks
+        # lane copies get the packet from the stream's fan-out call (the source's fan-out)
+        for sink in sinks if packet.padding else source.lane_filter.python_sinks(sinks):
             sink.forward(packet)
 
     def layers_changed(self) -> None:
@@ -123,7 +126,12 @@ class RelayedSource:
         self.simulcast = len(self._origin) > 1
         self._link = link
         self._on_unused = on_unused
-        self._fanout = make_fanout()
+        # one fan-out for every crossing stream of the track: a DownTrack's copy stays in it
+        # (and in its lane) across layer switches
+        self._fanout = make_fanout(
+            lane=True, ring=RING_VIDEO if self.kind == "video" else RING_AUDIO
+        )
+        self.lane_filter = LaneFilter(self._fanout)
         self._sinks: tuple[PacketSink, ...] = ()
         self.streams: dict[int, RelayedLayer] = {}  # origin layer -> its crossing stream
         self.asked: dict[int, bool] = {}  # origin layer -> subscribed and not paused

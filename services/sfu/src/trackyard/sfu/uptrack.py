@@ -63,7 +63,7 @@ from trackyard.sfu.connectionquality import (
     LOSS_WEIGHT_VIDEO,
     StreamWindow,
 )
-from trackyard.sfu.fanout import Fanout, make_fanout
+from trackyard.sfu.fanout import Fanout, LaneFilter, make_fanout
 from trackyard.sfu.forwarder import KeyframeThrottle
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
@@ -111,6 +111,9 @@ log: FilteringBoundLogger = structlog.get_logger(__name__)
 
 _RID_QUALITY = {"q": QUALITY_LOW, "h": QUALITY_MEDIUM, "f": QUALITY_HIGH}
 _NACK_RETRY_INTERVAL = 0.05  # seconds between NACKs for the same packet
+# source payloads a fan-out keeps for its lane copies' NACKs (all layers together)
+RING_VIDEO = 2048
+RING_AUDIO = 256
 _NTP_ONE_SECOND = 1 << 32
 
 
@@ -258,11 +261,10 @@ class UpTrack:
         self._starting = True  # within layer_timeout of the first packet
         # the hand-off to the sinks, refilled for every received packet
         if fanout is None:  # its own: copies on their steady stream are decided in C
-            fanout = make_fanout(lane=True, ring=2048 if kind == "video" else 256)
+            fanout = make_fanout(lane=True, ring=RING_VIDEO if kind == "video" else RING_AUDIO)
         self._fanout = fanout
         self._packet = ForwardedPacket(RtpPacket(), self._fanout)
-        self._py_sinks: tuple[PacketSink, ...] = ()  # the sinks not in the lane
-        self._lane_seen = -1  # the fan-out's lane_version _py_sinks reflects
+        self._lane_filter = LaneFilter(fanout)
         self._fanning_out = False  # PLIs asked for meanwhile wait in _plis_due
         self._plis_due: list[int] = []
 
@@ -376,12 +378,10 @@ class UpTrack:
             sink.source_closed()
             return
         self._sinks = (*self._sinks, sink)
-        self._lane_seen = -1
         self.wanted_changed()
 
     def remove_sink(self, sink: PacketSink) -> None:
         self._sinks = tuple(s for s in self._sinks if s is not sink)
-        self._lane_seen = -1
         self.wanted_changed()
 
     # --- layer selection ----------------------------------------------------------------
@@ -613,7 +613,7 @@ class UpTrack:
         # the hand-off: one object per track, refilled per packet
         out = self._packet
         out.rtp = packet
-        out.n = (out.n + 1) & 0xFFFFFFFF
+        out.n = self._fanout.next_number()
         out.layer = layer.index
         out.arrival = now
         fan_out = True
@@ -665,21 +665,13 @@ class UpTrack:
                     for sink in sinks:
                         sink.forward(out)  # never raises (PacketSink contract)
                 else:
-                    if fanout.lane_version != self._lane_seen:
-                        self._lane_seen = fanout.lane_version
-                        laned = fanout.lane_owners()
-                        self._py_sinks = tuple(s for s in sinks if s not in laned)
-                    for sink in self._py_sinks:
+                    for sink in self._lane_filter.python_sinks(sinks):
                         sink.forward(out)
                     # the copies the sinks added and the lane's, in one native call
                     level = out.audio_level
                     video = self.kind == "video"
                     lvl = -1 if level is None else (0x80 if level[0] else 0) | (level[1] & 0x7F)
                     handed_back = fanout.forward(out, video, lvl)
-                    if counters is not None:
-                        lane_packets, lane_bytes = fanout.lane_sent()
-                        counters.packets_out += lane_packets
-                        counters.bytes_out += lane_bytes
                     if handed_back:  # lane copies this packet needs Python for
                         for sink in handed_back:
                             sink.forward(out)

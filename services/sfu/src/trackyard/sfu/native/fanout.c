@@ -204,8 +204,10 @@ static int lane_build(ty_copy *c, ty_packet *pk, uint8_t *out, uint32_t out_cap,
     c->last_sent = pk->arrival;
     c->packets++;
     c->bytes += pk->payload_len;
-    pk->lane_packets++;
-    pk->lane_bytes += pk->payload_len;
+    if (c->credit < TY_CREDITS) {
+        pk->lane_packets[c->credit]++;
+        pk->lane_bytes[c->credit] += pk->payload_len;
+    }
     return protect_rtp(c, out, len, protect);
 }
 
@@ -234,8 +236,8 @@ int ty_fanout(ty_packet *pk, ty_copy *const *copies, int n, ty_copy *const *lane
     struct mmsghdr msgs[TY_MAX_BATCH];
     struct iovec iov[TY_MAX_BATCH];
     int built = 0, queued = 0, fd = -1, defers = 0;
-    pk->lane_packets = 0;
-    pk->lane_bytes = 0;
+    memset(pk->lane_packets, 0, sizeof(pk->lane_packets));
+    memset(pk->lane_bytes, 0, sizeof(pk->lane_bytes));
     for (int i = 0; i < n + n_lane; i++) {
         ty_copy *c = i < n ? copies[i] : lane[i - n];
         if (i >= n && (int32_t)(pk->n - c->lane_from) < 0)

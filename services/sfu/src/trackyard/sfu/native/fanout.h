@@ -2,6 +2,7 @@
 #include <stdint.h>
 
 #define TY_SRTP_TRAILER 148 /* SRTP_MAX_TRAILER_LEN of libsrtp 2 */
+#define TY_CREDITS 4        /* counters objects one fan-out's lane copies may credit */
 
 typedef int (*ty_protect_fn)(void *ctx, void *rtp, int *len);
 
@@ -27,9 +28,9 @@ typedef struct ty_packet {
     uint16_t pid_at, tl0_at, keyidx_at; /* their offsets in the payload */
     uint32_t n;         /* this packet's number in the source (its slot in the payload ring) */
     double arrival;
-    /* out: what the lane sent for this packet */
-    uint32_t lane_packets;
-    uint64_t lane_bytes;
+    /* out: what the lane sent for this packet, per counters object the copies credit */
+    uint32_t lane_packets[TY_CREDITS];
+    uint64_t lane_bytes[TY_CREDITS];
 } ty_packet;
 
 /* One packet a lane copy sent, for NACKs: the source packet and what was rewritten. */
@@ -69,6 +70,7 @@ typedef struct ty_copy {
     uint32_t src_ssrc;
     int16_t layer;
     uint8_t in_pt, out_pt;
+    uint8_t credit;      /* which ty_packet.lane_* slot counts its packets; >= TY_CREDITS: none */
     int64_t hi, seg_start, seq_off, late_floor, last_out_ext;
     uint32_t ts_offset, last_out_ts;
     int32_t pid_off, tl0_off, keyidx_off, last_pid, last_tl0, last_keyidx;
