@@ -396,6 +396,14 @@ class ClientSide:
         await publisher.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         self._stamp_sends(publisher)
 
+    async def op_settle(self) -> None:
+        """Every packet is timed here: a full GC pass over hundreds of peer connections stops
+        this process for 100+ ms, which every packet in flight would show as the SFU's
+        latency. Collect once the subscribers joined and keep those objects out of later
+        passes (as the server keeps its own: ``trackyard.sfu.node.GcPolicy``)."""
+        gc.collect()
+        gc.freeze()
+
     async def op_counts(self) -> list[int]:
         if self.content_subs:
             return [len(self.content_subs[i].arrivals) for i in sorted(self.content_subs)]
@@ -484,6 +492,7 @@ class ClientSide:
         self.subs = {}
         self.sent_content = []
         self.content_subs = {}
+        gc.unfreeze()  # the phase's connections are garbage now
         gc.collect()
 
 
@@ -798,7 +807,9 @@ async def measure(
         setup.tune()
         await asyncio.sleep(WARMUP)  # the encoders settle on the new bitrate
     await asyncio.sleep(WARMUP)
+    await clients.call("settle")
     gc.collect()
+    gc.freeze()  # the in-process SFU as a node runs it (GcPolicy freezes what survived)
     sfu_cpu = setup.cpu or _cpu
     sfu_sent0 = setup.sfu_sent() if setup.sfu_sent else 0
     client0 = clients.cpu()
@@ -863,6 +874,7 @@ async def teardown(clients: Clients, setup: Setup | None) -> None:
             *(asyncio.wait_for(pc.close(), 10) for pc in setup.pcs), return_exceptions=True
         )
     await clients.call("reset")
+    gc.unfreeze()
     gc.collect()
 
 
