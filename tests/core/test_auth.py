@@ -75,3 +75,13 @@ def test_join_checks() -> None:
     with pytest.raises(Refusal) as err:
         check_join(verify_token(_tok(grants={"roomJoin": True}), KEYS), None)
     assert "names no room" in err.value.reason
+
+
+def test_relay_identities_are_reserved() -> None:
+    """A client named like a node's relay participant would be hidden from other nodes."""
+    token = create_token(
+        "k", "s" * 32, identity="relay:ND_x", grants={"roomJoin": True, "room": "r"}
+    )
+    with pytest.raises(Refusal) as err:
+        check_join(verify_token(token, KEYS), "r")
+    assert err.value.status == 403 and "'relay:'" in err.value.reason

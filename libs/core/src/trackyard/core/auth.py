@@ -15,6 +15,7 @@ from livekit.protocol import models
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from trackyard.core.ids import RELAY_IDENTITY_PREFIX
 from trackyard.core.refusal import Code, Refusal
 
 # Secret length is enforced by config (outside dev mode), so PyJWT's warning is noise here.
@@ -193,6 +194,12 @@ def check_join(claims: Claims, room: str | None) -> str:
         raise Refusal(Code.PERMISSION_DENIED, "permission denied: token lacks the roomJoin grant")
     if not claims.identity:
         raise Refusal(Code.UNAUTHENTICATED, "invalid access token: no identity ('sub')")
+    if claims.identity.startswith(RELAY_IDENTITY_PREFIX):  # others' nodes would hide it
+        raise Refusal(
+            Code.PERMISSION_DENIED,
+            f"permission denied: identities starting with {RELAY_IDENTITY_PREFIX!r} are"
+            " reserved for the server's relays between nodes",
+        )
     if room and video.room and room != video.room:
         raise Refusal(
             Code.PERMISSION_DENIED,

@@ -13,6 +13,9 @@ TRACK = "TR_"
 NODE = "ND_"
 SESSION = "SE_"
 REQUEST = "RQ_"
+# a node's relay participant on another node of a spanning room (hidden from clients): the edge
+# refuses client tokens with this identity prefix
+RELAY_IDENTITY_PREFIX = "relay:"
 
 
 def new_id(prefix: str, length: int = 12) -> str:

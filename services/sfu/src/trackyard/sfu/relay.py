@@ -40,12 +40,11 @@ from trackyard.sfu.uptrack import RING_AUDIO, RING_VIDEO, LayerSpec, UpTrack, ch
 
 log = structlog.get_logger(__name__)
 
-RELAY_IDENTITY_PREFIX = "relay:"  # identity of a node's relay participant on another node
 SOURCE_TIMEOUT = 10.0  # seconds for a track asked of the origin to arrive in its offer
 
 
 def relay_identity(node_id: str) -> str:
-    return RELAY_IDENTITY_PREFIX + node_id
+    return ids.RELAY_IDENTITY_PREFIX + node_id
 
 
 LAYER_MARK = "~"  # "<track sid>~<quality>": one simulcast layer of a track, pinned

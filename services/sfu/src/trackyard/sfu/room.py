@@ -28,7 +28,7 @@ from trackyard.sfu import serverrpc
 from trackyard.sfu.audiolevel import AudioLevelSettings
 from trackyard.sfu.participant import Participant, ParticipantServices, Spawn, State
 from trackyard.sfu.peers import RemoteParticipant, RoomPeers, participant_update, participants_of
-from trackyard.sfu.relay import LAYER_MARK, RELAY_IDENTITY_PREFIX, RelayIn, parse_alias
+from trackyard.sfu.relay import LAYER_MARK, RelayIn, parse_alias
 from trackyard.sfu.roomrecord import RoomRecord
 from trackyard.sfu.rtpstats import TrafficCounters
 
@@ -645,7 +645,7 @@ class Room:
         changed: list[models.ParticipantInfo] = []
         for info in infos:
             if info.identity in self.participants or info.identity.startswith(
-                RELAY_IDENTITY_PREFIX
+                ids.RELAY_IDENTITY_PREFIX
             ):
                 continue
             old = self.peers.remotes.get(info.identity)
