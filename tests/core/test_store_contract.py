@@ -183,6 +183,19 @@ async def test_seat_round_trip_per_room(store: Store) -> None:
     assert await store.list_seats("other") == {"p1": "ND_c"}
 
 
+async def test_take_seat_holds_a_nodes_share_when_joins_race(store: Store) -> None:
+    await store.put_seat("r", "p1", "ND_a")
+    # ten joins decided at once that ND_a has room for 2 more (cap 3): only two get it
+    taken = await asyncio.gather(*(store.take_seat("r", f"j{i}", "ND_a", 3) for i in range(10)))
+    assert sum(taken) == 2
+    seats = await store.list_seats("r")
+    assert sum(1 for node in seats.values() if node == "ND_a") == 3
+    assert await store.take_seat("r", "p1", "ND_a", 3)  # itself does not count against it
+    assert await store.take_seat("r", "p9", "ND_b", 3)
+    assert await store.take_seat("r", "p10", "ND_a", 0)  # no cap: an overfill on purpose
+    assert (await store.list_seats("r"))["p10"] == "ND_a"
+
+
 async def test_delete_seat_is_compare_and_delete(store: Store) -> None:
     assert not await store.delete_seat("r", "p1", "ND_a")
     await store.put_seat("r", "p1", "ND_a|b")

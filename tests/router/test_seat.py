@@ -6,6 +6,9 @@ deterministic. The HTTP round trip (``POST /seat`` through :class:`HttpRouter`) 
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 import httpx
 import pytest
 
@@ -263,3 +266,24 @@ async def test_a_dead_home_is_replaced_by_a_surviving_part() -> None:
     store.ages["ND_a"] = 30.0  # ND_a died; ND_c is live but holds no part of the room
     seat = await seat_of(p, "p3")
     assert seat.home.node_id == "ND_b" and seat.home.epoch == 2
+
+
+class RacingStore(MemoryStore):
+    """Every seat read yields first, as a Redis round trip does: joins decide concurrently."""
+
+    async def list_seats(self, room: str) -> dict[str, str]:
+        seats = await super().list_seats(room)
+        await asyncio.sleep(0)  # the answer travels back while other joins read too
+        return seats
+
+
+async def test_joins_deciding_at_once_do_not_overfill_a_node() -> None:
+    store = RacingStore()
+    for i, node in enumerate(("ND_a", "ND_b", "ND_c", "ND_d")):
+        await add_node(store, node, sysload=0.1 * i)
+    p = placer(store, span=SpanConfig(node_participants=3))
+    await seat_of(p, "first")  # the room exists: the rest race for seats in it
+    seats = await asyncio.gather(*(seat_of(p, f"p{i}") for i in range(11)))
+    load = Counter(s.node_id for s in seats) + Counter({"ND_a": 1})
+    assert load == {"ND_a": 3, "ND_b": 3, "ND_c": 3, "ND_d": 3}, load
+    assert Counter((await store.list_seats("r")).values()) == load

@@ -58,6 +58,21 @@ return 0
 """
 
 # KEYS: seats. ARGV: identity, node_id. Deletes only if the seat names node_id.
+# KEYS: seats hash. ARGV: identity, node id, cap (<= 0: none). 1: seated, 0: node full.
+_TAKE_SEAT = """
+local cap = tonumber(ARGV[3])
+if cap > 0 then
+  local taken = 0
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if all[i + 1] == ARGV[2] and all[i] ~= ARGV[1] then taken = taken + 1 end
+  end
+  if taken >= cap then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 _UNSEAT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -133,6 +148,7 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._unseat = client.register_script(_UNSEAT)
+        self._take_seat = client.register_script(_TAKE_SEAT)
         self._put_node = client.register_script(_PUT_NODE)
         self._beats = client.register_script(_BEATS)
         self._generation = client.register_script(_GENERATION)
@@ -231,6 +247,11 @@ class RedisStore:
     async def put_seat(self, room: str, identity: str, node_id: str) -> None:
         async with self._guard("put_seat"):
             await self._r.hset(keys.seats(room), identity, node_id)
+
+    async def take_seat(self, room: str, identity: str, node_id: str, cap: int) -> bool:
+        async with self._guard("take_seat"):
+            taken = await self._take_seat(keys=[keys.seats(room)], args=[identity, node_id, cap])
+        return bool(taken)
 
     async def get_seat(self, room: str, identity: str) -> str | None:
         async with self._guard("get_seat"):

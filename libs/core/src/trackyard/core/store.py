@@ -73,6 +73,11 @@ class Store(Protocol):
 
     # seats: identity -> the node a participant is (or is being) hosted on -----------------
     async def put_seat(self, room: str, identity: str, node_id: str) -> None: ...
+    async def take_seat(self, room: str, identity: str, node_id: str, cap: int) -> bool:
+        """Seat ``identity`` on ``node_id`` only if fewer than ``cap`` others of the room are
+        seated there (atomically; ``cap`` <= 0: no limit). False: full meanwhile."""
+        ...
+
     async def get_seat(self, room: str, identity: str) -> str | None: ...
     async def list_seats(self, room: str) -> dict[str, str]: ...
     async def delete_seat(self, room: str, identity: str, node_id: str) -> bool:
@@ -178,6 +183,14 @@ class MemoryStore:
 
     async def put_seat(self, room: str, identity: str, node_id: str) -> None:
         self._seats.setdefault(room, {})[identity] = node_id
+
+    async def take_seat(self, room: str, identity: str, node_id: str, cap: int) -> bool:
+        seats = self._seats.setdefault(room, {})
+        taken = sum(1 for who, node in seats.items() if node == node_id and who != identity)
+        if 0 < cap <= taken:
+            return False
+        seats[identity] = node_id
+        return True
 
     async def get_seat(self, room: str, identity: str) -> str | None:
         return self._seats.get(room, {}).get(identity)

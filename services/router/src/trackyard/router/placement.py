@@ -11,7 +11,9 @@ A room keeps its placement as its *home* and may span more nodes (``span:``). A 
 is seated on one of them (:meth:`Placer.seat`): where its identity already sits if that node
 lives (a rejoin replaces the old participant there), else a node of the room in the caller's
 region with room to spare (the home first), else a node the selector picks, which the room
-then extends to. The seat is written before the join goes out, so concurrent joins count it.
+then extends to. The seat is written before the join goes out, so concurrent joins count it,
+and written only if the node still has room (``Store.take_seat``): joins deciding at the same
+moment, through this router or another, do not overfill a node; the loser decides again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from trackyard.core.store import Placement, Seat, Store
 from trackyard.router.selector import NodeSelector, SelectorError, build_selector
 
 log = structlog.get_logger(__name__)
+
+SEAT_ATTEMPTS = 4  # decisions per join before it is seated on a node that filled meanwhile
 
 # Live node records (dead ones left out) by id: what one placement decision looked at.
 _Live = dict[str, NodeRecord]
@@ -130,9 +134,20 @@ class Placer:
         home, live = placed
         if not self._span.enabled:
             return Seat(home, home.node_id)
-        seats = await self._store.list_seats(room)
-        node_id, why = self._seat_node(home, identity, seats, live, region)
-        await self._store.put_seat(room, identity, node_id)
+        cap = self._span.node_participants
+        for _ in range(SEAT_ATTEMPTS):
+            seats = await self._store.list_seats(room)
+            node_id, why = self._seat_node(home, identity, seats, live, region)
+            # a choice made because the node had room is re-checked as it is written: joins
+            # deciding at the same moment (this router or another) cannot overfill it
+            taken = sum(1 for who, n in seats.items() if n == node_id and who != identity)
+            limit = cap if cap > 0 and taken < cap else 0
+            if await self._store.take_seat(room, identity, node_id, limit):
+                break
+            log.info("node filled meanwhile; seating again", room=room, node=node_id)
+        else:  # the room is filling faster than we can decide: overfill rather than refuse
+            await self._store.put_seat(room, identity, node_id)
+            why = "node filled meanwhile, seated anyway"
         log.info("participant seated", room=room, identity=identity, node=node_id, why=why)
         return Seat(home, node_id)
 
