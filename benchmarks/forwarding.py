@@ -982,31 +982,46 @@ def holds(r: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
-async def saturate(
-    clients: Clients, mode: str, sizes: list[int], seconds: float, bitrate: int
+async def grow_until_broken(
+    sizes: list[int],
+    phase: Callable[[int], Awaitable[dict[str, Any]]],
+    show: Callable[[dict[str, Any]], None],
+    at_max: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Grow N through ``sizes`` until a phase loses more than 1% or its p99 passes 50 ms."""
+    """Run ``phase(n)`` for each N of ``sizes`` until one fails ``holds``; the largest N held,
+    its figures (and those named in ``at_max``), what stopped it and every phase."""
     phases: list[dict[str, Any]] = []
     held: dict[str, Any] | None = None
     stopped_by = "sizes exhausted"
     for n in sizes:
-        r = await run_phase(clients, mode, n, seconds, bitrate)
+        r = await phase(n)
         ok, why = holds(r)
         r["held"] = ok
         phases.append(r)
-        print_phase(r)
+        show(r)
         if not ok:
             stopped_by = f"N={n}: {why}"
             break
         held = r
+    figures = ("delivered_pps", "us_per_delivered_packet", *at_max)
     return {
         "criteria": {"max_loss": SATURATE_MAX_LOSS, "max_p99_ms": SATURATE_MAX_P99_MS},
         "max_n_held": held["n"] if held else None,
-        "delivered_pps_at_max_n": held["delivered_pps"] if held else None,
-        "us_per_delivered_packet_at_max_n": held["us_per_delivered_packet"] if held else None,
+        **{f"{name}_at_max_n": held[name] if held else None for name in figures},
         "stopped_by": stopped_by,
         "phases": phases,
     }
+
+
+async def saturate(
+    clients: Clients, mode: str, sizes: list[int], seconds: float, bitrate: int
+) -> dict[str, Any]:
+    """Grow N through ``sizes`` until a phase loses more than 1% or its p99 passes 50 ms."""
+
+    async def phase(n: int) -> dict[str, Any]:
+        return await run_phase(clients, mode, n, seconds, bitrate)
+
+    return await grow_until_broken(sizes, phase, print_phase)
 
 
 def _loss_pct(r: dict[str, Any]) -> float:

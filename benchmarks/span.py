@@ -92,15 +92,13 @@ from benchmarks.forwarding import (
     FPS,
     HEIGHT,
     KEYFRAME_INTERVAL,
-    SATURATE_MAX_LOSS,
-    SATURATE_MAX_P99_MS,
     WIDTH,
     Clients,
     ClientSide,
     Setup,
     SubscriberCounter,
     client_main,
-    holds,
+    grow_until_broken,
     measure,
     print_phase,
     print_table,
@@ -613,28 +611,13 @@ def print_span_phase(r: dict[str, Any]) -> None:
 
 async def saturate(bench: Bench, k: int, sizes: list[int], seconds: float) -> dict[str, Any]:
     """Grow N until a phase fails ``forwarding.holds``."""
-    phases: list[dict[str, Any]] = []
-    held: dict[str, Any] | None = None
-    stopped_by = "sizes exhausted"
-    for n in sizes:
-        r = await run_phase(bench, k, n, seconds)
-        ok, why = holds(r)
-        r["held"] = ok
-        phases.append(r)
-        print_span_phase(r)
-        if not ok:
-            stopped_by = f"N={n}: {why}"
-            break
-        held = r
-    return {
-        "criteria": {"max_loss": SATURATE_MAX_LOSS, "max_p99_ms": SATURATE_MAX_P99_MS},
-        "max_n_held": held["n"] if held else None,
-        "delivered_pps_at_max_n": held["delivered_pps"] if held else None,
-        "us_per_delivered_packet_at_max_n": held["us_per_delivered_packet"] if held else None,
-        "client_process_cpu_at_max_n": held["client_process_cpu_utilization"] if held else None,
-        "stopped_by": stopped_by,
-        "phases": phases,
-    }
+
+    async def phase(n: int) -> dict[str, Any]:
+        return await run_phase(bench, k, n, seconds)
+
+    return await grow_until_broken(
+        sizes, phase, print_span_phase, at_max=("client_process_cpu_utilization",)
+    )
 
 
 def _worker_cpu(r: dict[str, Any], worker: int) -> float:
@@ -754,8 +737,8 @@ async def main(
         print(
             f"K={label}: largest N held {sat['max_n_held']} ({sat['delivered_pps_at_max_n']}"
             f" delivered packets/s, {sat['us_per_delivered_packet_at_max_n']} us/packet,"
-            f" client process {sat['client_process_cpu_at_max_n']} of a core); stopped by"
-            f" {sat['stopped_by']}"
+            f" client process {sat['client_process_cpu_utilization_at_max_n']} of a core);"
+            f" stopped by {sat['stopped_by']}"
         )
     ratio = None
     one, two = per_k.get("1"), per_k.get("2")
