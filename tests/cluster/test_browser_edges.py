@@ -30,7 +30,6 @@ import pytest
 from livekit import rtc
 
 from tests.support.browser import (
-    MEDIA_CALL,
     AnyFrameClock,
     Browser,
     Page,
@@ -194,15 +193,7 @@ async def test_browser_behind_haproxy_resumes_after_edge_kill_and_drain(
             sid = (await page.join(lb.ws_url, "web", ROOM))["sid"]
             at_py = EventWaiter(py, "track_subscribed")
             async with pattern_video(py, 320, 180, 15, options=opts):  # cheap on 2 cores
-                published = await page.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
-                camera_sid = published["camera"]["sid"]
-                await page.wait_event(
-                    "track_subscribed", {"identity": "py", "source": "camera"}, timeout=MEDIA_CALL
-                )
-                track, _pub, _p = await at_py.wait(
-                    lambda t, pub, p: p.identity == "web" and pub.sid == camera_sid, timeout=30
-                )
-                await page.call("startFrameClock", "py", "camera")
+                camera_sid, track = await page.cameras_both_ways(at_py, "py", "web")
                 async with any_frame_clock(track) as from_page:
                     await from_page.frames_after(time.time(), FRAMES)
                     await page.decodes("py", frames=FRAMES)

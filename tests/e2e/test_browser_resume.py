@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import MEDIA_CALL, Browser, Page, any_frame_clock, browser_fixture
+from tests.support.browser import Browser, Page, any_frame_clock, browser_fixture
 from tests.support.media import pattern_video
 from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
@@ -98,15 +98,7 @@ async def test_browser_signal_cut_resumes(
         at_watcher = EventWaiter(watcher, "track_subscribed")
         left = EventWaiter(watcher, "participant_disconnected")
         async with pattern_video(watcher):
-            published = await page.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
-            camera_sid = published["camera"]["sid"]
-            await page.wait_event(
-                "track_subscribed", {"identity": "watcher", "source": "camera"}, timeout=MEDIA_CALL
-            )
-            track, _pub, _p = await at_watcher.wait(
-                lambda t, pub, p: p.identity == "mover" and pub.sid == camera_sid, timeout=30
-            )
-            await page.call("startFrameClock", "watcher", "camera")
+            camera_sid, track = await page.cameras_both_ways(at_watcher, "watcher", "mover")
             async with any_frame_clock(track) as from_page:
                 start = time.time()
                 await from_page.frames_after(start, 10)

@@ -25,6 +25,7 @@ import pytest
 from livekit import rtc
 
 from tests.support.media import FrameClock, clock
+from tests.support.sdk import EventWaiter
 
 BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
 DRIVER = BROWSER_DIR / "driver.mjs"
@@ -220,6 +221,24 @@ class Page:
             "waitGrowth", identity, source, "framesDecoded", frames, MEDIA_MS, timeout=MEDIA_CALL
         )
         return grown
+
+    async def cameras_both_ways(
+        self, at_peer: EventWaiter, peer_identity: str, identity: str
+    ) -> tuple[str, rtc.Track]:
+        """Publish this page's camera and microphone (as ``identity``) while the SDK peer
+        publishes its camera; wait until each receives the other's and start the page's frame
+        clock on the peer's. ``at_peer``: the peer's ``track_subscribed`` waiter, made before
+        the peer published. The page's camera sid and the track the peer receives."""
+        published = await self.call("enableCameraAndMicrophone", timeout=MEDIA_CALL)
+        camera_sid: str = published["camera"]["sid"]
+        await self.wait_event(
+            "track_subscribed", {"identity": peer_identity, "source": "camera"}, timeout=MEDIA_CALL
+        )
+        track, _pub, _p = await at_peer.wait(
+            lambda t, pub, p: p.identity == identity and pub.sid == camera_sid, timeout=30
+        )
+        await self.call("startFrameClock", peer_identity, "camera")
+        return camera_sid, track
 
     async def hears(self, identity: str, source: str = "microphone") -> dict[str, Any]:
         """Wait until the decoded audio of ``identity``'s ``source`` carries energy."""
