@@ -200,6 +200,10 @@ async def test_a_track_crosses_to_a_node_once_for_three_subscribers(cluster: Clu
         assert relayed_in >= 0.8 * published
         # and fanned out there to all three
         assert delivered >= 2.7 * relayed_in
+        assert relayed_out >= 0.8 * published  # the relay's copy counts as relayed, not delivered
+        # the fast path serves both ends: the relay's copy on the origin, the three here
+        assert await metric(origin, "trackyard_sfu_lane_downtracks") >= 1
+        assert await metric(target, "trackyard_sfu_lane_downtracks") >= 3
 
 
 async def test_loss_on_the_relay_hop_is_repaired_across_it(cluster: Cluster) -> None:

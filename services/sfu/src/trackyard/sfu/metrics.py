@@ -218,6 +218,23 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "trackyard_sfu_clients", "Participants hosted here", value=len(sessions)
         )
+        copies = [dt for p in sessions.values() for dt in p.downtracks.values()]
+        copies += [
+            dt
+            for room in self._node.rooms.values()
+            for relay in room.relays.values()
+            for dt in relay.downtracks.values()
+        ]
+        yield GaugeMetricFamily(
+            "trackyard_sfu_downtracks",
+            "Subscriber copies of tracks sent from here (other nodes' relays included)",
+            value=len(copies),
+        )
+        yield GaugeMetricFamily(
+            "trackyard_sfu_lane_downtracks",
+            "Of those, the ones the native lane decides and sends (no Python per packet)",
+            value=sum(1 for dt in copies if dt.in_lane),
+        )
         mlines = sum(len(p.subscriber_pc.getTransceivers()) for p in sessions.values())
         yield GaugeMetricFamily(
             "trackyard_sfu_subscriber_media_sections",
