@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,6 @@ _RIDS = {
     models.VideoQuality.HIGH: "f",
 }
 
-_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)  # bundled: the first is all's
-_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
 
 _NOT_MEDIA_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}  # never a track's primary codec
 
@@ -185,12 +182,9 @@ class Publisher:
         """An offer with new ICE credentials is the SDK's ICE restart (every browser SDK
         resume sends one): aiortc would ignore it, so the connection takes them itself, and
         the client can move to a new path when its old one died (network change)."""
-        ufrag = _ICE_UFRAG.search(offer_sdp)
-        password = _ICE_PWD.search(offer_sdp)
-        if ufrag is None or password is None:
-            return
-        if rtphooks.restart_remote_ice(self.pc, ufrag.group(1), password.group(1)):
-            self.log.info("publisher ICE restarted by the client", ufrag=ufrag.group(1))
+        credentials = sdpparse.ice_credentials(offer_sdp)
+        if credentials is not None and rtphooks.restart_remote_ice(self.pc, *credentials):
+            self.log.info("publisher ICE restarted by the client", ufrag=credentials[0])
 
     def _bind_media(self, offer_sdp: str) -> None:
         """Pending tracks whose cid appears as an msid in the offer become published; published

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)  # bundled: the first is all's
+_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
+
+
+def ice_credentials(sdp: str) -> tuple[str, str] | None:
+    """The (ufrag, password) a description offers or answers with; None if it has none."""
+    ufrag = _ICE_UFRAG.search(sdp)
+    password = _ICE_PWD.search(sdp)
+    if ufrag is None or password is None:
+        return None
+    return ufrag.group(1), password.group(1)
 
 
 @dataclass(slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,6 +17,7 @@ from structlog.typing import FilteringBoundLogger
 from trackyard.core import ids
 from trackyard.core.config import LimitConfig
 from trackyard.sfu import rtphooks
+from trackyard.sfu import sdp as sdpparse
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.negotiation import SubscriberNegotiation
 from trackyard.sfu.rtpstats import TrafficCounters
@@ -26,8 +26,6 @@ from trackyard.sfu.trackcontract import TrackSource
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
 DATA_QUEUE_LIMIT = 256  # data packets held per channel until the participant's channel opens
-_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
-_ICE_PWD = re.compile(r"^a=ice-pwd:(\S+)", re.MULTILINE)
 
 
 class Subscriber:
@@ -97,12 +95,9 @@ class Subscriber:
             self.log.info("subscriber ICE restart offered", ufrag=ufrag)
 
     def _answer_applied(self, sdp: str) -> None:
-        ufrag = _ICE_UFRAG.search(sdp)
-        password = _ICE_PWD.search(sdp)
-        if ufrag is None or password is None:
-            return
-        if rtphooks.answered_local_ice(self.pc, ufrag.group(1), password.group(1)):
-            self.log.info("subscriber ICE restart answered", ufrag=ufrag.group(1))
+        credentials = sdpparse.ice_credentials(sdp)
+        if credentials is not None and rtphooks.answered_local_ice(self.pc, *credentials):
+            self.log.info("subscriber ICE restart answered", ufrag=credentials[0])
 
     # -- subscriptions ----------------------------------------------------------------------
 
