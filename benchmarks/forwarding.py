@@ -79,6 +79,7 @@ import pstats
 import resource
 import socket
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -230,6 +231,17 @@ def _media_payload_types(transceiver: RTCRtpTransceiver) -> set[int]:
     return {c.payload_type for c in transceiver_codecs(transceiver) if not c.is_rtx}
 
 
+SO_TIMESTAMPNS = 35  # Linux: a receive timestamp (struct timespec, CLOCK_REALTIME) per datagram
+_TIMESPEC = struct.Struct("=qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+READ_BATCH = 64  # datagrams read per wake-up of a kernel-timed socket
+ARRIVALS = ("kernel", "read")
+ARRIVAL_HELP = (
+    "when a subscriber's packet arrived: kernel = the socket's receive timestamp"
+    " (SO_TIMESTAMPNS); read = when the client process read it (includes its own lag)"
+)
+
+
 @dataclass
 class SubscriberCounter:
     """Counts a subscriber's RTP packets as they come off its socket.
@@ -237,13 +249,22 @@ class SubscriberCounter:
     SRTP leaves the RTP header in the clear: the counter reads payload type, sequence number
     and timestamp there and drops the packet (no SRTP, no parsing, no jitter buffer, no
     decoding: the subscriber side costs next to nothing, so it does not slow down or skew
-    what is measured). STUN, DTLS and RTCP go on to aiortc as usual."""
+    what is measured). STUN, DTLS and RTCP go on to aiortc as usual.
 
+    ``kernel_time``: a packet's arrival is the kernel's receive timestamp (``SO_TIMESTAMPNS``,
+    taken as the datagram reaches the socket) instead of when this process reads it. The
+    clients share the machine's cores with the SFU: during a keyframe fanned out to hundreds
+    of subscribers, this process reads its backlog late, and that lag is the benchmark's, not
+    the SFU's. The socket is then read in batches by the counter itself."""
+
+    kernel_time: bool = False
     # (arrival time, rtp timestamp, sequence number, size)
     arrivals: list[tuple[float, int, int, int]] = field(default_factory=list)
     other: int = 0  # RTX and anything not the media payload type
     media: set[int] = field(default_factory=set)  # the media payload types counted
     _hooked: set[int] = field(default_factory=set)  # ids of the sockets' protocols wrapped
+    # kernel_time: (arrival, seconds until read) of the last datagram of each read batch
+    read_lags: list[tuple[float, float]] = field(default_factory=list)
 
     def hook(self, pc: RTCPeerConnection) -> None:
         """Count ``pc``'s media packets. Hooking it again after a renegotiation (a LiveKit
@@ -251,32 +272,80 @@ class SubscriberCounter:
         wraps only sockets not wrapped yet, so no packet is counted twice."""
         for transceiver in pc.getTransceivers():
             self.media |= _media_payload_types(transceiver)
-        media = self.media
-        arrivals = self.arrivals
-        monotonic = time.monotonic
-        from_bytes = int.from_bytes
         for protocol in _ice_protocols(pc):
             if id(protocol) in self._hooked:
                 continue
             self._hooked.add(id(protocol))
-            inner = protocol.datagram_received
+            if self.kernel_time:
+                self._read_with_kernel_time(protocol)
+            else:
+                self._wrap(protocol)
 
-            def received(data: bytes, addr: Any, inner: Callable[..., None] = inner) -> None:
-                if not _is_rtp(data):
-                    inner(data, addr)
-                elif data[1] & 0x7F in media:
-                    arrivals.append(
-                        (
-                            monotonic(),
-                            from_bytes(data[4:8], "big"),
-                            (data[2] << 8) | data[3],
-                            len(data),
-                        )
-                    )
+    def _count(self, data: bytes, arrival: float) -> bool:
+        """Count ``data`` if it is RTP; False if it is for aiortc."""
+        if not _is_rtp(data):
+            return False
+        if data[1] & 0x7F in self.media:
+            self.arrivals.append(
+                (arrival, int.from_bytes(data[4:8], "big"), (data[2] << 8) | data[3], len(data))
+            )
+        else:
+            self.other += 1
+        return True
+
+    def _wrap(self, protocol: Any) -> None:
+        inner = protocol.datagram_received
+        count = self._count
+        monotonic = time.monotonic
+
+        def received(data: bytes, addr: Any) -> None:
+            if not count(data, monotonic()):
+                inner(data, addr)
+
+        protocol.__dict__["datagram_received"] = received
+
+    def _read_with_kernel_time(self, protocol: Any) -> None:
+        """Take over reading ``protocol``'s UDP socket (asyncio's selector transport) with
+        ``recvmsg``, its datagrams stamped by the kernel."""
+        transport = protocol.transport
+        sock: socket.socket = transport._sock  # the socket itself: extra_info's hides recvmsg
+        if sock.type != socket.SOCK_DGRAM:
+            self._wrap(protocol)
+            return
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
+        count = self._count
+        inner = protocol.datagram_received
+        unpack = _TIMESPEC.unpack_from
+        # CLOCK_REALTIME to the monotonic clock the publisher's send times use
+        shift = time.time() - time.monotonic()
+
+        lags = self.read_lags
+
+        def ready() -> None:
+            arrival = 0.0
+            for _ in range(READ_BATCH):
+                try:
+                    data, ancillary, _, addr = sock.recvmsg(65536, _ANCILLARY)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    protocol.error_received(exc)
+                    break
+                if ancillary:
+                    sec, nsec = unpack(ancillary[0][2])
+                    arrival = sec + nsec * 1e-9 - shift
                 else:
-                    self.other += 1
+                    arrival = time.monotonic()
+                if not count(data, arrival):
+                    inner(data, addr)
+            if arrival:
+                lags.append((arrival, time.monotonic() - arrival))
 
-            protocol.__dict__["datagram_received"] = received
+        # the private pair: the public one refuses an fd a transport owns
+        loop._remove_reader(fd)  # type: ignore[attr-defined]
+        loop._add_reader(fd, ready)  # type: ignore[attr-defined]  # the transport's close removes it
 
 
 class ClientSide:
@@ -292,6 +361,7 @@ class ClientSide:
         # peers that rewrite sequence numbers and timestamps (Janus): matched by payload
         self.sent_content: list[bycontent.Sent] = []
         self.content_subs: dict[int, bycontent.ContentCounter] = {}
+        self.kernel_time = False  # SubscriberCounter.kernel_time, set by op_init
 
     def new_pc(self, subscriber: bool, host: str = LOOPBACK) -> RTCPeerConnection:
         pc = make_peer_connection(None, host, [], decode_unattached=not subscriber)
@@ -300,7 +370,9 @@ class ClientSide:
 
     # ops ---------------------------------------------------------------------------------
 
-    async def op_init(self) -> dict[str, Any]:
+    async def op_init(self, arrival: str = "read") -> dict[str, Any]:
+        """Encode the stream; ``arrival`` "kernel" times packets by SO_TIMESTAMPNS."""
+        self.kernel_time = arrival == "kernel"
         started = time.perf_counter()
         self.frames = await asyncio.get_running_loop().run_in_executor(None, encode_stream)
         info = stream_info(self.frames)
@@ -383,7 +455,7 @@ class ClientSide:
             by_payload.hook(pc, media)
             self.content_subs[index] = by_payload
             return str(pc.localDescription.sdp)
-        counter = SubscriberCounter()
+        counter = SubscriberCounter(kernel_time=self.kernel_time)
         counter.hook(pc)
         self.subs[index] = counter
         return str(pc.localDescription.sdp)
@@ -480,6 +552,12 @@ class ClientSide:
             "latency_ms": percentiles(lat_all, (50, 90, 99), 3),
             "latency_delta_ms": percentiles(lat_delta, (50, 90, 99), 3),
             "latency_key_ms": percentiles(lat_key, (50, 90, 99), 3),
+            "arrival": "kernel" if self.kernel_time else "read",
+            "client_read_lag_ms": percentiles(
+                [lag * 1000 for c in self.subs.values() for t, lag in c.read_lags if t0 <= t <= t1],
+                (50, 99),
+                3,
+            ),
         }
 
     async def op_reset(self) -> None:
@@ -1065,6 +1143,7 @@ async def main(
     profile: bool,
     peers: list[str] | None = None,
     saturate_sizes: list[int] | None = None,
+    arrival: str = "read",
 ) -> dict[str, Any]:
     peers = peers or ["trackyard"]
     janus = ""
@@ -1076,7 +1155,7 @@ async def main(
     naive: list[dict[str, Any]] = []
     sections: dict[str, dict[str, Any]] = {}
     try:
-        stream = await clients.call("init", timeout=120)
+        stream = await clients.call("init", timeout=120, arrival=arrival)
         print(
             f"stream: VP8 {WIDTH}x{HEIGHT}@{FPS} {stream['kbps']} kbps, "
             f"{stream['packets_per_second']} packets/s, keyframe every {KEYFRAME_INTERVAL} s "
@@ -1233,6 +1312,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--saturate-sizes", default=SATURATE_SIZES, help="the N tried by --saturate, in order"
     )
+    parser.add_argument("--arrival", choices=ARRIVALS, default="read", help=ARRIVAL_HELP)
     parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients_fd is not None:
@@ -1250,6 +1330,7 @@ if __name__ == "__main__":
             args.profile,
             peers,
             _sizes(args.saturate_sizes) if args.saturate else None,
+            args.arrival,
         )
     )
     result["command"] = " ".join(["python -m benchmarks.forwarding", *sys.argv[1:]])

@@ -88,6 +88,8 @@ import httpx
 import psutil
 
 from benchmarks.forwarding import (
+    ARRIVAL_HELP,
+    ARRIVALS,
     BITRATE,
     FPS,
     HEIGHT,
@@ -133,9 +135,9 @@ class CountingSubscriber(Tester):
     """A LiveKit subscriber whose connection counts RTP as ``forwarding``'s subscribers do
     (arrival time, RTP timestamp, sequence number), for latency matching."""
 
-    def __init__(self, name: str, url: str, room: str) -> None:
+    def __init__(self, name: str, url: str, room: str, kernel_time: bool) -> None:
         super().__init__(name, url, _token(name, room, publish=False), room, subscribe=True)
-        self.counter = SubscriberCounter()
+        self.counter = SubscriberCounter(kernel_time=kernel_time)
 
     def _hook_sockets(self, pc: Any) -> None:
         # called after every offer: the counter adds the new payload types, wraps new sockets
@@ -225,7 +227,7 @@ class SpanClientSide(ClientSide):
         """Join ``count`` subscribers, ``concurrency`` at a time (1: in order); returns the
         node each joined, or ``error: ...``."""
         self.per_subscriber = per_subscriber
-        subs = [CountingSubscriber(f"sub-{i}", url, room) for i in range(count)]
+        subs = [CountingSubscriber(f"sub-{i}", url, room, self.kernel_time) for i in range(count)]
         self.testers += subs
         for i, sub in enumerate(subs):
             self.subs[i] = sub.counter
@@ -710,6 +712,7 @@ async def main(
     hop_rounds: int,
     dump: Path | None = None,
     log_level: str = "warn",
+    arrival: str = "kernel",
 ) -> dict[str, Any]:
     per_k: dict[str, dict[str, Any]] = {}
     hop: dict[str, Any] | None = None
@@ -717,7 +720,7 @@ async def main(
         clients = await Clients.start("benchmarks.span")
         bench = Bench(redis, Path(work), clients, dump, log_level)
         try:
-            stream = await clients.call("init", timeout=120)
+            stream = await clients.call("init", timeout=120, arrival=arrival)
             print(
                 f"stream: VP8 {WIDTH}x{HEIGHT}@{FPS} {stream['kbps']} kbps,"
                 f" {stream['packets_per_second']} packets/s, keyframe every {KEYFRAME_INTERVAL} s;"
@@ -789,6 +792,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--out", default=str(RESULTS / "span.json"), help="where the results JSON goes"
     )
+    parser.add_argument("--arrival", choices=ARRIVALS, default="kernel", help=ARRIVAL_HELP)
     parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients_fd is not None:
@@ -804,6 +808,7 @@ if __name__ == "__main__":
             args.hop_rounds,
             Path(args.dump) if args.dump else None,
             args.log_level,
+            args.arrival,
         )
     )
     result["command"] = " ".join(["python -m benchmarks.span", *sys.argv[1:]])
