@@ -3,9 +3,14 @@ with TURN REST credentials coturn (``use-auth-secret``) accepts, and media flows
 relay: for a client forced to relay-only ICE, for a client whose direct UDP to the SFU (and to
 coturn) is dropped by an nftables rule (TURN over TCP), and for a node that relays its own side.
 
-Proof that the relay carries the media, not just that media arrives: the client's selected ICE
-candidate pair (the SDK's WebRTC stats) has a local candidate of type RELAY over the expected
-protocol and carries bytes, and coturn's log shows the allocation for that participant's sid.
+Proof that the relay carries the media, not just that media arrives: in the SDK's WebRTC stats,
+every candidate pair of both peer connections that carried bytes has a local candidate of type
+RELAY on coturn's relay ports (over TCP when UDP is blocked), relay pairs carried bytes both ways,
+and coturn's log shows the allocation for that participant's sid. Every candidate pair that
+carried bytes is checked, not only the selected one: with both a UDP and a TCP allocation the
+selected pair is not settled when media flows (the SFU, aioice, nominates aggressively on the
+subscriber connection and sends on the last nominated pair, which need not be the client's
+selected one), and a relay-only client may end up on either allocation.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from livekit import rtc
@@ -24,18 +30,24 @@ from tests.support.media import dominant_tone, pattern_video, read_numbers, tone
 from tests.support.nft import input_rules
 from tests.support.sdk import EventWaiter, connected
 from tests.support.trackyard import TrackyardProcess
-from tests.support.turn import NETNS_ADDRESS, TurnServer
+from tests.support.turn import NETNS_ADDRESS, TurnServer, ephemeral_ports
 
 pytestmark = pytest.mark.sdk
 
 SFU_PORTS = (45000, 45499)
-RELAY_PORTS = (46000, 46199)
+# Below the kernel's ephemeral range (32768-60999 in a fresh namespace): the clients' host
+# candidates bind ephemeral ports on the same address as coturn's relay, and ``udp_blocked``
+# lets UDP from the relay ports through; a host socket that landed in the relay range got
+# through too (the selected "relayed" pair was HOST 10.213.0.1:460xx in a few CI runs).
+RELAY_PORTS = (30000, 30199)
 NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
 RELAY_ONLY = rtc.RoomOptions(
     rtc_config=rtc.RtcConfiguration(ice_transport_type=rtc.IceTransportType.TRANSPORT_RELAY)
 )
 Candidate = stats_pb2.IceCandidateStats
 RELAY = stats_pb2.IceCandidateType.RELAY
+UDP = stats_pb2.IceServerTransportProtocol.TRANSPORT_UDP
+TCP = stats_pb2.IceServerTransportProtocol.TRANSPORT_TCP
 
 
 browser = browser_fixture()
@@ -43,6 +55,11 @@ browser = browser_fixture()
 
 @pytest.fixture(scope="module")
 def turn(netns: None) -> Iterator[TurnServer]:
+    low, high = ephemeral_ports()
+    assert RELAY_PORTS[1] < low or RELAY_PORTS[0] > high, (
+        f"coturn's relay ports {RELAY_PORTS} overlap the ephemeral ports {low}-{high}: a client's"
+        " host candidate could pass udp_blocked's rule for relayed packets"
+    )
     with TurnServer(relay_ports=RELAY_PORTS) as server:
         yield server
 
@@ -68,42 +85,116 @@ def server(turn: TurnServer) -> Iterator[TrackyardProcess]:
         assert proc.alive(), f"server died during the module:\n{proc.logs()}"
 
 
-async def _selected_local_candidates(room: rtc.Room) -> list[tuple[Candidate, int]]:
-    """Per peer connection: the local candidate of the selected pair and the bytes the pair
-    carried both ways (WebRTC stats of the SDK)."""
+@dataclass(frozen=True)
+class Pair:
+    """One ICE candidate pair of one of the SDK's peer connections, from its WebRTC stats."""
+
+    pc: str  # "publisher" | "subscriber"
+    local: Candidate
+    remote: Candidate
+    state: stats_pb2.IceCandidatePairState.ValueType
+    nominated: bool
+    selected: bool
+    sent: int
+    received: int
+
+    def __str__(self) -> str:
+        def show(c: Candidate) -> str:
+            kind = (
+                stats_pb2.IceCandidateType.Name(c.candidate_type)
+                if c.HasField("candidate_type")
+                else "?"
+            )
+            relay = (
+                "/" + stats_pb2.IceServerTransportProtocol.Name(c.relay_protocol)
+                if c.HasField("relay_protocol")
+                else ""
+            )
+            return f"{kind}{relay} {c.address}:{c.port}/{c.protocol}"
+
+        state = stats_pb2.IceCandidatePairState.Name(self.state)
+        flags = ("selected " if self.selected else "") + ("nominated " if self.nominated else "")
+        return (
+            f"{self.pc}: {show(self.local)} -> {show(self.remote)} {state} {flags}"
+            f"bytes {self.sent} sent, {self.received} received"
+        )
+
+
+async def _pairs(room: rtc.Room) -> list[Pair]:
+    """Every candidate pair of both peer connections (the SDK's WebRTC stats)."""
     stats = await asyncio.wait_for(room.get_rtc_stats(), 10)
     out = []
-    for report in (stats.publisher_stats, stats.subscriber_stats):
-        pairs = {
-            s.candidate_pair.rtc.id: s.candidate_pair.candidate_pair
-            for s in report
-            if s.HasField("candidate_pair")
+    for pc, report in (
+        ("publisher", stats.publisher_stats),
+        ("subscriber", stats.subscriber_stats),
+    ):
+        candidates = {
+            **{
+                s.local_candidate.rtc.id: s.local_candidate.candidate
+                for s in report
+                if s.HasField("local_candidate")
+            },
+            **{
+                s.remote_candidate.rtc.id: s.remote_candidate.candidate
+                for s in report
+                if s.HasField("remote_candidate")
+            },
         }
-        locals_ = {
-            s.local_candidate.rtc.id: s.local_candidate.candidate
+        selected = {
+            s.transport.transport.selected_candidate_pair_id
             for s in report
-            if s.HasField("local_candidate")
+            if s.HasField("transport")
         }
         for s in report:
-            if s.HasField("transport") and s.transport.transport.selected_candidate_pair_id:
-                pair = pairs[s.transport.transport.selected_candidate_pair_id]
+            if s.HasField("candidate_pair"):
+                p = s.candidate_pair.candidate_pair
                 out.append(
-                    (locals_[pair.local_candidate_id], pair.bytes_sent + pair.bytes_received)
+                    Pair(
+                        pc,
+                        candidates.get(p.local_candidate_id, Candidate()),
+                        candidates.get(p.remote_candidate_id, Candidate()),
+                        p.state,
+                        p.nominated,
+                        s.candidate_pair.rtc.id in selected,
+                        p.bytes_sent,
+                        p.bytes_received,
+                    )
                 )
     return out
 
 
-async def _assert_relayed(room: rtc.Room, relay_protocol: int) -> None:
-    selected = await _selected_local_candidates(room)
-    assert len(selected) == 2, selected  # publisher and subscriber peer connections
-    for candidate, carried in selected:
-        assert candidate.candidate_type == RELAY, candidate
-        assert candidate.relay_protocol == relay_protocol, candidate
-        assert (
-            candidate.address == NETNS_ADDRESS
-            and RELAY_PORTS[0] <= candidate.port <= RELAY_PORTS[1]
+def _is_relay(candidate: Candidate, protocols: tuple[int, ...]) -> bool:
+    """A relay candidate of our coturn over one of ``protocols`` (client to coturn)."""
+    return (
+        candidate.HasField("candidate_type")
+        and candidate.candidate_type == RELAY
+        and candidate.HasField("relay_protocol")
+        and candidate.relay_protocol in protocols
+        and candidate.address == NETNS_ADDRESS
+        and RELAY_PORTS[0] <= candidate.port <= RELAY_PORTS[1]
+    )
+
+
+async def _assert_relayed(
+    room: rtc.Room,
+    protocols: tuple[int, ...],
+    pcs: tuple[str, ...] = ("publisher", "subscriber"),
+) -> None:
+    """Everything the peer connections ``pcs`` carried went through coturn: each pair that
+    carried bytes (selected or not) is relayed over ``protocols``, and relay pairs carried bytes
+    both ways on each of them."""
+    pairs = await _pairs(room)
+    listing = "\n".join(map(str, pairs))
+    for pc in pcs:
+        carried = [p for p in pairs if p.pc == pc and (p.sent or p.received)]
+        assert all(_is_relay(p.local, protocols) for p in carried), f"{pc} not relayed:\n{listing}"
+        assert sum(p.sent for p in carried) > 0, f"{pc} sent nothing:\n{listing}"
+        assert sum(p.received for p in carried) > 0, f"{pc} received nothing:\n{listing}"
+        # a selected pair that is not relayed would carry the next packets
+        selected = [p for p in pairs if p.pc == pc and p.selected]
+        assert selected and all(_is_relay(p.local, protocols) for p in selected), (
+            f"{pc}:\n{listing}"
         )
-        assert carried > 0, candidate
 
 
 def _increasing(numbers: list[int]) -> bool:
@@ -131,8 +222,8 @@ async def test_join_response_carries_turn_servers(
     # the relay-only client can only connect with a TURN server from the JoinResponse: its own
     # RtcConfiguration names none
     async with connected(server.ws_url, "relayed", room_name, options=RELAY_ONLY) as room:
-        (candidate, _), *_ = await _selected_local_candidates(room)
-        assert candidate.candidate_type == RELAY
+        # connect() returns once the subscriber connection is up; the publisher's may not be
+        await _assert_relayed(room, (UDP, TCP), pcs=("subscriber",))
         sid = room.local_participant.sid
     users = [user for _, user in turn.allocations()]
     assert any(user.endswith(f":{sid}") for user in users), (users, turn.logs())
@@ -146,7 +237,8 @@ async def test_relay_only_client_exchanges_media_through_coturn(
         connected(server.ws_url, "direct", room_name) as direct,
     ):
         await _exchange_media(relayed, direct)
-        await _assert_relayed(relayed, stats_pb2.IceServerTransportProtocol.TRANSPORT_UDP)
+        # relay-only: either allocation (UDP or TCP to coturn) may end up carrying the media
+        await _assert_relayed(relayed, (UDP, TCP))
         sid = relayed.local_participant.sid
     assert any(user.endswith(f":{sid}") for _, user in turn.allocations()), turn.logs()
 
@@ -154,8 +246,10 @@ async def test_relay_only_client_exchanges_media_through_coturn(
 @contextlib.contextmanager
 def udp_blocked(turn: TurnServer) -> Iterator[list[str]]:
     """A firewall letting no UDP reach the SFU's ports or coturn's listening port, except what
-    coturn relays (from its relay ports): only TURN over TCP gets through. Yields the drop
-    counters' listing, filled on exit."""
+    coturn relays (from its relay ports): only TURN over TCP gets through. The clients share
+    coturn's address, so the relay ports must be ports no client socket binds (outside the
+    ephemeral range, checked by the ``turn`` fixture). Yields the drop counters' listing,
+    filled on exit."""
     with input_rules(
         "trackyard_turn_fw",
         f"udp dport {SFU_PORTS[0]}-{SFU_PORTS[1]}"
@@ -175,7 +269,7 @@ async def test_udp_blocked_client_gets_media_over_turn_tcp(
         ):
             await _exchange_media(one, two)
             for room in (one, two):
-                await _assert_relayed(room, stats_pb2.IceServerTransportProtocol.TRANSPORT_TCP)
+                await _assert_relayed(room, (TCP,))
     # the rule did drop direct attempts (ICE checks to the SFU's host candidate)
     dropped = [int(line.split("packets ")[1].split()[0]) for line in counters]
     assert dropped and dropped[0] > 0, counters
@@ -217,7 +311,10 @@ async def test_browser_relay_only_exchanges_media_through_coturn(
             await page.hears(other)
         selected = await relayed.call("selectedCandidates")
         assert [c["type"] for c in selected] == ["relay", "relay"], selected
-        assert all(c["relayProtocol"] == "udp" and c["bytes"] > 0 for c in selected), selected
+        # relay-only: either allocation (UDP or TCP to coturn) may end up selected
+        assert all(c["relayProtocol"] in ("udp", "tcp") and c["bytes"] > 0 for c in selected), (
+            selected
+        )
         direct_selected = await direct.call("selectedCandidates")
         assert all(c["type"] == "host" for c in direct_selected), direct_selected
     users = [user for _, user in turn.allocations()]

@@ -2,9 +2,10 @@
 
 Started with ``use-auth-secret`` + ``static-auth-secret`` (TURN REST ephemeral credentials, what
 ``rtc.turn_servers[].secret`` makes), listening on ``10.213.0.1`` (UDP and TCP, one free port)
-and relaying from that address on its own port range, no TLS, its own temp dir and log file.
-Start-up is bounded; ``stop()`` kills it. Its log names each allocation with the username,
-which is how tests prove a client's media went through the relay.
+and relaying from that address on its own port range (by default below the kernel's ephemeral
+ports, so no client socket on the same address can share a relay port), no TLS, its own temp
+dir and log file. Start-up is bounded; ``stop()`` kills it. Its log names each allocation with
+the username, which is how tests prove a client's media went through the relay.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def find_turnserver() -> str:
     return path
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The namespace's ephemeral port range (``net.ipv4.ip_local_port_range``): the ports the
+    kernel picks for sockets bound to port 0, as libwebrtc binds its host candidates."""
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
 def _accepts_tcp(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -58,7 +66,7 @@ class TurnServer:
         self,
         host: str = NETNS_ADDRESS,
         *,
-        relay_ports: tuple[int, int] = (46000, 46199),
+        relay_ports: tuple[int, int] = (30000, 30199),
         secret: str | None = None,
     ) -> None:
         self.binary = find_turnserver()
