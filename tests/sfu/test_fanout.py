@@ -16,7 +16,7 @@ from trackyard.sfu import fanout
 from trackyard.sfu.fanout import Copy, Fanout, NativeFanout, PyFanout
 from trackyard.sfu.native import build
 from trackyard.sfu.rtpstats import TrafficCounters
-from trackyard.sfu.trackcontract import ForwardedPacket
+from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink, with_sink
 
 KEY = bytes(range(30))  # AES_CM_128 master key + salt
 
@@ -222,3 +222,41 @@ def test_the_lane_credits_each_copy_to_its_own_counters(
     assert (clients.packets_out, clients.bytes_out) == (2, 200)
     assert (relay.packets_out, relay.bytes_out) == (1, 100)
     assert sorted(len(rx.recv(2048)) for _ in range(3)) == [112, 112, 112]  # header + 100
+
+
+def test_copies_added_ahead_go_out_first(udp: tuple[socket.socket, socket.socket]) -> None:
+    """A relay's copy feeds another node's fan-out, so it leaves before the subscribers'
+    copies, whatever the order the copies joined and left the lane in."""
+    tx, rx = udp
+    fan = NativeFanout(lane=True)
+    copies: dict[int, Copy] = {}
+
+    def join(ssrc: int, ahead: bool) -> None:
+        c = fan.new_copy()
+        c.set_route(Route(None, tx, rx.getsockname()))
+        c.fields.ssrc = ssrc
+        c.enter_lane((5, 0, 96, 100), (0, 0, 0, -1, -1, 0, 0), (0, 0, 0, -1, -1, -1), 0.0)
+        assert fan.lane_add(c, object(), 1, None, ahead=ahead)  # type: ignore[arg-type]
+        copies[ssrc] = c
+
+    for ssrc in (1, 2, 100, 3, 101, 4, 102):  # ahead: 100 and up
+        join(ssrc, ssrc >= 100)
+    for ssrc in (100, 2, 4):
+        fan.lane_remove(copies.pop(ssrc))
+    join(103, True)
+    join(5, False)
+    rtp = RtpPacket(payload_type=96, ssrc=5, sequence_number=1, timestamp=0, payload=b"p" * 10)
+    packet = ForwardedPacket(rtp, fan)
+    packet.n = 1
+    assert fan.forward(packet, True, -1) == []
+    order = [int.from_bytes(rx.recv(2048)[8:12], "big") for _ in copies]
+    assert sorted(order[:3]) == [101, 102, 103]
+    assert sorted(order[3:]) == [1, 3, 5]
+
+
+def test_sinks_added_ahead_come_first() -> None:
+    sinks: tuple[PacketSink, ...] = ()
+    a, b, relay = object(), object(), object()
+    for sink, ahead in ((a, False), (b, False), (relay, True)):
+        sinks = with_sink(sinks, sink, ahead)  # type: ignore[arg-type]
+    assert sinks == (relay, a, b)

@@ -120,9 +120,14 @@ class DownTrack:
         history_size: int | None = None,
         counters: TrafficCounters | None = None,
         rtcp_interval: float = 1.0,
+        ahead: bool = False,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
-        self.uptrack = uptrack  # the source (TrackSource); named as before for callers
+        """``ahead``: this copy feeds another fan-out (a relay to another node), so it is sent
+        before the subscribers' copies of each packet: the other node's subscribers then wait
+        for the hop only, not for this node's whole fan-out too."""
+        self.uptrack = uptrack
+        self.ahead = ahead  # the source (TrackSource); named as before for callers
         self.kind = uptrack.kind
         self.transceiver = transceiver
         self.counters = counters
@@ -194,7 +199,7 @@ class DownTrack:
         self._prefer_codec()
         rtphooks.hook_sender(self._sender, self, rtcp_interval=rtcp_interval)
         self._retarget()
-        uptrack.add_sink(self)
+        uptrack.add_sink(self, ahead=self.ahead)
 
     # --- public surface -----------------------------------------------------------------
 
@@ -330,7 +335,7 @@ class DownTrack:
         self._update_route()  # the copy comes from the new source's fan-out
         rtphooks.set_sender_msid(self._sender, stream_id, track_id)
         self.carried.add(stream_id)
-        uptrack.add_sink(self)
+        uptrack.add_sink(self, ahead=self.ahead)
         self._retarget()
         self.uptrack.request_keyframe(self._fwd.target)
 
@@ -370,7 +375,9 @@ class DownTrack:
             self._last_sent,
         )
         # from the next packet on: this one is in the batch already
-        self._lane = packet.fanout.lane_add(copy, self, packet.n + 1, self.counters)
+        self._lane = packet.fanout.lane_add(
+            copy, self, packet.n + 1, self.counters, ahead=self.ahead
+        )
         self._lane_ok = self._lane  # refused: stays on the Python path
 
     def _lane_leave(self) -> None:

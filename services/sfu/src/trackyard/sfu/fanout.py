@@ -189,10 +189,17 @@ class Fanout(Protocol):
         ...
 
     def lane_add(
-        self, copy: Copy, owner: PacketSink, start: int, counters: TrafficCounters | None
+        self,
+        copy: Copy,
+        owner: PacketSink,
+        start: int,
+        counters: TrafficCounters | None,
+        *,
+        ahead: bool = False,
     ) -> bool:
         """C decides ``copy``'s packets from packet number ``start`` on and credits them to
-        ``counters``; False: not taken (the lane serves few distinct counters objects)."""
+        ``counters``; False: not taken (the lane serves few distinct counters objects).
+        ``ahead``: sent before the copies not ahead (it feeds another node's fan-out)."""
         ...
 
     def lane_remove(self, copy: Copy) -> None: ...
@@ -310,7 +317,13 @@ class PyFanout:
         return 0
 
     def lane_add(
-        self, copy: Copy, owner: PacketSink, start: int, counters: TrafficCounters | None
+        self,
+        copy: Copy,
+        owner: PacketSink,
+        start: int,
+        counters: TrafficCounters | None,
+        *,
+        ahead: bool = False,
     ) -> bool:
         return False
 
@@ -533,6 +546,7 @@ class NativeFanout:
         self._lane_cap = FIRST_CAPACITY
         self._lane_copies: list[NativeCopy] = []
         self._owners: list[PacketSink] = []
+        self._n_ahead = 0  # the lane's first copies, added with ahead
         self._deferred = self._ffi.new("int32_t[]", FIRST_CAPACITY)
         self._n_deferred = self._ffi.new("int32_t *")
         self._number = 0  # packets handed out (next_number)
@@ -566,7 +580,13 @@ class NativeFanout:
         return self._number
 
     def lane_add(
-        self, copy: Copy, owner: PacketSink, start: int, counters: TrafficCounters | None
+        self,
+        copy: Copy,
+        owner: PacketSink,
+        start: int,
+        counters: TrafficCounters | None,
+        *,
+        ahead: bool = False,
     ) -> bool:
         assert isinstance(copy, NativeCopy) and self.lane and copy.lane_index < 0
         credit = _CREDITS  # none
@@ -583,12 +603,27 @@ class NativeFanout:
             self._lane, self._lane_cap = self._grow(self._lane, self._lane_cap, n)
             self._deferred = self._ffi.new("int32_t[]", self._lane_cap)
         copy._c.lane_from = start & 0xFFFFFFFF
-        self._lane[n] = copy._c
         self._lane_copies.append(copy)
         self._owners.append(owner)
-        copy.lane_index = n
+        if ahead:  # the prefix of copies ahead grows: its next slot's copy goes to the end
+            slot, self._n_ahead = self._n_ahead, self._n_ahead + 1
+            if slot != n:
+                self._move(slot, n)
+            self._owners[slot] = owner
+            n = slot
+        self._place(copy, n)
         self.lane_version += 1
         return True
+
+    def _place(self, copy: NativeCopy, i: int) -> None:
+        self._lane[i] = copy._c
+        self._lane_copies[i] = copy
+        copy.lane_index = i
+
+    def _move(self, src: int, dst: int) -> None:
+        """Lane slot ``src``'s copy and owner to slot ``dst``."""
+        self._place(self._lane_copies[src], dst)
+        self._owners[dst] = self._owners[src]
 
     def lane_remove(self, copy: Copy) -> None:
         assert isinstance(copy, NativeCopy)
@@ -596,12 +631,13 @@ class NativeFanout:
         if i < 0:
             return
         last = len(self._lane_copies) - 1
-        if i != last:  # the last one takes its place
-            moved = self._lane_copies[last]
-            self._lane[i] = moved._c
-            self._lane_copies[i] = moved
-            self._owners[i] = self._owners[last]
-            moved.lane_index = i
+        if i < self._n_ahead:  # the last ahead fills it; the last of all fills that
+            self._n_ahead -= 1
+            if i != self._n_ahead:
+                self._move(self._n_ahead, i)
+            i = self._n_ahead
+        if i != last:
+            self._move(last, i)
         self._lane_copies.pop()
         self._owners.pop()
         copy.lane_index = -1

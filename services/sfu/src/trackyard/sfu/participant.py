@@ -181,6 +181,7 @@ class Participant:
             services.make_peer_connection(),
             counters=services.counters,
             history_size=config.rtc.packet_buffer_size,
+            ahead=bool(start.relay_node),  # feeds another node's fan-out
             limit=config.limit,
             spawn=services.spawn,
             send_offer=self._send_offer,

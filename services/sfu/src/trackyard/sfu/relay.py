@@ -35,7 +35,7 @@ from trackyard.sfu.audiolevel import AudioLevel, AudioLevelSettings
 from trackyard.sfu.fanout import Fanout, LaneFilter, make_fanout
 from trackyard.sfu.rtphooks import CodecInfo
 from trackyard.sfu.rtpstats import TrafficCounters
-from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink
+from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink, with_sink
 from trackyard.sfu.uptrack import RING_AUDIO, RING_VIDEO, LayerSpec, UpTrack, choose_layer
 
 log = structlog.get_logger(__name__)
@@ -268,11 +268,11 @@ class RelayedSource:
                 return stream.sender_report(ssrc)
         return None
 
-    def add_sink(self, sink: PacketSink) -> None:
+    def add_sink(self, sink: PacketSink, *, ahead: bool = False) -> None:
         if self._closed:
             sink.source_closed()
             return
-        self._sinks = (*self._sinks, sink)
+        self._sinks = with_sink(self._sinks, sink, ahead)
 
     def remove_sink(self, sink: PacketSink) -> None:
         self._sinks = tuple(s for s in self._sinks if s is not sink)

@@ -35,6 +35,7 @@ class Subscriber:
         *,
         counters: TrafficCounters,
         history_size: int,
+        ahead: bool = False,
         limit: LimitConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         send_offer: Callable[[str, int], None],
@@ -42,10 +43,12 @@ class Subscriber:
         on_ready: Callable[[], None],
         log: FilteringBoundLogger,
     ) -> None:
-        """``on_ready``: called when the connection or a data channel came up (see ``ready``)."""
+        """``on_ready``: called when the connection or a data channel came up (see ``ready``).
+        ``ahead``: the subscriber is a relay to another node (``DownTrack``'s ``ahead``)."""
         self.pc = pc
         self._counters = counters
         self._history_size = history_size
+        self._ahead = ahead
         self._limit = limit
         self._on_ready = on_ready
         self.log = log
@@ -134,6 +137,7 @@ class Subscriber:
                 track_id=track_sid,
                 counters=self._counters,
                 history_size=self._history_size,
+                ahead=self._ahead,
                 logger=self.log,  # room and participant context in the media plane's logs
             )
         self.downtracks[track_sid] = dt

@@ -164,8 +164,9 @@ class TrackSource(Protocol):
         """The batch its packets' copies are sent through (sinks take their ``Copy`` here)."""
         ...
 
-    def add_sink(self, sink: PacketSink) -> None:
-        """Start handing ``sink`` packets (a closed source calls ``sink.source_closed()``)."""
+    def add_sink(self, sink: PacketSink, *, ahead: bool = False) -> None:
+        """Start handing ``sink`` packets (a closed source calls ``sink.source_closed()``);
+        ``ahead``: before the sinks not ahead (see ``with_sink``)."""
         ...
 
     def remove_sink(self, sink: PacketSink) -> None: ...
@@ -173,3 +174,11 @@ class TrackSource(Protocol):
     def wanted_changed(self) -> None:
         """A sink's ``desired_layer`` changed."""
         ...
+
+
+def with_sink(
+    sinks: tuple[PacketSink, ...], sink: PacketSink, ahead: bool
+) -> tuple[PacketSink, ...]:
+    """``sinks`` with ``sink`` added: the sinks feeding another fan-out (relays to other
+    nodes) first, so their copies of a packet go out before the subscribers' copies."""
+    return (sink, *sinks) if ahead else (*sinks, sink)

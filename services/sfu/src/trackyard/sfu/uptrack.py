@@ -90,6 +90,7 @@ from trackyard.sfu.trackcontract import (
     QUALITY_OFF,
     ForwardedPacket,
     PacketSink,
+    with_sink,
 )
 from trackyard.sfu.vp8 import Vp8Descriptor, parse_vp8
 
@@ -373,11 +374,11 @@ class UpTrack:
             info = self._learn_pt(payload_type)
         return info
 
-    def add_sink(self, sink: PacketSink) -> None:
+    def add_sink(self, sink: PacketSink, *, ahead: bool = False) -> None:
         if self._closed:
             sink.source_closed()
             return
-        self._sinks = (*self._sinks, sink)
+        self._sinks = with_sink(self._sinks, sink, ahead)
         self.wanted_changed()
 
     def remove_sink(self, sink: PacketSink) -> None:
