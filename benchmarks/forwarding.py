@@ -79,7 +79,6 @@ import pstats
 import resource
 import socket
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -111,6 +110,7 @@ from benchmarks.stats import percentiles
 from trackyard.loadtest.media import EncodedFrame, ReplayTrack
 from trackyard.loadtest.media import ice_protocols as _ice_protocols
 from trackyard.loadtest.media import is_rtp as _is_rtp
+from trackyard.loadtest.rtpcount import Counter, NativeCounter, PyCounter, make_counter
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.portrange import make_peer_connection
 from trackyard.sfu.rtphooks import transceiver_codecs
@@ -231,14 +231,12 @@ def _media_payload_types(transceiver: RTCRtpTransceiver) -> set[int]:
     return {c.payload_type for c in transceiver_codecs(transceiver) if not c.is_rtx}
 
 
-SO_TIMESTAMPNS = 35  # Linux: a receive timestamp (struct timespec, CLOCK_REALTIME) per datagram
-_TIMESPEC = struct.Struct("=qq")
-_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
-READ_BATCH = 64  # datagrams read per wake-up of a kernel-timed socket
-ARRIVALS = ("kernel", "read")
+ARRIVALS = ("kernel", "kernel-python", "read")
 ARRIVAL_HELP = (
-    "when a subscriber's packet arrived: kernel = the socket's receive timestamp"
-    " (SO_TIMESTAMPNS); read = when the client process read it (includes its own lag)"
+    "when a subscriber's packet arrived: kernel = its socket's receive timestamp"
+    " (SO_TIMESTAMPNS), the sockets read by trackyard.loadtest.rtpcount's C thread;"
+    " kernel-python = the same read by its Python reference on the event loop; read = when"
+    " the client process's event loop read it (its own lag included)"
 )
 
 
@@ -248,23 +246,21 @@ class SubscriberCounter:
 
     SRTP leaves the RTP header in the clear: the counter reads payload type, sequence number
     and timestamp there and drops the packet (no SRTP, no parsing, no jitter buffer, no
-    decoding: the subscriber side costs next to nothing, so it does not slow down or skew
-    what is measured). STUN, DTLS and RTCP go on to aiortc as usual.
+    decoding). STUN, DTLS and RTCP go on to aiortc as usual.
 
-    ``kernel_time``: a packet's arrival is the kernel's receive timestamp (``SO_TIMESTAMPNS``,
-    taken as the datagram reaches the socket) instead of when this process reads it. The
-    clients share the machine's cores with the SFU: during a keyframe fanned out to hundreds
-    of subscribers, this process reads its backlog late, and that lag is the benchmark's, not
-    the SFU's. The socket is then read in batches by the counter itself."""
+    With a ``counter`` (``trackyard.loadtest.rtpcount``), it reads the sockets and a packet's
+    arrival is the kernel's receive timestamp, taken as the datagram reaches the socket; the
+    client process's own lag (it reads hundreds of copies of each keyframe on the cores the
+    SFU uses) is then not counted as the SFU's latency. Its records land in ``arrivals`` at
+    ``ClientSide.collect``. Without one, a packet is timed when the event loop reads it."""
 
-    kernel_time: bool = False
+    counter: Counter | None = None
     # (arrival time, rtp timestamp, sequence number, size)
     arrivals: list[tuple[float, int, int, int]] = field(default_factory=list)
     other: int = 0  # RTX and anything not the media payload type
     media: set[int] = field(default_factory=set)  # the media payload types counted
+    slots: list[int] = field(default_factory=list)  # the counter's slots of the sockets
     _hooked: set[int] = field(default_factory=set)  # ids of the sockets' protocols wrapped
-    # kernel_time: (arrival, seconds until read) of the last datagram of each read batch
-    read_lags: list[tuple[float, float]] = field(default_factory=list)
 
     def hook(self, pc: RTCPeerConnection) -> None:
         """Count ``pc``'s media packets. Hooking it again after a renegotiation (a LiveKit
@@ -276,76 +272,31 @@ class SubscriberCounter:
             if id(protocol) in self._hooked:
                 continue
             self._hooked.add(id(protocol))
-            if self.kernel_time:
-                self._read_with_kernel_time(protocol)
+            if self.counter is not None:
+                self.slots.append(self.counter.watch(protocol, self))
             else:
                 self._wrap(protocol)
-
-    def _count(self, data: bytes, arrival: float) -> bool:
-        """Count ``data`` if it is RTP; False if it is for aiortc."""
-        if not _is_rtp(data):
-            return False
-        if data[1] & 0x7F in self.media:
-            self.arrivals.append(
-                (arrival, int.from_bytes(data[4:8], "big"), (data[2] << 8) | data[3], len(data))
-            )
-        else:
-            self.other += 1
-        return True
+        if self.counter is not None:
+            for slot in self.slots:
+                self.counter.media(slot, self.media)
 
     def _wrap(self, protocol: Any) -> None:
         inner = protocol.datagram_received
-        count = self._count
+        media = self.media
+        arrivals = self.arrivals
         monotonic = time.monotonic
+        from_bytes = int.from_bytes
 
         def received(data: bytes, addr: Any) -> None:
-            if not count(data, monotonic()):
+            if not _is_rtp(data):
                 inner(data, addr)
+            elif data[1] & 0x7F in media:
+                seq = (data[2] << 8) | data[3]
+                arrivals.append((monotonic(), from_bytes(data[4:8], "big"), seq, len(data)))
+            else:
+                self.other += 1
 
         protocol.__dict__["datagram_received"] = received
-
-    def _read_with_kernel_time(self, protocol: Any) -> None:
-        """Take over reading ``protocol``'s UDP socket (asyncio's selector transport) with
-        ``recvmsg``, its datagrams stamped by the kernel."""
-        transport = protocol.transport
-        sock: socket.socket = transport._sock  # the socket itself: extra_info's hides recvmsg
-        if sock.type != socket.SOCK_DGRAM:
-            self._wrap(protocol)
-            return
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        loop = asyncio.get_running_loop()
-        fd = sock.fileno()
-        count = self._count
-        inner = protocol.datagram_received
-        unpack = _TIMESPEC.unpack_from
-        # CLOCK_REALTIME to the monotonic clock the publisher's send times use
-        shift = time.time() - time.monotonic()
-
-        lags = self.read_lags
-
-        def ready() -> None:
-            arrival = 0.0
-            for _ in range(READ_BATCH):
-                try:
-                    data, ancillary, _, addr = sock.recvmsg(65536, _ANCILLARY)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    protocol.error_received(exc)
-                    break
-                if ancillary:
-                    sec, nsec = unpack(ancillary[0][2])
-                    arrival = sec + nsec * 1e-9 - shift
-                else:
-                    arrival = time.monotonic()
-                if not count(data, arrival):
-                    inner(data, addr)
-            if arrival:
-                lags.append((arrival, time.monotonic() - arrival))
-
-        # the private pair: the public one refuses an fd a transport owns
-        loop._remove_reader(fd)  # type: ignore[attr-defined]
-        loop._add_reader(fd, ready)  # type: ignore[attr-defined]  # the transport's close removes it
 
 
 class ClientSide:
@@ -361,7 +312,8 @@ class ClientSide:
         # peers that rewrite sequence numbers and timestamps (Janus): matched by payload
         self.sent_content: list[bycontent.Sent] = []
         self.content_subs: dict[int, bycontent.ContentCounter] = {}
-        self.kernel_time = False  # SubscriberCounter.kernel_time, set by op_init
+        self.arrival = "read"  # ARRIVALS, set by op_init
+        self.counter: Counter | None = None  # the subscribers' sockets' (arrival "kernel*")
 
     def new_pc(self, subscriber: bool, host: str = LOOPBACK) -> RTCPeerConnection:
         pc = make_peer_connection(None, host, [], decode_unattached=not subscriber)
@@ -371,8 +323,8 @@ class ClientSide:
     # ops ---------------------------------------------------------------------------------
 
     async def op_init(self, arrival: str = "read") -> dict[str, Any]:
-        """Encode the stream; ``arrival`` "kernel" times packets by SO_TIMESTAMPNS."""
-        self.kernel_time = arrival == "kernel"
+        """Encode the stream; ``arrival``: how the subscribers time packets (ARRIVALS)."""
+        self.arrival = arrival
         started = time.perf_counter()
         self.frames = await asyncio.get_running_loop().run_in_executor(None, encode_stream)
         info = stream_info(self.frames)
@@ -455,7 +407,7 @@ class ClientSide:
             by_payload.hook(pc, media)
             self.content_subs[index] = by_payload
             return str(pc.localDescription.sdp)
-        counter = SubscriberCounter(kernel_time=self.kernel_time)
+        counter = SubscriberCounter(self.subscriber_counter())
         counter.hook(pc)
         self.subs[index] = counter
         return str(pc.localDescription.sdp)
@@ -476,7 +428,25 @@ class ClientSide:
         gc.collect()
         gc.freeze()
 
+    def subscriber_counter(self) -> Counter | None:
+        """The counter of this phase's subscriber sockets, made at the first (None: "read")."""
+        if self.counter is None and self.arrival != "read":
+            self.counter = PyCounter() if self.arrival == "kernel-python" else make_counter()
+        return self.counter
+
+    def collect(self) -> None:
+        """Move the counter's records to the subscribers' ``arrivals``."""
+        counter = self.counter
+        if counter is None:
+            return
+        for owner, at, ts, seq, size in counter.take():
+            assert isinstance(owner, SubscriberCounter)
+            owner.arrivals.append((at, ts, seq, size))
+        for sub in self.subs.values():
+            sub.other = sum(counter.rtx(slot) for slot in sub.slots)
+
     async def op_counts(self) -> list[int]:
+        self.collect()
         if self.content_subs:
             return [len(self.content_subs[i].arrivals) for i in sorted(self.content_subs)]
         return [len(self.subs[i].arrivals) for i in sorted(self.subs)]
@@ -488,6 +458,7 @@ class ClientSide:
         number, minus the subscriber's sequence offset (constant within a segment; taken as
         the most common offset between the first packet of each frame sent and received).
         Subscribers of a peer that rewrites both (Janus) are matched by payload instead."""
+        self.collect()
         if self.content_subs:
             return {
                 **bycontent.content_stats(self.sent_content, self.content_subs, t0, t1),
@@ -552,15 +523,21 @@ class ClientSide:
             "latency_ms": percentiles(lat_all, (50, 90, 99), 3),
             "latency_delta_ms": percentiles(lat_delta, (50, 90, 99), 3),
             "latency_key_ms": percentiles(lat_key, (50, 90, 99), 3),
-            "arrival": "kernel" if self.kernel_time else "read",
-            "client_read_lag_ms": percentiles(
-                [lag * 1000 for c in self.subs.values() for t, lag in c.read_lags if t0 <= t <= t1],
-                (50, 99),
-                3,
+            "arrival": self.arrival,
+            "arrival_counter": type(self.counter).__name__ if self.counter else None,
+            "arrival_records_dropped": (
+                self.counter.dropped() if isinstance(self.counter, NativeCounter) else 0
             ),
         }
 
+    def stop_counting(self) -> None:
+        """Stop the counter reading the subscribers' sockets: before they close."""
+        if self.counter is not None:
+            self.counter.close()
+            self.counter = None
+
     async def op_reset(self) -> None:
+        self.stop_counting()
         pcs, self.pcs = self.pcs, []
         await asyncio.gather(
             *(asyncio.wait_for(pc.close(), 10) for pc in pcs), return_exceptions=True

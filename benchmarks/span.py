@@ -27,11 +27,17 @@ pids, all threads) over the measuring window, per delivered packet; the edge's, 
 Redis's are reported on their own (``cpu_by_process``) and not in that figure. The client
 process's CPU is printed too: clients and servers share this machine's 2 cores, so at large N
 the client process can be what saturates (read ``client_process_cpu_utilization`` first).
-Every packet is timed in that one process, so its own pauses show as latency: it collects and
-freezes its objects once the subscribers joined (a full GC pass over ~200 peer connections
-took 140-300 ms), and each phase reports its GC pauses and event-loop stalls over 20 ms
-(``client_gc_pauses_ms``, ``client_loop_stalls_ms``) and the workers' logged warnings
-(``worker_warnings``: a room part judged dead, a long GC pass).
+A packet's arrival is its subscriber socket's kernel receive timestamp (``--arrival kernel``,
+the default: ``SO_TIMESTAMPNS``, taken as the SFU's send reaches the socket), not when the
+client process reads it, and the sockets are read by a C thread
+(``trackyard.loadtest.rtpcount``), not by Python. That process reads every copy of a keyframe
+burst (about 22 x N packets) on the same 2 cores as the workers: read in Python (``--arrival
+read``), it lags behind while it does, that lag counts as the SFU's latency, and its CPU
+(several us a packet) is taken from the workers. Sends are still timed in the process, so its
+own pauses show: it collects and freezes its objects once the subscribers joined (a full GC pass
+over ~200 peer connections took 140-300 ms), and each phase reports its GC pauses and event-loop
+stalls over 20 ms (``client_gc_pauses_ms``, ``client_loop_stalls_ms``) and the workers' logged
+warnings (``worker_warnings``: a room part judged dead, a long GC pass).
 
 (a) Saturation, per K in ``--ks``: N grows through ``--saturate-sizes`` until a phase fails
 ``forwarding.holds`` (loss >= 1% of the packets owed to the subscribers, or p99 latency over
@@ -111,6 +117,7 @@ from tests.support.redisserver import RedisServer
 from tests.support.trackyard import API_KEY, API_SECRET, TrackyardProcess
 from trackyard.core.auth import VideoGrants, create_token
 from trackyard.loadtest.client import JoinError, PublishSpec, Tester
+from trackyard.loadtest.rtpcount import Counter
 
 RESULTS = Path(__file__).parent / "results"
 SATURATE_SIZES = "16,32,64,128,192,256,320,384,448,512,640,768"
@@ -135,9 +142,9 @@ class CountingSubscriber(Tester):
     """A LiveKit subscriber whose connection counts RTP as ``forwarding``'s subscribers do
     (arrival time, RTP timestamp, sequence number), for latency matching."""
 
-    def __init__(self, name: str, url: str, room: str, kernel_time: bool) -> None:
+    def __init__(self, name: str, url: str, room: str, counter: Counter | None) -> None:
         super().__init__(name, url, _token(name, room, publish=False), room, subscribe=True)
-        self.counter = SubscriberCounter(kernel_time=kernel_time)
+        self.counter = SubscriberCounter(counter)
 
     def _hook_sockets(self, pc: Any) -> None:
         # called after every offer: the counter adds the new payload types, wraps new sockets
@@ -227,7 +234,8 @@ class SpanClientSide(ClientSide):
         """Join ``count`` subscribers, ``concurrency`` at a time (1: in order); returns the
         node each joined, or ``error: ...``."""
         self.per_subscriber = per_subscriber
-        subs = [CountingSubscriber(f"sub-{i}", url, room, self.kernel_time) for i in range(count)]
+        counter = self.subscriber_counter()
+        subs = [CountingSubscriber(f"sub-{i}", url, room, counter) for i in range(count)]
         self.testers += subs
         for i, sub in enumerate(subs):
             self.subs[i] = sub.counter
@@ -276,6 +284,7 @@ class SpanClientSide(ClientSide):
         """Write the raw send log and each subscriber's arrivals around the last measuring
         window [t0, t1] to ``path`` (JSON; times relative to t0), for looking at single
         stalls (``--dump``)."""
+        self.collect()
         t0, t1 = self.window
         lo, hi = t0 - 1.0, t1 + 2.0
         data = {
@@ -290,6 +299,7 @@ class SpanClientSide(ClientSide):
         await asyncio.to_thread(Path(path).write_text, json.dumps(data))
 
     async def op_reset(self) -> None:
+        self.stop_counting()
         testers, self.testers = self.testers, []
         await asyncio.gather(*(t.close() for t in testers), return_exceptions=True)
         self.per_subscriber = False

@@ -23,25 +23,34 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def stale() -> bool:
-    if not LIBRARY.exists():
+def stale(library: Path = LIBRARY, inputs: list[Path] = SOURCES + HEADERS) -> bool:
+    if not library.exists():
         return True
-    built = LIBRARY.stat().st_mtime
-    return any(p.stat().st_mtime > built for p in SOURCES + HEADERS)
+    built = library.stat().st_mtime
+    return any(p.stat().st_mtime > built for p in inputs)
 
 
-def build(*, force: bool = False) -> Path:
+def build(
+    *,
+    force: bool = False,
+    library: Path = LIBRARY,
+    sources: list[Path] = SOURCES,
+    headers: list[Path] = HEADERS,
+    libs: tuple[str, ...] = (),
+) -> Path:
+    """Compile ``sources`` into ``library`` unless it is newer than them (``force``: anyway).
+    Other native libraries of the project (``trackyard.loadtest.rtpcount``) build here too."""
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc) found: install gcc, or run on the Python path")
-    if not force and not stale():
-        return LIBRARY
-    tmp = LIBRARY.with_suffix(".so.tmp")
+    if not force and not stale(library, sources + headers):
+        return library
+    tmp = library.with_suffix(f".so.{os.getpid()}.tmp")
     cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
-    cmd += [str(s) for s in SOURCES] + ["-o", str(tmp)]
+    cmd += [str(s) for s in sources] + ["-o", str(tmp), *libs]
     subprocess.run(cmd, check=True)
-    tmp.replace(LIBRARY)  # atomic: a running server never loads a half-written library
-    return LIBRARY
+    tmp.replace(library)  # atomic: a running process never loads a half-written library
+    return library
 
 
 def main() -> int:
