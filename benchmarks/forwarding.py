@@ -280,6 +280,12 @@ class SubscriberCounter:
             for slot in self.slots:
                 self.counter.media(slot, self.media)
 
+    def count(self) -> int:
+        """Media packets received so far (a counter's, collected or not)."""
+        if self.counter is None:
+            return len(self.arrivals)
+        return sum(self.counter.counted(slot) for slot in self.slots)
+
     def _wrap(self, protocol: Any) -> None:
         inner = protocol.datagram_received
         media = self.media
@@ -446,10 +452,9 @@ class ClientSide:
             sub.other = sum(counter.rtx(slot) for slot in sub.slots)
 
     async def op_counts(self) -> list[int]:
-        self.collect()
         if self.content_subs:
             return [len(self.content_subs[i].arrivals) for i in sorted(self.content_subs)]
-        return [len(self.subs[i].arrivals) for i in sorted(self.subs)]
+        return [self.subs[i].count() for i in sorted(self.subs)]
 
     async def op_stats(self, t0: float, t1: float) -> dict[str, Any]:
         """What happened to the packets the publisher sent in [t0, t1]. A subscriber's

@@ -78,6 +78,7 @@ async def count(counter: Counter, sender: socket.socket) -> tuple[Any, ...]:
         return (
             [r[2:] for r in records],
             counter.rtx(slot),
+            counter.counted(slot),
             [data for data, _ in protocol.got],
             {addr for _, addr in protocol.got},
         )
@@ -103,13 +104,13 @@ async def test_native_and_python_counters_agree() -> None:
     finally:
         sender.close()
     assert native == python
-    records, rtx, handed_on, addrs = native
+    records, rtx, counted, handed_on, addrs = native
     want = [
         (int.from_bytes(d[4:8], "big"), (d[2] << 8) | d[3], len(d))
         for d in DATAGRAMS
         if len(d) >= 12 and d[1] & 0x7F == MEDIA
     ]
     assert records == want and len(records) == 13
-    assert rtx == 1
+    assert rtx == 1 and counted == 13
     assert handed_on == FOR_PROTOCOL
     assert addrs == {source}

@@ -34,6 +34,7 @@ SO_TIMESTAMPNS = 35  # Linux; the socket module does not name it
 READ_BATCH = 64  # PyCounter: datagrams read per wake-up of a socket
 _TIMESPEC = struct.Struct("=qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+_RECORD = struct.Struct("=dIHHi4x")  # tyc_rec: at, ts, seq, size, slot (padded to 24)
 
 # (owner, arrival on the monotonic clock, RTP timestamp, sequence number, size)
 Record = tuple[object, float, int, int, int]
@@ -54,6 +55,10 @@ class Counter(Protocol):
         ...
 
     def rtx(self, slot: int) -> int: ...
+
+    def counted(self, slot: int) -> int:
+        """Media packets recorded on ``slot`` so far (taken or not)."""
+        ...
 
     def close(self) -> None:
         """Stop reading (before the sockets close)."""
@@ -83,6 +88,7 @@ class PyCounter:
         self._records: list[Record] = []
         self._media: list[set[int]] = []
         self._rtx: list[int] = []
+        self._counted: list[int] = []
         self._fds: list[int] = []
 
     def watch(self, protocol: Any, owner: object) -> int:
@@ -92,6 +98,7 @@ class PyCounter:
         media: set[int] = set()
         self._media.append(media)
         self._rtx.append(0)
+        self._counted.append(0)
         inner: Callable[[bytes, Any], None] = protocol.datagram_received
         records = self._records
         unpack = _TIMESPEC.unpack_from
@@ -117,6 +124,7 @@ class PyCounter:
                     seq = (data[2] << 8) | data[3]
                     ts = int.from_bytes(data[4:8], "big")
                     records.append((owner, at, ts, seq, len(data)))
+                    self._counted[slot] += 1
                 else:
                     self._rtx[slot] += 1
 
@@ -136,6 +144,9 @@ class PyCounter:
 
     def rtx(self, slot: int) -> int:
         return self._rtx[slot]
+
+    def counted(self, slot: int) -> int:
+        return self._counted[slot]
 
     def close(self) -> None:
         for fd in self._fds:
@@ -181,7 +192,8 @@ def _address(family: int, raw: bytes) -> tuple[Any, ...]:
 class NativeCounter:
     """``native/rtpcount.c``: all the sockets read on one C thread."""
 
-    def __init__(self, slots: int = 8192, records: int = 1 << 22, others: int = 4096) -> None:
+    def __init__(self, slots: int = 8192, records: int = 1 << 24, others: int = 4096) -> None:
+        """``records``: held until taken (the pages are touched only as they fill)."""
         self._ffi, self._lib = load()
         self._loop = asyncio.get_running_loop()
         self._shift = _clock_shift()
@@ -215,18 +227,24 @@ class NativeCounter:
 
     def take(self) -> list[Record]:
         out: list[Record] = []
-        protocols = self._protocols
+        owners = [owner for _, owner, _ in self._protocols]
         shift = self._shift
+        chunk = len(self._records)
         while True:
-            n = self._lib.tyc_take(self._c, self._records, len(self._records))
-            for i in range(n):
-                r = self._records[i]
-                out.append((protocols[r.slot][1], r.at - shift, r.ts, r.seq, r.size))
-            if n < len(self._records):
+            n = self._lib.tyc_take(self._c, self._records, chunk)
+            raw = self._ffi.buffer(self._records, n * _RECORD.size)
+            out += [
+                (owners[slot], at - shift, ts, seq, size)
+                for at, ts, seq, size, slot in _RECORD.iter_unpack(raw)
+            ]
+            if n < chunk:
                 return out
 
     def rtx(self, slot: int) -> int:
         return int(self._lib.tyc_rtx(self._c, slot))
+
+    def counted(self, slot: int) -> int:
+        return int(self._lib.tyc_counted(self._c, slot))
 
     def dropped(self) -> int:
         """Records or datagrams a full buffer refused (0 unless the buffers are too small)."""

@@ -40,6 +40,7 @@ struct tyc {
     int32_t slots;
     uint8_t *media; /* slots x 128: payload types counted as media, per slot */
     uint64_t *rtx;  /* slots: RTP of another payload type, counted only */
+    uint64_t *counted; /* slots: media packets recorded */
     uint64_t dropped; /* records or datagrams refused by a full buffer */
     /* the thread's own */
     struct mmsghdr msgs[BATCH];
@@ -78,6 +79,7 @@ static void take_datagram(struct tyc *t, int32_t slot, const uint8_t *d, size_t 
             r->seq = (uint16_t)(d[2] << 8 | d[3]);
             r->size = (uint16_t)len;
             r->slot = slot;
+            t->counted[slot]++;
         } else {
             t->rtx[slot]++;
         }
@@ -159,9 +161,11 @@ tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd) {
     t->others = calloc(others, sizeof(tyc_other));
     t->media = calloc((size_t)slots, 128);
     t->rtx = calloc((size_t)slots, sizeof(uint64_t));
+    t->counted = calloc((size_t)slots, sizeof(uint64_t));
     t->epfd = epoll_create1(EPOLL_CLOEXEC);
     t->stop_fd = eventfd(0, EFD_CLOEXEC);
-    if (!t->recs || !t->others || !t->media || !t->rtx || t->epfd < 0 || t->stop_fd < 0) {
+    if (!t->recs || !t->others || !t->media || !t->rtx || !t->counted || t->epfd < 0 ||
+        t->stop_fd < 0) {
         tyc_free(t);
         return NULL;
     }
@@ -217,12 +221,16 @@ int tyc_next_other(tyc *t, tyc_other *out) {
     return got;
 }
 
-uint64_t tyc_rtx(tyc *t, int32_t slot) {
+static uint64_t per_slot(tyc *t, const uint64_t *counts, int32_t slot) {
     pthread_mutex_lock(&t->mu);
-    uint64_t n = slot >= 0 && slot < t->slots ? t->rtx[slot] : 0;
+    uint64_t n = slot >= 0 && slot < t->slots ? counts[slot] : 0;
     pthread_mutex_unlock(&t->mu);
     return n;
 }
+
+uint64_t tyc_rtx(tyc *t, int32_t slot) { return per_slot(t, t->rtx, slot); }
+
+uint64_t tyc_counted(tyc *t, int32_t slot) { return per_slot(t, t->counted, slot); }
 
 uint64_t tyc_dropped(tyc *t) {
     pthread_mutex_lock(&t->mu);
@@ -249,5 +257,6 @@ void tyc_free(tyc *t) {
     free(t->others);
     free(t->media);
     free(t->rtx);
+    free(t->counted);
     free(t);
 }

@@ -27,5 +27,6 @@ void tyc_media(tyc *t, int32_t slot, int pt);
 size_t tyc_take(tyc *t, tyc_rec *out, size_t max);
 int tyc_next_other(tyc *t, tyc_other *out);
 uint64_t tyc_rtx(tyc *t, int32_t slot);
+uint64_t tyc_counted(tyc *t, int32_t slot);
 uint64_t tyc_dropped(tyc *t);
 void tyc_free(tyc *t);
