@@ -201,8 +201,23 @@ def _increasing(numbers: list[int]) -> bool:
     return all(b > a for a, b in itertools.pairwise(numbers))
 
 
-async def _exchange_media(a: rtc.Room, b: rtc.Room) -> None:
-    """``a`` sends numbered video, ``b`` a tone; each decodes the other's."""
+async def _exchange_media(server: TrackyardProcess, a: rtc.Room, b: rtc.Room) -> None:
+    """``a`` sends numbered video, ``b`` a tone; each decodes the other's. On failure the
+    message carries both clients' candidate pairs and the server's log tail."""
+    try:
+        await _exchange(a, b)
+    except (AssertionError, TimeoutError) as exc:
+        listings = [
+            f"{room.local_participant.identity} ({room.local_participant.sid}):\n"
+            + "\n".join(map(str, await _pairs(room)))
+            for room in (a, b)
+        ]
+        raise AssertionError(
+            f"{exc!r}\n" + "\n".join(listings) + f"\nserver log:\n{server.logs()}"
+        ) from exc
+
+
+async def _exchange(a: rtc.Room, b: rtc.Room) -> None:
     wait_a, wait_b = EventWaiter(a, "track_subscribed"), EventWaiter(b, "track_subscribed")
     async with (
         pattern_video(a, options=NO_SIMULCAST) as vpub,
@@ -236,7 +251,7 @@ async def test_relay_only_client_exchanges_media_through_coturn(
         connected(server.ws_url, "relayed", room_name, options=RELAY_ONLY) as relayed,
         connected(server.ws_url, "direct", room_name) as direct,
     ):
-        await _exchange_media(relayed, direct)
+        await _exchange_media(server, relayed, direct)
         # relay-only: either allocation (UDP or TCP to coturn) may end up carrying the media
         await _assert_relayed(relayed, (UDP, TCP))
         sid = relayed.local_participant.sid
@@ -267,7 +282,7 @@ async def test_udp_blocked_client_gets_media_over_turn_tcp(
             connected(server.ws_url, "blocked1", room_name) as one,
             connected(server.ws_url, "blocked2", room_name) as two,
         ):
-            await _exchange_media(one, two)
+            await _exchange_media(server, one, two)
             for room in (one, two):
                 await _assert_relayed(room, (TCP,))
     # the rule did drop direct attempts (ICE checks to the SFU's host candidate)
@@ -286,7 +301,7 @@ async def test_node_gathers_relay_candidates_when_configured(
             connected(proc.ws_url, "relayed", room_name, options=RELAY_ONLY) as relayed,
             connected(proc.ws_url, "direct", room_name) as direct,
         ):
-            await _exchange_media(relayed, direct)
+            await _exchange_media(proc, relayed, direct)
         users = [user for _, user in turn.allocations()[before:]]
         assert any(":ND_" in user for user in users), (users, turn.logs())
         assert proc.alive(), proc.logs()
@@ -310,12 +325,12 @@ async def test_browser_relay_only_exchanges_media_through_coturn(
             assert grown["last"]["frameWidth"] > 0, grown
             await page.hears(other)
         selected = await relayed.call("selectedCandidates")
-        assert [c["type"] for c in selected] == ["relay", "relay"], selected
+        seen = (selected, await relayed.call("peerConnections"))
+        assert [c["type"] for c in selected] == ["relay", "relay"], seen
         # relay-only: either allocation (UDP or TCP to coturn) may end up selected
-        assert all(c["relayProtocol"] in ("udp", "tcp") and c["bytes"] > 0 for c in selected), (
-            selected
-        )
+        assert all(c["relayProtocol"] in ("udp", "tcp") and c["bytes"] > 0 for c in selected), seen
         direct_selected = await direct.call("selectedCandidates")
-        assert all(c["type"] == "host" for c in direct_selected), direct_selected
+        seen = (direct_selected, await direct.call("peerConnections"))
+        assert all(c["type"] == "host" for c in direct_selected), seen
     users = [user for _, user in turn.allocations()]
     assert any(user.endswith(f":{joined['sid']}") for user in users), (users, turn.logs())
