@@ -860,13 +860,18 @@ async def wait_receiving(clients: Clients, n: int) -> None:
 
 
 async def measure(
-    clients: Clients, setup: Setup, n: int, seconds: float, profile: bool = False
+    clients: Clients,
+    setup: Setup,
+    n: int,
+    seconds: float,
+    profile: bool = False,
+    warmup: float = WARMUP,
 ) -> dict[str, Any]:
     await wait_receiving(clients, n)
     if setup.tune is not None:
         setup.tune()
         await asyncio.sleep(WARMUP)  # the encoders settle on the new bitrate
-    await asyncio.sleep(WARMUP)
+    await asyncio.sleep(warmup)
     await clients.call("settle")
     gc.collect()
     gc.freeze()  # the in-process SFU as a node runs it (GcPolicy freezes what survived)

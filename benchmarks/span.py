@@ -123,6 +123,9 @@ RESULTS = Path(__file__).parent / "results"
 SATURATE_SIZES = "16,32,64,128,192,256,320,384,448,512,640,768"
 JOIN_CONCURRENCY = 8  # joins in flight through the edge
 JOIN_TIMEOUT = 30.0
+# The join storm's aftermath: at N=384 over K=2 the home worker was still ~1.2 s behind when
+# the last subscriber received (every join is a participant update for hundreds of others)
+WARMUP = 5.0
 RTC_PORTS = (50000, 59999)  # the supervisor cuts it in K slices
 START_TIMEOUT = 60.0
 DRAIN_WAIT = 10.0  # a drained worker with no participants exits at once; then a second signal
@@ -475,6 +478,7 @@ class Bench:
     clients: Clients
     dump: Path | None = None  # where ``--dump`` writes each phase's raw arrivals and logs
     log_level: str = "warn"  # the servers'
+    warmup: float = WARMUP  # seconds of media between the last subscriber receiving and a window
 
 
 def _placement(k: int, node_ids: list[str], joined: list[str]) -> dict[str, Any]:
@@ -568,7 +572,7 @@ async def run_phase(
             {name: p.pid for name, p in others.items() if p is not None},
         )
         setup = Setup([], cpu=meter, extra=meter.window)
-        result.update(await measure(bench.clients, setup, n, seconds))
+        result.update(await measure(bench.clients, setup, n, seconds, warmup=bench.warmup))
         result["placement"] = placement
         result["worker_warnings"] = _warnings(workers.proc.log_path)
         if bench.dump is not None:
@@ -723,12 +727,13 @@ async def main(
     dump: Path | None = None,
     log_level: str = "warn",
     arrival: str = "kernel",
+    warmup: float = WARMUP,
 ) -> dict[str, Any]:
     per_k: dict[str, dict[str, Any]] = {}
     hop: dict[str, Any] | None = None
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="span-bench-") as work:
         clients = await Clients.start("benchmarks.span")
-        bench = Bench(redis, Path(work), clients, dump, log_level)
+        bench = Bench(redis, Path(work), clients, dump, log_level, warmup)
         try:
             stream = await clients.call("init", timeout=120, arrival=arrival)
             print(
@@ -803,6 +808,12 @@ if __name__ == "__main__":
         "--out", default=str(RESULTS / "span.json"), help="where the results JSON goes"
     )
     parser.add_argument("--arrival", choices=ARRIVALS, default="kernel", help=ARRIVAL_HELP)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP,
+        help="seconds of media after the last subscriber receives, before a window opens",
+    )
     parser.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients_fd is not None:
@@ -819,6 +830,7 @@ if __name__ == "__main__":
             Path(args.dump) if args.dump else None,
             args.log_level,
             args.arrival,
+            args.warmup,
         )
     )
     result["command"] = " ".join(["python -m benchmarks.span", *sys.argv[1:]])
