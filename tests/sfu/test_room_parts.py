@@ -29,7 +29,7 @@ from trackyard.core.config import Config
 from trackyard.core.node import NodeRecord
 from trackyard.core.refusal import Refusal
 from trackyard.core.store import MemoryStore, Placement
-from trackyard.sfu.node import GcPolicy, SfuNode
+from trackyard.sfu.node import GcPolicy, SfuNode, resident_pages
 from trackyard.sfu.room import Room
 
 HOME, PART = "ND_home", "ND_part"
@@ -274,9 +274,8 @@ def test_full_passes_come_at_most_once_per_interval() -> None:
     assert ref() is None
 
 
-def test_ticks_do_not_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Counting them walks every one (10 ms at 300k objects): once per interval at most."""
-    policy = GcPolicy(full_after=3600.0)
+def test_ticks_never_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting them walks every one (40 ms at N=384): a pause of its own."""
     counted: list[int] = []
     count = gc.get_freeze_count
 
@@ -285,9 +284,30 @@ def test_ticks_do_not_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) 
         return count()
 
     monkeypatch.setattr(gc, "get_freeze_count", counting)
+    policy = GcPolicy(full_after=0.0, full_growth=0.0)
     try:
-        for _ in range(5):
+        for _ in range(3):
             policy.tick()
+        policy.departed()
+        policy.tick()  # a full pass too
         assert counted == []
     finally:
+        policy.stop()
+
+
+def test_memory_growth_makes_a_full_pass_due() -> None:
+    policy = GcPolicy(full_after=0.0, full_growth=0.5)
+    ballast = b""
+    try:
+        cycle = _Cycle()
+        ref = weakref.ref(cycle)
+        policy.tick()  # frozen
+        del cycle
+        policy.tick()  # resident memory as it was: no full pass
+        assert ref() is not None
+        ballast = b"\x01" * (resident_pages() * 4096)  # doubles it (every page written)
+        policy.tick()
+        assert ref() is None
+    finally:
+        del ballast
         policy.stop()
