@@ -32,6 +32,11 @@ NATIVE = Path(__file__).parent / "native"
 LIBRARY = NATIVE / "librtpcount.so"
 SO_TIMESTAMPNS = 35  # Linux; the socket module does not name it
 READ_BATCH = 64  # PyCounter: datagrams read per wake-up of a socket
+# NativeCounter's thread yields to the server measured: a round of reads at most every 2 ms (the
+# kernel's timestamps keep arrivals exact; a socket buffers far more than 2 ms of one stream),
+# at the lowest priority
+PAUSE_US = 2000
+NICE = 19
 _TIMESPEC = struct.Struct("=qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 _RECORD = struct.Struct("=dIHHi4x")  # tyc_rec: at, ts, seq, size, slot (padded to 24)
@@ -192,13 +197,21 @@ def _address(family: int, raw: bytes) -> tuple[Any, ...]:
 class NativeCounter:
     """``native/rtpcount.c``: all the sockets read on one C thread."""
 
-    def __init__(self, slots: int = 8192, records: int = 1 << 24, others: int = 4096) -> None:
-        """``records``: held until taken (the pages are touched only as they fill)."""
+    def __init__(
+        self,
+        slots: int = 8192,
+        records: int = 1 << 24,
+        others: int = 4096,
+        pause_us: int = PAUSE_US,
+        nice: int = NICE,
+    ) -> None:
+        """``records``: held until taken (the pages are touched only as they fill);
+        ``pause_us`` between the thread's rounds, and its ``nice`` value (see rtpcount.c)."""
         self._ffi, self._lib = load()
         self._loop = asyncio.get_running_loop()
         self._shift = _clock_shift()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._c = self._lib.tyc_new(slots, records, others, self._wake)
+        self._c = self._lib.tyc_new(slots, records, others, self._wake, pause_us, nice)
         if self._c == self._ffi.NULL:
             os.close(self._wake)
             raise RuntimeError("rtpcount: tyc_new failed")

@@ -8,7 +8,12 @@
  * timestamp, sequence number and size. SRTP leaves the RTP header in the clear, so nothing is
  * decrypted. Every other datagram (STUN, DTLS, RTCP) is queued whole for the Python side, which
  * an eventfd wakes, to hand on to the connection's own protocol. RTP of another payload type
- * (RTX) is only counted. Reference: SubscriberCounter's Python reader in benchmarks/forwarding.py.
+ * (RTX) is only counted. Reference: PyCounter in trackyard/loadtest/rtpcount.py.
+ *
+ * The thread yields to the server it measures: it runs at a low priority (``nice``) and pauses
+ * ``pause_us`` between rounds, so it wakes a few hundred times a second and reads many
+ * datagrams each time, instead of preempting a busy SFU process for every packet it sends.
+ * The kernel's timestamps keep the arrival times exact however late the datagrams are read.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,7 +23,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +37,7 @@
 
 struct tyc {
     int epfd, wake_fd, stop_fd;
+    int pause_us, nice;
     pthread_t thread;
     int running;
     pthread_mutex_t mu;
@@ -132,6 +140,10 @@ static void drain(struct tyc *t, int fd, int32_t slot) {
 static void *run(void *arg) {
     struct tyc *t = arg;
     struct epoll_event evs[64];
+    if (t->nice) /* this thread only: Linux applies a nice value per thread id */
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), t->nice);
+    struct timespec pause = {.tv_sec = t->pause_us / 1000000,
+                             .tv_nsec = (long)(t->pause_us % 1000000) * 1000};
     for (;;) {
         int n = epoll_wait(t->epfd, evs, 64, -1);
         if (n < 0 && errno == EINTR)
@@ -144,10 +156,13 @@ static void *run(void *arg) {
                 return NULL;
             drain(t, (int)(key >> 32), (int32_t)(key & 0xFFFFFFFF));
         }
+        if (t->pause_us)
+            nanosleep(&pause, NULL);
     }
 }
 
-tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd) {
+tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd, int pause_us,
+             int nice) {
     struct tyc *t = calloc(1, sizeof(*t));
     if (!t)
         return NULL;
@@ -155,6 +170,8 @@ tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd) {
     pthread_mutex_init(&t->mu, NULL);
     t->slots = slots;
     t->wake_fd = wake_fd;
+    t->pause_us = pause_us;
+    t->nice = nice;
     t->cap_recs = records;
     t->cap_others = others;
     t->recs = calloc(records, sizeof(tyc_rec));
