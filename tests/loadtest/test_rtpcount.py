@@ -114,3 +114,23 @@ async def test_native_and_python_counters_agree() -> None:
     assert rtx == 1 and counted == 13
     assert handed_on == FOR_PROTOCOL
     assert addrs == {source}
+
+
+@pytest.mark.parametrize("make", [NativeCounter, PyCounter])
+async def test_a_closed_counter_ignores_late_calls(make: type[Counter]) -> None:
+    """A renegotiation during teardown hooks the sockets again after the counter stopped: the
+    native one must not touch its freed state (it did: a segfault in tyc_media)."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: Recorder(1), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        counter = make()
+        slot = counter.watch(protocol, object())
+        counter.close()
+        counter.media(slot, [MEDIA])
+        assert counter.watch(protocol, object()) == -1
+        assert (counter.take(), counter.rtx(slot), counter.counted(slot)) == ([], 0, 0)
+        counter.close()
+    finally:
+        protocol.transport.close()

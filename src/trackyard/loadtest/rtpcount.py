@@ -48,7 +48,8 @@ Record = tuple[object, float, int, int, int]
 class Counter(Protocol):
     def watch(self, protocol: Any, owner: object) -> int:
         """Read ``protocol``'s socket from now on; its records carry ``owner``. Returns the
-        socket's slot."""
+        socket's slot. Once closed, a counter ignores its calls (a renegotiation during
+        teardown hooks sockets again): ``watch`` returns -1, and counts are 0."""
         ...
 
     def media(self, slot: int, payload_types: Iterable[int]) -> None:
@@ -95,8 +96,11 @@ class PyCounter:
         self._rtx: list[int] = []
         self._counted: list[int] = []
         self._fds: list[int] = []
+        self._closed = False
 
     def watch(self, protocol: Any, owner: object) -> int:
+        if self._closed:
+            return -1
         sock = _socket_of(protocol)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         slot = len(self._media)
@@ -141,19 +145,21 @@ class PyCounter:
         return slot
 
     def media(self, slot: int, payload_types: Iterable[int]) -> None:
-        self._media[slot].update(payload_types)
+        if 0 <= slot < len(self._media):
+            self._media[slot].update(payload_types)
 
     def take(self) -> list[Record]:
         out, self._records = self._records, []
         return out
 
     def rtx(self, slot: int) -> int:
-        return self._rtx[slot]
+        return self._rtx[slot] if 0 <= slot < len(self._rtx) else 0
 
     def counted(self, slot: int) -> int:
-        return self._counted[slot]
+        return self._counted[slot] if 0 <= slot < len(self._counted) else 0
 
     def close(self) -> None:
+        self._closed = True
         for fd in self._fds:
             self._loop._remove_reader(fd)  # type: ignore[attr-defined]
         self._fds = []
@@ -221,7 +227,13 @@ class NativeCounter:
         self._other = self._ffi.new("tyc_other *")
         self._loop.add_reader(self._wake, self._deliver)
 
+    @property
+    def _open(self) -> bool:
+        return bool(self._c != self._ffi.NULL)
+
     def watch(self, protocol: Any, owner: object) -> int:
+        if not self._open:
+            return -1
         sock = _socket_of(protocol)
         slot = len(self._protocols)
         if slot == self._slots:
@@ -235,11 +247,14 @@ class NativeCounter:
         return slot
 
     def media(self, slot: int, payload_types: Iterable[int]) -> None:
-        for pt in payload_types:
-            self._lib.tyc_media(self._c, slot, pt)
+        if self._open:
+            for pt in payload_types:
+                self._lib.tyc_media(self._c, slot, pt)
 
     def take(self) -> list[Record]:
         out: list[Record] = []
+        if not self._open:
+            return out
         owners = [owner for _, owner, _ in self._protocols]
         shift = self._shift
         chunk = len(self._records)
@@ -254,14 +269,14 @@ class NativeCounter:
                 return out
 
     def rtx(self, slot: int) -> int:
-        return int(self._lib.tyc_rtx(self._c, slot))
+        return int(self._lib.tyc_rtx(self._c, slot)) if self._open else 0
 
     def counted(self, slot: int) -> int:
-        return int(self._lib.tyc_counted(self._c, slot))
+        return int(self._lib.tyc_counted(self._c, slot)) if self._open else 0
 
     def dropped(self) -> int:
         """Records or datagrams a full buffer refused (0 unless the buffers are too small)."""
-        return int(self._lib.tyc_dropped(self._c))
+        return int(self._lib.tyc_dropped(self._c)) if self._open else 0
 
     def _deliver(self) -> None:
         with contextlib.suppress(BlockingIOError):  # several wake-ups read at once
@@ -274,7 +289,7 @@ class NativeCounter:
             protocol.datagram_received(data, addr)
 
     def close(self) -> None:
-        if self._c == self._ffi.NULL:
+        if not self._open:
             return
         self._loop.remove_reader(self._wake)
         self._lib.tyc_free(self._c)  # stops and joins the thread
