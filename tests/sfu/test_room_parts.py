@@ -259,7 +259,7 @@ def test_frozen_cycles_wait_for_a_full_pass_after_a_departure() -> None:
 
 
 def test_full_passes_come_at_most_once_per_interval() -> None:
-    policy = GcPolicy(full_after=3600.0, full_growth=0.0)
+    policy = GcPolicy(full_after=3600.0, full_growth=0.0, growth_after=3600.0)
     try:
         cycle = _Cycle()
         ref = weakref.ref(cycle)
@@ -284,7 +284,7 @@ def test_ticks_never_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -
         return count()
 
     monkeypatch.setattr(gc, "get_freeze_count", counting)
-    policy = GcPolicy(full_after=0.0, full_growth=0.0)
+    policy = GcPolicy(full_after=0.0, full_growth=0.0, growth_after=0.0)
     try:
         for _ in range(3):
             policy.tick()
@@ -296,7 +296,7 @@ def test_ticks_never_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_memory_growth_makes_a_full_pass_due() -> None:
-    policy = GcPolicy(full_after=0.0, full_growth=0.5)
+    policy = GcPolicy(full_after=3600.0, full_growth=0.5, growth_after=0.0)
     ballast = b""
     try:
         cycle = _Cycle()
@@ -306,6 +306,26 @@ def test_memory_growth_makes_a_full_pass_due() -> None:
         policy.tick()  # resident memory as it was: no full pass
         assert ref() is not None
         ballast = b"\x01" * (resident_pages() * 4096)  # doubles it (every page written)
+        policy.tick()
+        assert ref() is None
+    finally:
+        del ballast
+        policy.stop()
+
+
+def test_growth_alone_waits_longer_than_a_departure() -> None:
+    """A join storm grows memory with live participants: no full pass a minute later."""
+    policy = GcPolicy(full_after=0.0, full_growth=0.0, growth_after=3600.0)
+    ballast = b""
+    try:
+        cycle = _Cycle()
+        ref = weakref.ref(cycle)
+        policy.tick()
+        del cycle
+        ballast = b"\x01" * (resident_pages() * 4096)
+        policy.tick()  # grown, but not for long enough
+        assert ref() is not None
+        policy.departed()
         policy.tick()
         assert ref() is None
     finally:

@@ -43,6 +43,7 @@ GC_PAUSE_WARNING = 0.05  # seconds: a garbage-collector pass this long stops all
 GC_FREEZE_EVERY = 1.0  # seconds between freezing the objects that survived so far
 GC_FULL_AFTER = 60.0  # seconds at least between two deliberate full passes
 GC_FULL_GROWTH = 0.25  # resident memory grown by this share since the last full pass: one is due
+GC_GROWTH_AFTER = 600.0  # ... but not sooner than this after the last one
 
 
 class GcPauses:
@@ -87,11 +88,14 @@ class GcPolicy:
 
     Frozen objects are still freed when their reference count drops; only cycles that became
     garbage after being frozen (a departed participant's peer connection) wait for a
-    deliberate full pass: due after a departure, or once the process's resident memory grew
-    by ``full_growth`` since the last one, and never sooner than ``full_after`` after it, so
-    the pause comes at most once a minute instead of every few seconds. Growth is read from
-    ``/proc/self/statm``: counting the frozen objects instead walks every one of them (40 ms
-    at N=384, a pause of its own)."""
+    deliberate full pass: due after a departure (never sooner than ``full_after`` after the
+    last one, so the pause comes at most once a minute instead of every few seconds), or once
+    the process's resident memory grew by ``full_growth`` (never sooner than
+    ``growth_after``). Growth alone is mostly the objects of participants who are still
+    there, so a join storm must not buy a 200 ms pass a minute later (N=384 over two
+    workers: both passed at once, 192-195 ms each, collecting under 900 objects). Growth is
+    read from ``/proc/self/statm``: counting the frozen objects instead walks every one of
+    them (40 ms at N=384, a pause of its own)."""
 
     def __init__(
         self,
@@ -99,10 +103,12 @@ class GcPolicy:
         freeze_every: float = GC_FREEZE_EVERY,
         full_after: float = GC_FULL_AFTER,
         full_growth: float = GC_FULL_GROWTH,
+        growth_after: float = GC_GROWTH_AFTER,
     ) -> None:
         self.freeze_every = freeze_every
         self._full_after = full_after
         self._full_growth = full_growth
+        self._growth_after = growth_after
         self._last_full = time.monotonic()
         self._resident_after_full = resident_pages()
         self._departed = False
@@ -113,7 +119,10 @@ class GcPolicy:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_full >= self._full_after and (self._departed or self._grown()):
+        since = now - self._last_full
+        if (since >= self._full_after and self._departed) or (
+            since >= self._growth_after and self._grown()
+        ):
             self._departed = False
             self._last_full = now
             gc.unfreeze()
