@@ -295,36 +295,25 @@ def test_ticks_never_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -
         policy.stop()
 
 
-def test_memory_growth_makes_a_full_pass_due() -> None:
-    policy = GcPolicy(full_after=3600.0, full_growth=0.5, growth_after=0.0)
+@pytest.mark.parametrize(
+    ("growth_after", "full_after_growing"),
+    [(0.0, True), (3600.0, False)],  # a join storm's growth: no full pass a minute later
+)
+def test_memory_growth_makes_a_full_pass_due_after_its_own_interval(
+    growth_after: float, full_after_growing: bool
+) -> None:
+    policy = GcPolicy(full_after=0.0, full_growth=0.5, growth_after=growth_after)
     ballast = b""
     try:
         cycle = _Cycle()
         ref = weakref.ref(cycle)
         policy.tick()  # frozen
         del cycle
-        policy.tick()  # resident memory as it was: no full pass
+        policy.tick()  # resident memory as it was, nothing departed: no full pass
         assert ref() is not None
         ballast = b"\x01" * (resident_pages() * 4096)  # doubles it (every page written)
         policy.tick()
-        assert ref() is None
-    finally:
-        del ballast
-        policy.stop()
-
-
-def test_growth_alone_waits_longer_than_a_departure() -> None:
-    """A join storm grows memory with live participants: no full pass a minute later."""
-    policy = GcPolicy(full_after=0.0, full_growth=0.0, growth_after=3600.0)
-    ballast = b""
-    try:
-        cycle = _Cycle()
-        ref = weakref.ref(cycle)
-        policy.tick()
-        del cycle
-        ballast = b"\x01" * (resident_pages() * 4096)
-        policy.tick()  # grown, but not for long enough
-        assert ref() is not None
+        assert (ref() is None) is full_after_growing
         policy.departed()
         policy.tick()
         assert ref() is None
