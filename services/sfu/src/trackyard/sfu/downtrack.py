@@ -126,8 +126,8 @@ class DownTrack:
         """``ahead``: this copy feeds another fan-out (a relay to another node), so it is sent
         before the subscribers' copies of each packet: the other node's subscribers then wait
         for the hop only, not for this node's whole fan-out too."""
-        self.uptrack = uptrack
-        self.ahead = ahead  # the source (TrackSource); named as before for callers
+        self.uptrack = uptrack  # the source (TrackSource); named as before for callers
+        self.ahead = ahead
         self.kind = uptrack.kind
         self.transceiver = transceiver
         self.counters = counters
