@@ -409,7 +409,8 @@ async def test_video_pattern_and_audio_tone_reach_both_subscribers() -> None:
 async def test_sender_reports_follow_the_publishers_clock() -> None:
     """The SFU's SRs map our output timestamps onto the publisher's NTP clock: audio and
     video SRs from one subscriber agree on the media timeline (lip sync)."""
-    reports: dict[str, list[tuple[int, int]]] = {"audio": [], "video": []}
+    # (ntp, rtp, when it arrived on the monotonic clock)
+    reports: dict[str, list[tuple[int, int, float]]] = {"audio": [], "video": []}
     async with topology(subscribers=1) as topo:
         sub = topo.subscribers[0]
         for t in sub.pc.getTransceivers():
@@ -419,7 +420,7 @@ async def test_sender_reports_follow_the_publishers_clock() -> None:
             async def on_rtcp(packet: Any, kind: str = kind, inner: Any = inner) -> None:
                 info = getattr(packet, "sender_info", None)
                 if info is not None:
-                    reports[kind].append((info.ntp_timestamp, info.rtp_timestamp))
+                    reports[kind].append((info.ntp_timestamp, info.rtp_timestamp, time.monotonic()))
                 await inner(packet)
 
             t.receiver.__dict__["_handle_rtcp_packet"] = on_rtcp
@@ -428,16 +429,18 @@ async def test_sender_reports_follow_the_publishers_clock() -> None:
             what="3 sender reports per track",
         )
         for kind, clock in (("audio", 48000), ("video", 90000)):
-            (n0, r0), (n1, r1) = reports[kind][0], reports[kind][-1]
+            (n0, r0, _), (n1, r1, _) = reports[kind][0], reports[kind][-1]
             elapsed = (n1 - n0) / 2**32
             assert elapsed > 1.0
             # RTP advances at the clock rate along the NTP timeline of the SRs
             assert abs(((r1 - r0) & 0xFFFFFFFF) / clock - elapsed) < 0.05, kind
-        # and the SR timeline matches the packets we actually sent (last sent ts is close to
-        # the SR's rtp for "now")
+        # and the SR timeline matches the packets we actually sent: the last sent timestamp is
+        # the last SR's, moved on by the time since it arrived (up to an SR interval: a fixed
+        # bound of one second failed when the check came 1.1 s after the SR)
         dt = topo.downtracks[0]["video"]
-        _, rtp = reports["video"][-1]
-        assert abs(((dt.last_sent_numbers[1] - rtp + 2**31) & 0xFFFFFFFF) - 2**31) < 90000
+        _, rtp, arrived = reports["video"][-1]
+        since = ((dt.last_sent_numbers[1] - rtp + 2**31) & 0xFFFFFFFF) - 2**31
+        assert abs(since / 90000 - (time.monotonic() - arrived)) < 0.25
 
 
 async def test_nack_answered_with_rtx_under_downlink_loss() -> None:
