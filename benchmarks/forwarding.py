@@ -533,6 +533,9 @@ class ClientSide:
             "arrival_records_dropped": (
                 self.counter.dropped() if isinstance(self.counter, NativeCounter) else 0
             ),
+            "arrival_counter_scheduling": (
+                self.counter.scheduling() if isinstance(self.counter, NativeCounter) else None
+            ),
         }
 
     def stop_counting(self) -> None:

@@ -82,6 +82,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -720,7 +721,7 @@ async def measure_hop(bench: Bench, seconds: float, rounds: int) -> dict[str, An
 
 async def main(
     ks: list[int],
-    sizes: list[int],
+    sizes: dict[int, list[int]],
     seconds: float,
     hop_seconds: float,
     hop_rounds: int,
@@ -728,8 +729,9 @@ async def main(
     log_level: str = "warn",
     arrival: str = "kernel",
     warmup: float = WARMUP,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    per_k: dict[str, dict[str, Any]] = {}
+    by_round: list[dict[str, dict[str, Any]]] = []
     hop: dict[str, Any] | None = None
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="span-bench-") as work:
         clients = await Clients.start("benchmarks.span")
@@ -742,27 +744,41 @@ async def main(
                 f" {os.cpu_count()} cores, {SHARED_CORES}",
                 flush=True,
             )
-            for k in ks:
-                print(f"K={k}: trackyard sfu --workers {k}, node_participants ceil((N+1)/{k})")
-                per_k[str(k)] = await saturate(bench, k, sizes, seconds)
+            # Rounds interleave the Ks, so a slow drift of the shared machine reaches all alike.
+            for r in range(rounds):
+                per_k: dict[str, dict[str, Any]] = {}
+                for k in ks:
+                    print(
+                        f"round {r + 1}/{rounds}, K={k}: trackyard sfu --workers {k},"
+                        f" node_participants ceil((N+1)/{k})"
+                    )
+                    per_k[str(k)] = await saturate(bench, k, sizes_for(sizes, k), seconds)
+                by_round.append(per_k)
             if hop_rounds:
                 print("relay hop: K=2, publisher + 2 subscribers, joined in order")
                 hop = await measure_hop(bench, hop_seconds, hop_rounds)
         finally:
             await clients.close()
-    for label, sat in per_k.items():
-        print_table(f"K={label}", sat["phases"])
+    ratios: list[float | None] = []
+    for r, per_k in enumerate(by_round):
+        for label, sat in per_k.items():
+            print_table(f"round {r + 1}, K={label}", sat["phases"])
+            print(
+                f"round {r + 1}, K={label}: largest N held {sat['max_n_held']}"
+                f" ({sat['delivered_pps_at_max_n']} delivered packets/s,"
+                f" {sat['us_per_delivered_packet_at_max_n']} us/packet, client process"
+                f" {sat['client_process_cpu_utilization_at_max_n']} of a core);"
+                f" stopped by {sat['stopped_by']}"
+            )
+        ratios.append(_ratio(per_k))
+        print(f"round {r + 1}: K=2 / K=1 delivered packets/s at the largest N held: {ratios[-1]}x")
+    known = sorted(x for x in ratios if x is not None)
+    ratio = statistics.median(known) if len(known) == len(ratios) and known else None
+    if ratio is not None:
         print(
-            f"K={label}: largest N held {sat['max_n_held']} ({sat['delivered_pps_at_max_n']}"
-            f" delivered packets/s, {sat['us_per_delivered_packet_at_max_n']} us/packet,"
-            f" client process {sat['client_process_cpu_utilization_at_max_n']} of a core);"
-            f" stopped by {sat['stopped_by']}"
+            f"K=2 / K=1, median of {len(known)} round(s): {ratio}x"
+            f" (rounds {', '.join(str(x) for x in ratios)}; {SHARED_CORES})"
         )
-    ratio = None
-    one, two = per_k.get("1"), per_k.get("2")
-    if one and two and one["delivered_pps_at_max_n"] and two["delivered_pps_at_max_n"]:
-        ratio = round(two["delivered_pps_at_max_n"] / one["delivered_pps_at_max_n"], 2)
-        print(f"K=2 / K=1 delivered packets/s at the largest N held: {ratio}x ({SHARED_CORES})")
     if hop and hop["errors"]:
         print("relay hop rounds that failed: " + "; ".join(hop["errors"]))
     if hop and "mean" in hop:
@@ -779,10 +795,36 @@ async def main(
         "note": f"{SHARED_CORES}; server CPU = the K worker processes",
         "seconds": seconds,
         "stream": stream,
-        "saturation": per_k,
+        "saturation": by_round[0] if by_round else {},
+        "rounds": by_round,
+        "k2_over_k1_by_round": ratios,
         "k2_over_k1_delivered_pps": ratio,
         "hop": hop,
     }
+
+
+def _ratio(per_k: dict[str, dict[str, Any]]) -> float | None:
+    """K=2's delivered packets/s at its largest N held over K=1's, in one round."""
+    one, two = per_k.get("1"), per_k.get("2")
+    if one and two and one["delivered_pps_at_max_n"] and two["delivered_pps_at_max_n"]:
+        return round(float(two["delivered_pps_at_max_n"]) / one["delivered_pps_at_max_n"], 2)
+    return None
+
+
+def sizes_for(sizes: dict[int, list[int]], k: int) -> list[int]:
+    """The N tried at ``k`` workers: its own list, else the shared one (key 0)."""
+    return sizes.get(k, sizes.get(0, []))
+
+
+def _per_k_sizes(text: str) -> dict[int, list[int]]:
+    """``64,128`` (every K) or ``1:224,256;2:384,448`` (per K)."""
+    if ":" not in text:
+        return {0: _sizes(text)}
+    out: dict[int, list[int]] = {}
+    for part in text.split(";"):
+        k, _, listed = part.partition(":")
+        out[int(k)] = _sizes(listed)
+    return out
 
 
 def _sizes(text: str) -> list[int]:
@@ -795,7 +837,12 @@ if __name__ == "__main__":
     )
     parser.add_argument("--ks", default="1,2", help="worker counts, comma-separated")
     parser.add_argument(
-        "--saturate-sizes", default=SATURATE_SIZES, help="the N tried per K, in order"
+        "--saturate-sizes",
+        default=SATURATE_SIZES,
+        help="the N tried per K, in order: '64,128' for every K, or '1:224,256;2:384,448'",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="saturation rounds (each K once per round)"
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring window per phase")
     parser.add_argument("--hop-seconds", type=float, default=15.0, help="window of hop phases")
@@ -823,7 +870,7 @@ if __name__ == "__main__":
     result = asyncio.run(
         main(
             _sizes(args.ks),
-            _sizes(args.saturate_sizes),
+            _per_k_sizes(args.saturate_sizes),
             args.seconds,
             args.hop_seconds,
             args.hop_rounds,
@@ -831,6 +878,7 @@ if __name__ == "__main__":
             args.log_level,
             args.arrival,
             args.warmup,
+            args.rounds,
         )
     )
     result["command"] = " ".join(["python -m benchmarks.span", *sys.argv[1:]])

@@ -6,8 +6,12 @@ monotonic clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,3 +138,32 @@ async def test_a_closed_counter_ignores_late_calls(make: type[Counter]) -> None:
         counter.close()
     finally:
         protocol.transport.close()
+
+
+def _idle_threads() -> set[int]:
+    """This process's threads the kernel schedules as SCHED_IDLE (policy 5, stat field 41)."""
+    idle = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/self/task/{task}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[38]) == os.SCHED_IDLE:
+                idle.add(int(task))
+    return idle
+
+
+@pytest.mark.parametrize("idle", [True, False])
+async def test_the_native_thread_runs_only_on_an_idle_core(idle: bool) -> None:
+    """SCHED_IDLE, not only nice 19: a nice thread still preempts the server it measures."""
+    before = _idle_threads()
+    counter = NativeCounter(slots=4, records=64, others=16, idle=idle)
+    try:
+        for _ in range(200):  # bounded: the thread sets its policy as it starts
+            if counter.scheduling() != "starting":
+                break
+            await asyncio.sleep(0.01)
+        assert counter.scheduling() == ("idle" if idle else "nice")
+        new = _idle_threads() - before
+        assert len(new) == (1 if idle else 0), new
+        assert threading.get_native_id() not in new
+    finally:
+        counter.close()

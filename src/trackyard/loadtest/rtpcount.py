@@ -34,9 +34,10 @@ SO_TIMESTAMPNS = 35  # Linux; the socket module does not name it
 READ_BATCH = 64  # PyCounter: datagrams read per wake-up of a socket
 # NativeCounter's thread yields to the server measured: a round of reads at most every 2 ms (the
 # kernel's timestamps keep arrivals exact; a socket buffers far more than 2 ms of one stream),
-# at the lowest priority
+# as SCHED_IDLE (at the lowest nice value where that is refused)
 PAUSE_US = 2000
 NICE = 19
+IDLE = True
 _TIMESPEC = struct.Struct("=qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 _RECORD = struct.Struct("=dIHHi4x")  # tyc_rec: at, ts, seq, size, slot (padded to 24)
@@ -210,17 +211,20 @@ class NativeCounter:
         others: int = 4096,
         pause_us: int = PAUSE_US,
         nice: int = NICE,
+        idle: bool = IDLE,
     ) -> None:
         """``records``: held until taken (the pages are touched only as they fill);
-        ``pause_us`` between the thread's rounds, and its ``nice`` value (see rtpcount.c)."""
+        ``pause_us`` between the thread's rounds, its ``nice`` value and whether it runs as
+        SCHED_IDLE (see rtpcount.c)."""
         self._ffi, self._lib = load()
         self._loop = asyncio.get_running_loop()
         self._shift = _clock_shift()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._c = self._lib.tyc_new(slots, records, others, self._wake, pause_us, nice)
+        self._c = self._lib.tyc_new(slots, records, others, self._wake, pause_us, nice, int(idle))
         if self._c == self._ffi.NULL:
             os.close(self._wake)
             raise RuntimeError("rtpcount: tyc_new failed")
+        self._idle = idle
         self._slots = slots
         self._protocols: list[tuple[Any, object, int]] = []  # by slot: protocol, owner, family
         self._records = self._ffi.new("tyc_rec[]", 1 << 16)
@@ -277,6 +281,12 @@ class NativeCounter:
     def dropped(self) -> int:
         """Records or datagrams a full buffer refused (0 unless the buffers are too small)."""
         return int(self._lib.tyc_dropped(self._c)) if self._open else 0
+
+    def scheduling(self) -> str:
+        """How the thread runs: "idle" (SCHED_IDLE), "nice" (refused SCHED_IDLE, or not asked),
+        "starting" (the thread has not got that far yet)."""
+        got = int(self._lib.tyc_idle(self._c)) if self._open else -1
+        return {1: "idle", -1: "nice"}.get(got, "starting" if self._idle else "nice")
 
     def _deliver(self) -> None:
         with contextlib.suppress(BlockingIOError):  # several wake-ups read at once

@@ -10,14 +10,16 @@
  * an eventfd wakes, to hand on to the connection's own protocol. RTP of another payload type
  * (RTX) is only counted. Reference: PyCounter in trackyard/loadtest/rtpcount.py.
  *
- * The thread yields to the server it measures: it runs at a low priority (``nice``) and pauses
- * ``pause_us`` between rounds, so it wakes a few hundred times a second and reads many
+ * The thread yields to the server it measures: it runs as SCHED_IDLE (``idle``: only on a core
+ * nothing else wants; its ``nice`` value if that is refused) and pauses ``pause_us`` between
+ * rounds, so it wakes a few hundred times a second and reads many
  * datagrams each time, instead of preempting a busy SFU process for every packet it sends.
  * The kernel's timestamps keep the arrival times exact however late the datagrams are read.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +39,8 @@
 
 struct tyc {
     int epfd, wake_fd, stop_fd;
-    int pause_us, nice;
+    int pause_us, nice, idle;
+    int idle_got; /* what the thread got: see tyc_idle */
     pthread_t thread;
     int running;
     pthread_mutex_t mu;
@@ -142,6 +145,13 @@ static void *run(void *arg) {
     struct epoll_event evs[64];
     if (t->nice) /* this thread only: Linux applies a nice value per thread id */
         setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), t->nice);
+    if (t->idle) { /* a nice-19 thread still preempts a busy server now and then; this does not */
+        struct sched_param none = {0};
+        int got = sched_setscheduler(0, SCHED_IDLE, &none) == 0 ? 1 : -1;
+        pthread_mutex_lock(&t->mu);
+        t->idle_got = got;
+        pthread_mutex_unlock(&t->mu);
+    }
     struct timespec pause = {.tv_sec = t->pause_us / 1000000,
                              .tv_nsec = (long)(t->pause_us % 1000000) * 1000};
     for (;;) {
@@ -162,7 +172,7 @@ static void *run(void *arg) {
 }
 
 tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd, int pause_us,
-             int nice) {
+             int nice, int idle) {
     struct tyc *t = calloc(1, sizeof(*t));
     if (!t)
         return NULL;
@@ -172,6 +182,7 @@ tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd, int paus
     t->wake_fd = wake_fd;
     t->pause_us = pause_us;
     t->nice = nice;
+    t->idle = idle;
     t->cap_recs = records;
     t->cap_others = others;
     t->recs = calloc(records, sizeof(tyc_rec));
@@ -248,6 +259,13 @@ static uint64_t per_slot(tyc *t, const uint64_t *counts, int32_t slot) {
 uint64_t tyc_rtx(tyc *t, int32_t slot) { return per_slot(t, t->rtx, slot); }
 
 uint64_t tyc_counted(tyc *t, int32_t slot) { return per_slot(t, t->counted, slot); }
+
+int tyc_idle(tyc *t) {
+    pthread_mutex_lock(&t->mu);
+    int got = t->idle_got;
+    pthread_mutex_unlock(&t->mu);
+    return got;
+}
 
 uint64_t tyc_dropped(tyc *t) {
     pthread_mutex_lock(&t->mu);

@@ -21,7 +21,8 @@ typedef struct tyc_other { /* a datagram for the connection's own protocol */
 typedef struct tyc tyc;
 
 tyc *tyc_new(int32_t slots, size_t records, size_t others, int wake_fd, int pause_us,
-             int nice);
+             int nice, int idle);
+int tyc_idle(tyc *t); /* 1: the thread runs as SCHED_IDLE, -1: refused, 0: not asked (yet) */
 int tyc_watch(tyc *t, int fd, int32_t slot);
 int tyc_unwatch(tyc *t, int fd);
 void tyc_media(tyc *t, int32_t slot, int pt);
