@@ -807,7 +807,8 @@ def _ratio(per_k: dict[str, dict[str, Any]]) -> float | None:
     """K=2's delivered packets/s at its largest N held over K=1's, in one round."""
     one, two = per_k.get("1"), per_k.get("2")
     if one and two and one["delivered_pps_at_max_n"] and two["delivered_pps_at_max_n"]:
-        return round(float(two["delivered_pps_at_max_n"]) / one["delivered_pps_at_max_n"], 2)
+        ratio = float(two["delivered_pps_at_max_n"]) / float(one["delivered_pps_at_max_n"])
+        return round(ratio, 2)
     return None
 
 
