@@ -309,3 +309,68 @@ async def test_redis_new_subscription_joins_a_blocked_reader_at_once(
     assert await again.get(timeout=1) == env(1)
     assert await first.get(timeout=0.1) is None  # no duplicate from the re-read
     await bus.close()
+
+
+def test_read_command_is_packed_as_redis_py_packs_xread() -> None:
+    """The reader's kept XREAD is byte for byte what redis-py would send, through joins,
+    advances and departures of channels."""
+    from redis.asyncio.connection import Connection
+
+    from trackyard.core.redisbus import _ReadCommand
+
+    def expected(streams: dict[str, bytes]) -> bytes:
+        args = ["XREAD", "COUNT", 256, "BLOCK", 500, "STREAMS", *streams, *streams.values()]
+        return b"".join(Connection().pack_command(*args))
+
+    command = _ReadCommand(256, 500)
+    streams: dict[str, bytes] = {}
+    steps: list[tuple[str, bytes | None]] = [
+        ("a", b"0-0"),
+        ("b", b"0-0"),
+        ("wake", b"0-0"),
+        ("a", b"1733380000000-0"),
+        ("b", None),
+        ("ü-channel", b"0-0"),
+        ("a", b"1733380000000-0"),  # unchanged
+        ("b", b"0-0"),
+        ("a", None),
+        ("a", None),  # gone already
+    ]
+    for channel, last_id in steps:
+        if last_id is None:
+            command.drop(channel)
+            streams.pop(channel, None)
+        else:
+            command.set(channel, last_id)
+            streams[channel] = last_id
+        assert command.packed() == expected(streams), (channel, last_id)
+        assert len(command) == len(streams)
+
+
+async def test_redis_reader_follows_channels_that_come_and_go(
+    redis_client_factory: Callable[[], Redis],
+) -> None:
+    """Hundreds of channels, each read from where its subscriptions are; closed ones leave the
+    read, and a second subscription to a channel reads it again from the start."""
+    client = redis_client_factory()
+    await client.flushdb()
+    bus = RedisBus(client, maxlen=100, block_ms=2000)
+    names = [f"{CH}:come:{i}" for i in range(300)]
+    subs = [bus.subscribe(name) for name in names]
+    for round_ in range(2):
+        for i, name in enumerate(names):
+            await bus.publish(name, env(i * 10 + round_))
+        for i, sub in enumerate(subs):
+            assert await sub.get(timeout=5) == env(i * 10 + round_)
+    for sub in subs[::2]:
+        await sub.close()
+    assert len(bus._command) == 150 + 1  # the open channels and the wakeup stream
+    late = bus.subscribe(names[1])  # reads names[1] from its start
+    assert [await late.get(timeout=5) for _ in range(2)] == [env(10), env(11)]
+    for i, name in enumerate(names):
+        await bus.publish(name, env(i * 10 + 2))
+    for i in range(1, 300, 2):
+        assert await subs[i].get(timeout=5) == env(i * 10 + 2)
+    assert await late.get(timeout=5) == env(12)
+    assert await subs[1].get(timeout=0.2) is None  # each message once per subscription
+    await bus.close()
