@@ -771,7 +771,10 @@ async def main(
                 f" stopped by {sat['stopped_by']}"
             )
         ratios.append(_ratio(per_k))
-        print(f"round {r + 1}: K=2 / K=1 delivered packets/s at the largest N held: {ratios[-1]}x")
+        if ratios[-1] is not None:
+            print(
+                f"round {r + 1}: K=2 / K=1 delivered packets/s at the largest N held: {ratios[-1]}x"
+            )
     known = sorted(x for x in ratios if x is not None)
     ratio = statistics.median(known) if len(known) == len(ratios) and known else None
     if ratio is not None:
