@@ -42,7 +42,10 @@ warnings (``worker_warnings``: a room part judged dead, a long GC pass).
 (a) Saturation, per K in ``--ks``: N grows through ``--saturate-sizes`` until a phase fails
 ``forwarding.holds`` (loss >= 1% of the packets owed to the subscribers, or p99 latency over
 50 ms); reported per K: the largest N held and its delivered packets/s, and K=2's over K=1's
-(the same run).
+(the same run). ``--rounds R`` repeats that R times, the Ks interleaved (round 1: K=1 then K=2,
+round 2: ...), and reports each round's ratio and their median: on this shared machine the same
+phase moves by a size step from one run to the next. ``--saturate-sizes`` takes one list for
+every K or one per K (``1:224,256;2:384,448``), so each K starts near its limit.
 
 (b) The relay hop (K=2, ``--hop-rounds`` rounds of two phases, each ``--hop-seconds``): the
 publisher and two subscribers join one by one.
