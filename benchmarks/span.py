@@ -778,7 +778,7 @@ async def main(
             print(
                 f"round {r + 1}: K=2 / K=1 delivered packets/s at the largest N held: {ratios[-1]}x"
             )
-    known = sorted(x for x in ratios if x is not None)
+    known = [x for x in ratios if x is not None]
     ratio = statistics.median(known) if len(known) == len(ratios) and known else None
     if ratio is not None:
         print(
