@@ -260,3 +260,65 @@ def test_sinks_added_ahead_come_first() -> None:
     for sink, ahead in ((a, False), (b, False), (relay, True)):
         sinks = with_sink(sinks, sink, ahead)  # type: ignore[arg-type]
     assert sinks == (relay, a, b)
+
+
+def test_a_packet_goes_to_the_copies_ahead_and_later_to_the_rest(
+    udp: tuple[socket.socket, socket.socket],
+) -> None:
+    """``AHEAD`` sends a packet to the lane's copies ahead (relays) only, ``REST`` to the
+    others; what a part hands back to Python is that part's owners; a lane change is
+    announced before it happens (a source holding packets for ``REST`` sends them first)."""
+    tx, rx = udp
+    rx.setblocking(False)  # loopback delivers within sendmmsg: what was sent is there
+    fan = NativeFanout(lane=True)
+    changes: list[int] = []
+    fan.watch_lane(lambda: changes.append(len(fan.lane_owners())))
+    owners: dict[int, object] = {}
+    copies: dict[int, Copy] = {}
+    assert not fan.splits()
+    for ssrc in (1, 100, 2, 101, 3):  # ahead: 100 and up
+        c = fan.new_copy()
+        c.set_route(Route(None, tx, rx.getsockname()))
+        c.fields.ssrc = ssrc
+        c.enter_lane((5, 0, 96, 100), (0, 0, 0, -1, -1, 0, 0), (0, 0, 0, -1, -1, -1), 0.0)
+        owners[ssrc] = object()
+        assert fan.lane_add(c, owners[ssrc], 1, None, ahead=ssrc >= 100)  # type: ignore[arg-type]
+        copies[ssrc] = c
+    assert changes == [0, 1, 2, 3, 4]  # each announced before the copy joined
+    assert fan.splits()
+
+    def sent() -> list[int]:
+        out = []
+        while True:
+            try:
+                out.append(int.from_bytes(rx.recv(2048)[8:12], "big"))
+            except BlockingIOError:
+                return sorted(out)
+
+    packets = []
+    for n in (1, 2):
+        rtp = RtpPacket(payload_type=96, ssrc=5, sequence_number=n, timestamp=0, payload=b"p")
+        packets.append(ForwardedPacket(rtp, fan))
+        packets[-1].n = n
+    for p in packets:
+        assert fan.forward(p, True, -1, fanout.AHEAD) == []
+    assert sent() == [100, 100, 101, 101]
+    for p in packets:
+        assert fan.forward(p, True, -1, fanout.REST) == []
+    assert sent() == [1, 1, 2, 2, 3, 3]
+    assert [copies[s].lane_state()[0][2] for s in (1, 100, 3)] == [2, 2, 2]  # last seq out
+
+    other_pt = RtpPacket(payload_type=97, ssrc=5, sequence_number=3, timestamp=0, payload=b"p")
+    packet = ForwardedPacket(other_pt, fan)
+    packet.n = 3
+    ahead = fan.forward(packet, True, -1, fanout.AHEAD)  # only Python decides a new pt
+    rest = fan.forward(packet, True, -1, fanout.REST)
+    assert set(map(id, ahead)) == {id(owners[100]), id(owners[101])}
+    assert set(map(id, rest)) == {id(owners[1]), id(owners[2]), id(owners[3])}
+    assert sent() == []
+
+    fan.lane_remove(copies[101])
+    fan.lane_remove(copies[101])  # not in the lane: nothing to announce
+    assert changes[5:] == [5]
+    fan.lane_remove(copies[100])
+    assert not fan.splits()  # nothing ahead: the whole packet goes in one part

@@ -15,7 +15,7 @@ import fractions
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,6 +34,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from trackyard.sfu import fanout
 from trackyard.sfu.downtrack import DownTrack
 from trackyard.sfu.portrange import make_peer_connection
 from trackyard.sfu.rtphooks import MidRouter, receiver_codecs
@@ -81,13 +82,19 @@ def read_pattern(frame: av.VideoFrame) -> int | None:
 
 
 class PatternTrack(VideoStreamTrack):
-    def __init__(self, first: int = 0) -> None:
+    """``noisy``: noise below the pattern, so that frames take several packets."""
+
+    def __init__(self, first: int = 0, noisy: bool = False) -> None:
         super().__init__()
         self.count = first
+        self._noise = np.random.default_rng(1) if noisy else None
 
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame.from_ndarray(_pattern(self.count), format="yuv420p")
+        yuv = _pattern(self.count)
+        if self._noise is not None:
+            yuv[180:H] = self._noise.integers(0, 256, (H - 180, W), np.uint8)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = pts
         frame.time_base = time_base
         self.count += 1
@@ -221,10 +228,14 @@ async def build(
     subscribers: int = 2,
     *,
     on_subscriber_receiver: Callable[[int, str, RTCRtpReceiver], None] | None = None,
+    ahead: Collection[int] = (),
+    noisy: bool = False,
 ) -> Topology:
+    """``ahead``: the subscribers whose DownTracks are relays (``DownTrack(ahead=True)``);
+    ``noisy``: video frames of several packets (``PatternTrack``)."""
     counters = TrafficCounters()
     publisher = new_pc(client=True)
-    video_track = PatternTrack()
+    video_track = PatternTrack(noisy=noisy)
     publisher.addTrack(ToneTrack())
     publisher.addTrack(video_track)
 
@@ -269,6 +280,7 @@ async def build(
                 stream_id="PA_pub|TR_" + kind,
                 track_id="TR_" + kind,
                 counters=counters,
+                ahead=i in ahead,
             )
         sub = Subscriber(new_pc(client=True))
 
@@ -404,6 +416,50 @@ async def test_video_pattern_and_audio_tone_reach_both_subscribers() -> None:
         for pc in topo.pcs:
             ports = candidate_ports(pc)
             assert ports and all(PORTS[0] <= p <= PORTS[1] for p in ports), ports
+
+
+async def test_a_relay_gets_each_packet_of_a_burst_before_the_local_subscribers() -> None:
+    """A DownTrack ahead (a relay to another node) gets each packet as soon as it is read; the
+    other subscribers get a burst (a frame's packets, read back to back) once the last of it
+    is read, in order, and decode the same video as the relay's subscriber."""
+    parts: list[tuple[int, int, int]] = []  # (part, packet number, timestamp), as sent
+    async with topology(ahead=(0,), noisy=True) as topo:
+        fan = topo.video.fanout
+        forward = fan.forward
+
+        def spy(packet: Any, video: bool, level: int, part: int = fanout.WHOLE) -> Any:
+            parts.append((part, packet.n, packet.rtp.timestamp))
+            return forward(packet, video, level, part)
+
+        fan.__dict__["forward"] = spy
+        for sub in topo.subscribers:
+            await wait_for(partial(_frames_at_least, sub, 60), what="60 decoded frames")
+        for sub in topo.subscribers:
+            numbers = sub.decoded()
+            assert all(b > a for a, b in itertools.pairwise(numbers)), numbers
+            assert len(numbers) >= 0.9 * (numbers[-1] - numbers[0] + 1)
+            assert all(p in set(topo.published["video"]) for p in sub.rtp_payloads["video"])
+
+    # whole until both subscribers' copies are in the lane (keyframe, steady stream), then split
+    split = next(i for i, (part, _, _) in enumerate(parts) if part == fanout.AHEAD)
+    parts = parts[split:]
+    assert {part for part, _, _ in parts} == {fanout.AHEAD, fanout.REST}
+    ahead_at = {n: i for i, (part, n, _) in enumerate(parts) if part == fanout.AHEAD}
+    rest_at = {n: i for i, (part, n, _) in enumerate(parts) if part == fanout.REST}
+    assert sorted(ahead_at) == list(rest_at)  # each packet once to each part, in order
+    frames: dict[int, list[int]] = {}
+    for part, n, ts in parts:
+        if part == fanout.AHEAD:
+            frames.setdefault(ts, []).append(n)
+    bursts = [ns for ns in frames.values() if len(ns) > 1 and ns[-1] in rest_at]
+    assert len(bursts) >= 20, frames
+    for ns in bursts:  # all of a frame to the relay, then all of it here, back to back
+        rest = [rest_at[n] for n in ns]
+        assert max(ahead_at[n] for n in ns) < rest[0]
+        assert rest == list(range(rest[0], rest[0] + len(ns)))
+    # and nothing waits for more than its burst: a local copy follows its relayed one within
+    # the packets read meanwhile (a frame and what came with it), never _HOLD_MAX
+    assert max(rest_at[n] - ahead_at[n] for n in rest_at) < 2 * max(map(len, bursts)) + 4
 
 
 async def test_sender_reports_follow_the_publishers_clock() -> None:

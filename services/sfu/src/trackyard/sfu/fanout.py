@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from trackyard.sfu.trackcontract import ForwardedPacket, PacketSink
 
 __all__ = [
+    "AHEAD",
+    "REST",
+    "WHOLE",
     "Copy",
     "CopyFields",
     "Fanout",
@@ -53,6 +56,11 @@ log = structlog.get_logger(__name__)
 SLOT = 2048  # bytes per packet in the scratch buffer: MTU + header + SRTP trailer fit
 FIRST_CAPACITY = 256  # copies per received packet before the array grows
 _CREDITS = 4  # TY_CREDITS: distinct counters objects one fan-out's lane copies credit
+
+# the parts of a packet's fan-out (``Fanout.forward``)
+WHOLE = 0
+AHEAD = 1  # the copies added and the lane's copies ahead (relays to other nodes)
+REST = 2  # the lane's other copies
 
 _CDEF = """
 typedef int (*ty_protect_fn)(void *ctx, void *rtp, int *len);
@@ -206,9 +214,22 @@ class Fanout(Protocol):
     def new_copy(self) -> Copy: ...
     def add(self, copy: Copy) -> None: ...
     def send(self, payload: bytes, marker: int, video: bool, abs_time: int, level: int) -> int: ...
-    def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
+    def forward(
+        self, packet: ForwardedPacket, video: bool, level: int, part: int = WHOLE
+    ) -> list[PacketSink]:
         """Send the copies added for ``packet`` and the lane's; returns the owners of lane
-        copies that must decide this packet in Python (their ``forward`` takes the copy back)."""
+        copies that must decide this packet in Python (their ``forward`` takes the copy back).
+        ``part``: ``WHOLE``; or ``AHEAD`` (the copies added and the lane's copies ahead) now
+        and ``REST`` (the lane's other copies) later, the packets in the same order."""
+        ...
+
+    def splits(self) -> bool:
+        """The lane has copies ahead and copies not ahead (``forward`` may go in parts)."""
+        ...
+
+    def watch_lane(self, before_change: Callable[[], None] | None) -> None:
+        """Call ``before_change()`` before a copy joins or leaves the lane (a source holding
+        packets for ``REST`` sends them first)."""
         ...
 
     def build(
@@ -330,10 +351,18 @@ class PyFanout:
     def lane_remove(self, copy: Copy) -> None:
         return None
 
-    def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
+    def forward(
+        self, packet: ForwardedPacket, video: bool, level: int, part: int = WHOLE
+    ) -> list[PacketSink]:
         rtp = packet.rtp
         self.send(rtp.payload, rtp.marker, video, packet.abs_send_time, level)
         return []
+
+    def splits(self) -> bool:
+        return False  # no lane
+
+    def watch_lane(self, before_change: Callable[[], None] | None) -> None:
+        return None
 
     def new_copy(self) -> PyCopy:
         return PyCopy()
@@ -547,6 +576,7 @@ class NativeFanout:
         self._lane_copies: list[NativeCopy] = []
         self._owners: list[PacketSink] = []
         self._n_ahead = 0  # the lane's first copies, added with ahead
+        self._before_change: Callable[[], None] | None = None  # watch_lane
         self._deferred = self._ffi.new("int32_t[]", FIRST_CAPACITY)
         self._n_deferred = self._ffi.new("int32_t *")
         self._number = 0  # packets handed out (next_number)
@@ -589,6 +619,8 @@ class NativeFanout:
         ahead: bool = False,
     ) -> bool:
         assert isinstance(copy, NativeCopy) and self.lane and copy.lane_index < 0
+        if self._before_change is not None:
+            self._before_change()
         credit = _CREDITS  # none
         if counters is not None:
             credits = self._credits
@@ -627,8 +659,12 @@ class NativeFanout:
 
     def lane_remove(self, copy: Copy) -> None:
         assert isinstance(copy, NativeCopy)
+        if copy.lane_index < 0:
+            return
+        if self._before_change is not None:
+            self._before_change()
         i = copy.lane_index
-        if i < 0:
+        if i < 0:  # left meanwhile
             return
         last = len(self._lane_copies) - 1
         if i < self._n_ahead:  # the last ahead fills it; the last of all fills that
@@ -676,15 +712,31 @@ class NativeFanout:
         del buf
         return sent
 
-    def forward(self, packet: ForwardedPacket, video: bool, level: int) -> list[PacketSink]:
+    def splits(self) -> bool:
+        return 0 < self._n_ahead < len(self._lane_copies)
+
+    def watch_lane(self, before_change: Callable[[], None] | None) -> None:
+        self._before_change = before_change
+
+    def forward(
+        self, packet: ForwardedPacket, video: bool, level: int, part: int = WHOLE
+    ) -> list[PacketSink]:
         count = packet.n
         rtp = packet.rtp
         payload = rtp.payload
-        lane_n = len(self._lane_copies)
-        if self._ring:
-            i = count & self._ring_mask
-            self._ring[i] = payload
-            self._ring_n[i] = count
+        first, lane_n = 0, len(self._lane_copies)
+        if part == REST:
+            first = self._n_ahead
+            lane = self._lane + first
+            lane_n -= first
+        else:
+            if part == AHEAD:
+                lane_n = self._n_ahead
+            lane = self._lane
+            if self._ring:
+                i = count & self._ring_mask
+                self._ring[i] = payload
+                self._ring_n[i] = count
         n, self._n = self._n, 0
         pk = self._packet
         if not n and not lane_n:
@@ -704,7 +756,7 @@ class NativeFanout:
             pk,
             self._copies,
             n,
-            self._lane,
+            lane,
             lane_n,
             self._deferred,
             self._n_deferred,
@@ -722,7 +774,7 @@ class NativeFanout:
         if not deferred:
             return []
         owners = self._owners
-        return [owners[self._deferred[i]] for i in range(deferred)]
+        return [owners[first + self._deferred[i]] for i in range(deferred)]
 
     def build(
         self, copy: Copy, payload: bytes, marker: int, video: bool, abs_time: int, level: int

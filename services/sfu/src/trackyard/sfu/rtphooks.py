@@ -23,6 +23,11 @@ Sending (subscriber peer connection)
   nothing between receiving a packet and sending its copies and feedback is awaited).
   ``silence_receiver`` makes a closed track's receiver drop what still arrives.
 
+Bursts
+  ``receive_burst(receiver)`` lets a receiver's handler put work off until the datagrams that
+  have already arrived on its connection are handled (``ReceiveBurst``): a track relayed to
+  other nodes sends a keyframe's packets there first and fans them out locally after.
+
 ICE sockets
   ``hook_peer_connection(pc, policy)`` installs the MID router on every DTLS transport the
   connection creates and lets ``policy`` bind the UDP sockets aioice gathers host candidates
@@ -51,6 +56,7 @@ import functools
 import random
 import re
 import secrets
+import select
 import socket
 import string
 import warnings
@@ -89,6 +95,7 @@ __all__ = [
     "CodecInfo",
     "IceSocketPolicy",
     "MidRouter",
+    "ReceiveBurst",
     "ReceiverHandler",
     "RtcpByePacket",
     "RtcpPsfbPacket",
@@ -108,6 +115,7 @@ __all__ = [
     "install_simulcast_extensions",
     "on_nominated",
     "on_transport_state",
+    "receive_burst",
     "receiver_codecs",
     "receiver_rtcp_ssrc",
     "receiver_rtx_ssrcs",
@@ -215,6 +223,20 @@ def _needs() -> list[_Need]:
             "RTCIceTransport._connection",
         ),
         _Need((ice_conn, "sendto"), "_nominated", "uses", "aioice.Connection._nominated"),
+        # bursts: the receive loop asks the ICE transport for each datagram
+        _Need(
+            (aiortc.rtcicetransport.RTCIceTransport, "__init__"),
+            "_recv",
+            "uses",
+            "RTCIceTransport._recv",
+        ),
+        _Need(
+            (RTCDtlsTransport, "_recv_next"),
+            "_recv",
+            "uses",
+            "RTCDtlsTransport._recv_next -> transport._recv",
+        ),
+        _Need((ice_conn, "__init__"), "_queue", "uses", "aioice.Connection._queue"),
         _Need((ice_conn, "sendto"), "send_data", "uses", "aioice.Connection.sendto -> send_data"),
         _Need(
             (aioice.ice.CandidatePair, "__init__"),
@@ -481,6 +503,84 @@ def install_mid_router(transport: RTCDtlsTransport, drop_unhooked: bool = False)
     new = MidRouter(router, drop_unhooked)
     transport._rtp_router = new
     return new
+
+
+# --- bursts -------------------------------------------------------------------------------
+
+
+class ReceiveBurst:
+    """Work a publisher connection's packet handlers put off until the datagrams already
+    waiting for it have been handled (a keyframe arrives as a burst of them).
+
+    ``defer(work)``: ``work()`` runs, once, just before the connection next waits for a
+    datagram that has not arrived yet: aiortc's receive loop asks for the next datagram
+    (``RTCIceTransport._recv``), and if aioice's queue and the nominated pair's socket are both
+    empty the deferred work runs first. asyncio reads one datagram a loop iteration, so the
+    socket is asked (``poll``, no timeout), not only the queue. Used by an UpTrack that relays
+    to other nodes: each packet of a burst goes to the relays as it is read, the local fan-out
+    of the burst after its last packet."""
+
+    __slots__ = ("_connection", "_fd", "_poll", "_work")
+
+    def __init__(self, connection: aioice.ice.Connection) -> None:
+        self._connection = connection
+        self._work: list[Callable[[], None]] = []
+        self._poll = select.poll()
+        self._fd = -1
+
+    def defer(self, work: Callable[[], None]) -> None:
+        if work not in self._work:
+            self._work.append(work)
+
+    def run(self) -> None:
+        """The deferred work, now (in the order it was deferred)."""
+        work, self._work = self._work, []
+        for item in work:
+            try:
+                item()
+            except Exception:
+                log.exception("deferred packet work failed")
+
+    def _waiting(self) -> bool:
+        """A datagram for this connection is already here (queued or in the socket)."""
+        if not self._connection._queue.empty():
+            return True
+        pair = self._connection._nominated.get(1)
+        sock = pair.protocol.transport.get_extra_info("socket") if pair is not None else None
+        fd = sock.fileno() if sock is not None else -1
+        if fd != self._fd:
+            if self._fd >= 0:
+                self._poll.unregister(self._fd)
+            if fd >= 0:
+                self._poll.register(fd, select.POLLIN)
+            self._fd = fd
+        return fd >= 0 and bool(self._poll.poll(0))
+
+    async def _recv(self, receive: Callable[[], Awaitable[bytes]]) -> bytes:
+        if self._work and not self._waiting():
+            self.run()
+        return await receive()
+
+
+def receive_burst(receiver: RTCRtpReceiver) -> ReceiveBurst | None:
+    """The ``ReceiveBurst`` of the receiver's connection (installed on first use); None while
+    the receiver has no ICE transport."""
+    dtls = receiver.transport
+    ice = getattr(dtls, "_transport", None) if dtls is not None else None
+    if ice is None:
+        return None
+    d = ice.__dict__
+    burst = d.get("_trackyard_burst")
+    if burst is None:
+        burst = d["_trackyard_burst"] = ReceiveBurst(ice._connection)
+        receive = d["_recv"]
+
+        async def recv() -> bytes:
+            return await burst._recv(receive)
+
+        d["_recv"] = recv
+    assert isinstance(burst, ReceiveBurst)
+    return burst
 
 
 # --- receivers ----------------------------------------------------------------------------

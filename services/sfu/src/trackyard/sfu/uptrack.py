@@ -63,7 +63,7 @@ from trackyard.sfu.connectionquality import (
     LOSS_WEIGHT_VIDEO,
     StreamWindow,
 )
-from trackyard.sfu.fanout import Fanout, LaneFilter, make_fanout
+from trackyard.sfu.fanout import AHEAD, REST, Fanout, LaneFilter, make_fanout
 from trackyard.sfu.forwarder import KeyframeThrottle
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
@@ -115,6 +115,7 @@ _NACK_RETRY_INTERVAL = 0.05  # seconds between NACKs for the same packet
 # source payloads a fan-out keeps for its lane copies' NACKs (all layers together)
 RING_VIDEO = 2048
 RING_AUDIO = 256
+_HOLD_MAX = 32  # packets held for the local fan-out (see _hold) before it runs anyway
 _NTP_ONE_SECOND = 1 << 32
 
 
@@ -261,13 +262,22 @@ class UpTrack:
         self._started_at: float | None = None  # first packet
         self._starting = True  # within layer_timeout of the first packet
         # the hand-off to the sinks, refilled for every received packet
-        if fanout is None:  # its own: copies on their steady stream are decided in C
+        # its own fan-out (copies on their steady stream are decided in C) may send a burst to
+        # the relays before fanning it out here (see _hold); a shared one may not
+        self._holds = fanout is None
+        if fanout is None:
             fanout = make_fanout(lane=True, ring=RING_VIDEO if kind == "video" else RING_AUDIO)
+            fanout.watch_lane(self._release)
         self._fanout = fanout
         self._packet = ForwardedPacket(RtpPacket(), self._fanout)
         self._lane_filter = LaneFilter(fanout)
         self._fanning_out = False  # PLIs asked for meanwhile wait in _plis_due
         self._plis_due: list[int] = []
+        # packets sent to the copies ahead, their local fan-out due when the burst is read
+        self._held: list[ForwardedPacket] = []  # reused: the first _n_held are due
+        self._n_held = 0
+        self._releasing = False
+        self._burst: rtphooks.ReceiveBurst | None = None
 
     # --- wiring -------------------------------------------------------------------------
 
@@ -325,6 +335,7 @@ class UpTrack:
         if self._closed:
             return
         self._closed = True
+        self._n_held = 0  # the subscribers go too
         for sink in self._sinks:
             sink.source_closed()
         self._sinks = ()
@@ -662,26 +673,32 @@ class UpTrack:
             self._fanning_out = True
             fanout = self._fanout
             try:
-                if out.padding:  # every sink, the lane's too (they leave it to skip)
-                    for sink in sinks:
-                        sink.forward(out)  # never raises (PacketSink contract)
+                python = () if out.padding else self._lane_filter.python_sinks(sinks)
+                if (
+                    not python
+                    and not out.padding
+                    and self._holds
+                    and fanout.splits()
+                    and self._can_hold()
+                ):
+                    self._forward(out, AHEAD)  # to the relays now, here after the burst
+                    self._hold(out)
                 else:
-                    for sink in self._lane_filter.python_sinks(sinks):
-                        sink.forward(out)
-                    # the copies the sinks added and the lane's, in one native call
-                    level = out.audio_level
-                    video = self.kind == "video"
-                    lvl = -1 if level is None else (0x80 if level[0] else 0) | (level[1] & 0x7F)
-                    handed_back = fanout.forward(out, video, lvl)
-                    if handed_back:  # lane copies this packet needs Python for
-                        for sink in handed_back:
+                    if self._n_held:  # a held packet goes before this one
+                        self._release()
+                    if out.padding:  # every sink, the lane's too (they leave it to skip)
+                        for sink in sinks:
+                            sink.forward(out)  # never raises (PacketSink contract)
+                    else:
+                        for sink in python:
                             sink.forward(out)
-                        fanout.send(payload, packet.marker, video, out.abs_send_time, lvl)
+                        # the copies the sinks added and the lane's, in one native call
+                        self._forward(out)
+                        if counters is not None:  # LiveKit's forward latency
+                            counters.forwarded += 1
+                            counters.forward_ns += int((time.monotonic() - now) * 1e9)
             finally:
                 self._fanning_out = False
-            if not out.padding and counters is not None:  # LiveKit's forward latency
-                counters.forwarded += 1
-                counters.forward_ns += int((time.monotonic() - now) * 1e9)
             if self._plis_due:
                 self._flush_plis()
 
@@ -695,6 +712,72 @@ class UpTrack:
                 again = nacks.due(now, _NACK_RETRY_INTERVAL * 2)
                 if again:
                     self._send_nack(layer, again)
+
+    def _forward(self, out: ForwardedPacket, part: int = 0) -> None:
+        """``out`` to the fan-out's copies (``part``: ``Fanout.forward``'s), and to the lane
+        copies it hands back to Python."""
+        level = out.audio_level
+        video = self.kind == "video"
+        lvl = -1 if level is None else (0x80 if level[0] else 0) | (level[1] & 0x7F)
+        fanout = self._fanout
+        handed_back = fanout.forward(out, video, lvl, part)
+        if handed_back:  # lane copies this packet needs Python for
+            for sink in handed_back:
+                sink.forward(out)
+            rtp = out.rtp
+            fanout.send(rtp.payload, rtp.marker, video, out.abs_send_time, lvl)
+
+    # --- bursts: relays first -----------------------------------------------------------
+    # A track with copies ahead (relays to other nodes) and local copies sends each packet of
+    # a burst (a keyframe: tens of packets at once) to the relays as it is read, and fans the
+    # burst out here once it is read (rtphooks.ReceiveBurst). Otherwise the other node gets
+    # packet i+1 only after this node's whole fan-out of packet i, and finishes a keyframe
+    # later than this node by up to the keyframe's local fan-out time.
+
+    def _can_hold(self) -> bool:
+        if self._n_held >= _HOLD_MAX:
+            self._release()
+        burst = self._burst
+        if burst is None and self._receiver is not None:
+            burst = self._burst = rtphooks.receive_burst(self._receiver)
+        return burst is not None
+
+    def _hold(self, out: ForwardedPacket) -> None:
+        held = self._held
+        i = self._n_held
+        if i == len(held):
+            held.append(ForwardedPacket(out.rtp, self._fanout))
+        h = held[i]
+        h.rtp, h.n, h.layer, h.arrival = out.rtp, out.n, out.layer, out.arrival
+        h.keyframe, h.padding, h.vp8 = out.keyframe, out.padding, out.vp8
+        h.abs_send_time, h.audio_level = out.abs_send_time, out.audio_level
+        self._n_held = i + 1
+        if not i:
+            assert self._burst is not None
+            self._burst.defer(self._release)
+
+    def _release(self) -> None:
+        """The held packets to the copies not ahead, in order (also before the lane changes:
+        a copy leaving it takes its state back after them, one joining starts after them)."""
+        n = self._n_held
+        if not n or self._releasing:
+            return
+        self._releasing = True
+        fanning_out, self._fanning_out = self._fanning_out, True
+        counters = self.counters
+        try:
+            for i in range(n):
+                h = self._held[i]
+                self._forward(h, REST)
+                if counters is not None:
+                    counters.forwarded += 1
+                    counters.forward_ns += int((time.monotonic() - h.arrival) * 1e9)
+        finally:
+            self._n_held = 0
+            self._releasing = False
+            self._fanning_out = fanning_out
+        if not fanning_out and self._plis_due:
+            self._flush_plis()
 
     def _flush_plis(self) -> None:
         due = self._plis_due
