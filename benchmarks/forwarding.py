@@ -1050,35 +1050,58 @@ def holds(r: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
+class Sweep:
+    """One search for the largest N held: ``next_n()`` is the N to run next (None: done),
+    ``record(r)`` takes that phase's result; it stops at the first phase that fails ``holds``."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = list(sizes)
+        self.phases: list[dict[str, Any]] = []
+        self.held: dict[str, Any] | None = None
+        self.stopped_by = "sizes exhausted"
+        self.done = not self.sizes
+
+    def next_n(self) -> int | None:
+        return None if self.done else self.sizes[len(self.phases)]
+
+    def record(self, r: dict[str, Any]) -> None:
+        ok, why = holds(r)
+        r["held"] = ok
+        self.phases.append(r)
+        if not ok:
+            self.stopped_by = f"N={r['n']}: {why}"
+            self.done = True
+            return
+        self.held = r
+        self.done = len(self.phases) == len(self.sizes)
+
+    def result(self, at_max: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The largest N held, its figures (and those named in ``at_max``), what stopped the
+        search and every phase."""
+        held = self.held
+        figures = ("delivered_pps", "us_per_delivered_packet", *at_max)
+        return {
+            "criteria": {"max_loss": SATURATE_MAX_LOSS, "max_p99_ms": SATURATE_MAX_P99_MS},
+            "max_n_held": held["n"] if held else None,
+            **{f"{name}_at_max_n": held[name] if held else None for name in figures},
+            "stopped_by": self.stopped_by,
+            "phases": self.phases,
+        }
+
+
 async def grow_until_broken(
     sizes: list[int],
     phase: Callable[[int], Awaitable[dict[str, Any]]],
     show: Callable[[dict[str, Any]], None],
     at_max: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run ``phase(n)`` for each N of ``sizes`` until one fails ``holds``; the largest N held,
-    its figures (and those named in ``at_max``), what stopped it and every phase."""
-    phases: list[dict[str, Any]] = []
-    held: dict[str, Any] | None = None
-    stopped_by = "sizes exhausted"
-    for n in sizes:
+    """Run ``phase(n)`` for each N of ``sizes`` until one fails ``holds`` (``Sweep``)."""
+    sweep = Sweep(sizes)
+    while (n := sweep.next_n()) is not None:
         r = await phase(n)
-        ok, why = holds(r)
-        r["held"] = ok
-        phases.append(r)
+        sweep.record(r)
         show(r)
-        if not ok:
-            stopped_by = f"N={n}: {why}"
-            break
-        held = r
-    figures = ("delivered_pps", "us_per_delivered_packet", *at_max)
-    return {
-        "criteria": {"max_loss": SATURATE_MAX_LOSS, "max_p99_ms": SATURATE_MAX_P99_MS},
-        "max_n_held": held["n"] if held else None,
-        **{f"{name}_at_max_n": held[name] if held else None for name in figures},
-        "stopped_by": stopped_by,
-        "phases": phases,
-    }
+    return sweep.result(at_max)
 
 
 async def saturate(

@@ -44,8 +44,10 @@ warnings (``worker_warnings``: a room part judged dead, a long GC pass).
 50 ms); reported per K: the largest N held and its delivered packets/s, and K=2's over K=1's
 (the same run). ``--rounds R`` repeats that R times, the Ks interleaved (round 1: K=1 then K=2,
 round 2: ...), and reports each round's ratio and their median: on this shared machine the same
-phase moves by a size step from one run to the next. ``--saturate-sizes`` takes one list for
-every K or one per K (``1:224,256;2:384,448``), so each K starts near its limit.
+phase moves by a size step from one run to the next. ``--paired`` interleaves them closer: within
+a round the Ks' searches alternate phase by phase (K=1's first N, K=2's first N, ...).
+``--saturate-sizes`` takes one list for every K or one per K (``1:224,256;2:384,448``), so each K
+starts near its limit.
 
 (b) The relay hop (K=2, ``--hop-rounds`` rounds of two phases, each ``--hop-seconds``): the
 publisher and two subscribers join one by one.
@@ -109,6 +111,7 @@ from benchmarks.forwarding import (
     ClientSide,
     Setup,
     SubscriberCounter,
+    Sweep,
     client_main,
     grow_until_broken,
     measure,
@@ -640,6 +643,24 @@ async def saturate(bench: Bench, k: int, sizes: list[int], seconds: float) -> di
     )
 
 
+async def saturate_paired(
+    bench: Bench, ks: list[int], sizes: dict[int, list[int]], seconds: float
+) -> dict[str, dict[str, Any]]:
+    """The Ks' searches phase by phase in turn (K=1's first N, K=2's first N, K=1's second N,
+    ...), each stopping at its own first failure: both Ks meet the same minutes of the
+    machine, where ``saturate`` one after the other lets a drift land on one K only."""
+    sweeps = {k: Sweep(sizes_for(sizes, k)) for k in ks}
+    while any(not sweep.done for sweep in sweeps.values()):
+        for k, sweep in sweeps.items():
+            n = sweep.next_n()
+            if n is not None:
+                r = await run_phase(bench, k, n, seconds)
+                sweep.record(r)
+                print_span_phase(r)
+    at_max = ("client_process_cpu_utilization",)
+    return {str(k): sweep.result(at_max) for k, sweep in sweeps.items()}
+
+
 def _worker_cpu(r: dict[str, Any], worker: int) -> float:
     return float(r["cpu_by_process"][f"worker{worker}"])
 
@@ -733,6 +754,7 @@ async def main(
     arrival: str = "kernel",
     warmup: float = WARMUP,
     rounds: int = 1,
+    paired: bool = False,
 ) -> dict[str, Any]:
     by_round: list[dict[str, dict[str, Any]]] = []
     hop: dict[str, Any] | None = None
@@ -750,7 +772,13 @@ async def main(
             # Rounds interleave the Ks, so a slow drift of the shared machine reaches all alike.
             for r in range(rounds):
                 per_k: dict[str, dict[str, Any]] = {}
-                for k in ks:
+                if paired:
+                    print(
+                        f"round {r + 1}/{rounds}, K in {ks} phase by phase: trackyard sfu"
+                        " --workers K, node_participants ceil((N+1)/K)"
+                    )
+                    per_k = await saturate_paired(bench, ks, sizes, seconds)
+                for k in [] if paired else ks:
                     print(
                         f"round {r + 1}/{rounds}, K={k}: trackyard sfu --workers {k},"
                         f" node_participants ceil((N+1)/{k})"
@@ -800,6 +828,7 @@ async def main(
         "cpu_count": os.cpu_count(),
         "note": f"{SHARED_CORES}; server CPU = the K worker processes",
         "seconds": seconds,
+        "paired": paired,
         "stream": stream,
         "saturation": by_round[0] if by_round else {},
         "rounds": by_round,
@@ -851,6 +880,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--rounds", type=int, default=1, help="saturation rounds (each K once per round)"
     )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="within a round, the Ks' searches alternate phase by phase (saturate_paired)",
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring window per phase")
     parser.add_argument("--hop-seconds", type=float, default=15.0, help="window of hop phases")
     parser.add_argument("--hop-rounds", type=int, default=2, help="0: no hop measurement")
@@ -886,6 +920,7 @@ if __name__ == "__main__":
             args.arrival,
             args.warmup,
             args.rounds,
+            args.paired,
         )
     )
     result["command"] = " ".join(["python -m benchmarks.span", *sys.argv[1:]])
