@@ -254,6 +254,7 @@ class UpTrack:
         self._by_rtx_ssrc: dict[int, Layer] = {}
         self._by_rid: dict[str, Layer] = {}
         self._sinks: tuple[PacketSink, ...] = ()
+        self._ahead: set[PacketSink] = set()  # the sinks added ahead (relays)
         self._is_vp8 = False
         self._is_h264 = False
         self._wanted: int | None = None
@@ -390,10 +391,13 @@ class UpTrack:
             sink.source_closed()
             return
         self._sinks = with_sink(self._sinks, sink, ahead)
+        if ahead:
+            self._ahead.add(sink)
         self.wanted_changed()
 
     def remove_sink(self, sink: PacketSink) -> None:
         self._sinks = tuple(s for s in self._sinks if s is not sink)
+        self._ahead.discard(sink)
         self.wanted_changed()
 
     # --- layer selection ----------------------------------------------------------------
@@ -765,9 +769,15 @@ class UpTrack:
         self._releasing = True
         fanning_out, self._fanning_out = self._fanning_out, True
         counters = self.counters
+        fanout = self._fanout
+        version = fanout.lane_version
         try:
             for i in range(n):
                 h = self._held[i]
+                if fanout.lane_version != version:  # a copy left the lane: Python decides
+                    for sink in self._lane_filter.python_sinks(self._sinks):
+                        if sink not in self._ahead:  # (the relays had this packet)
+                            sink.forward(h)
                 self._forward(h, REST)
                 if counters is not None:
                     counters.forwarded += 1
