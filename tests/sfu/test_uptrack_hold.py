@@ -62,6 +62,16 @@ class Sink:
         return None
 
 
+def ssrcs(rx: socket.socket) -> list[int]:
+    """The SSRCs of what ``rx`` has received (non-blocking: loopback delivers at once)."""
+    out = []
+    while True:
+        try:
+            out.append(int.from_bytes(rx.recv(2048)[8:12], "big"))
+        except BlockingIOError:
+            return out
+
+
 def test_held_packets_reach_a_copy_that_leaves_the_lane_meanwhile(
     udp: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -87,24 +97,12 @@ def test_held_packets_reach_a_copy_that_leaves_the_lane_meanwhile(
         up._forward(out, fanout.AHEAD)
         up._hold(out)
     assert len(burst.work) == 1  # deferred once for the burst
-    received = []
-    while True:
-        try:
-            received.append(int.from_bytes(rx.recv(2048)[8:12], "big"))
-        except BlockingIOError:
-            break
-    assert received == [100, 100]  # packets 1 and 3 to the relay; 2 went to Python
+    assert ssrcs(rx) == [100, 100]  # packets 1 and 3 to the relay; 2 went to Python
     assert sinks[100].got == [2]
 
     burst.work.pop()()  # the burst was read: the local copies get it, in order
     assert sinks[1].got == [2, 3]  # 2 handed back (it left the lane), 3 by Python
     assert sinks[2].got == [2]  # 1 and 3 by the lane
     assert sinks[100].got == [2]  # the relay had them all already
-    received = []
-    while True:
-        try:
-            received.append(int.from_bytes(rx.recv(2048)[8:12], "big"))
-        except BlockingIOError:
-            break
-    assert sorted(received) == [1, 2, 2]  # lane: 1 -> copies 1 and 2; 3 -> copy 2
+    assert sorted(ssrcs(rx)) == [1, 2, 2]  # lane: 1 -> copies 1 and 2; 3 -> copy 2
     assert up._n_held == 0
