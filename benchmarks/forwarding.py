@@ -882,10 +882,12 @@ async def measure(
     sfu_sent0 = setup.sfu_sent() if setup.sfu_sent else 0
     client0 = clients.cpu()
     user0, sys0 = sfu_cpu()
+    drops0 = udp_drops()
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     t1 = time.monotonic()
     user1, sys1 = sfu_cpu()
+    drops = udp_drops() - drops0
     client1 = clients.cpu()
     sfu_sent1 = setup.sfu_sent() if setup.sfu_sent else 0
     profiled = None
@@ -908,6 +910,9 @@ async def measure(
         "cpu_user_s": round(user1 - user0, 3),
         "cpu_sys_s": round(sys1 - sys0, 3),
         "cpu_utilization": round(cpu / wall, 3),
+        # lost at a full socket buffer in the window (a client not reading counts as the SFU's
+        # loss in lost_total: this says how much of it the kernel dropped on receive)
+        "udp_drops_in_window": drops,
         "client_process_cpu_utilization": round((client1 - client0) / wall, 3),
         "loadavg_1min": round(os.getloadavg()[0], 2),
         "received_pps": round(stats["sent"] / wall, 1),
@@ -994,6 +999,17 @@ def _fmt_latency(lat: dict[str, float]) -> str:
     return f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.1f}"
 
 
+def udp_drops() -> int:
+    """Datagrams the kernel dropped at full receive buffers, summed over this network
+    namespace's UDP sockets (``/proc/net/udp*``: the clients' and the servers' alike)."""
+    total = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(name) as table:
+            next(table, None)  # the header
+            total += sum(int(line.split()[12]) for line in table if line.strip())
+    return total
+
+
 def print_phase(r: dict[str, Any]) -> None:
     us = r.get("us_per_delivered_packet")
     line = f"{r['mode']:>7} N={r['n']:<3}"
@@ -1013,6 +1029,8 @@ def print_phase(r: dict[str, Any]) -> None:
             f" (delta frames p99 {r['latency_delta_ms'].get('p99', 0):.2f})"
             f"  lost {r['lost_total']}/{r['sent_unique'] * r['n']}"
         )
+    if r.get("udp_drops_in_window"):
+        line += f"  (udp receive drops in the window {r['udp_drops_in_window']})"
     print(line, flush=True)
 
 
