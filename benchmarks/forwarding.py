@@ -887,7 +887,7 @@ async def measure(
     await asyncio.sleep(seconds)
     t1 = time.monotonic()
     user1, sys1 = sfu_cpu()
-    drops = udp_drops() - drops0
+    drops = drops_since(drops0)
     client1 = clients.cpu()
     sfu_sent1 = setup.sfu_sent() if setup.sfu_sent else 0
     profiled = None
@@ -999,15 +999,23 @@ def _fmt_latency(lat: dict[str, float]) -> str:
     return f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.1f}"
 
 
-def udp_drops() -> int:
-    """Datagrams the kernel dropped at full receive buffers, summed over this network
-    namespace's UDP sockets (``/proc/net/udp*``: the clients' and the servers' alike)."""
-    total = 0
+def udp_drops() -> dict[str, int]:
+    """Datagrams the kernel dropped at full receive buffers, per UDP socket (inode) of this
+    network namespace (``/proc/net/udp*``: the clients' and the servers' alike)."""
+    drops: dict[str, int] = {}
     for name in ("/proc/net/udp", "/proc/net/udp6"):
         with contextlib.suppress(OSError), open(name) as table:
             next(table, None)  # the header
-            total += sum(int(line.split()[12]) for line in table if line.strip())
-    return total
+            for line in table:
+                fields = line.split()
+                if len(fields) > 12:
+                    drops[fields[9]] = int(fields[12])
+    return drops
+
+
+def drops_since(before: dict[str, int]) -> int:
+    """Drops since ``before`` on the sockets open now (closed ones take their counts along)."""
+    return sum(max(0, n - before.get(inode, 0)) for inode, n in udp_drops().items())
 
 
 def print_phase(r: dict[str, Any]) -> None:
