@@ -778,12 +778,13 @@ async def main(
                         " --workers K, node_participants ceil((N+1)/K)"
                     )
                     per_k = await saturate_paired(bench, ks, sizes, seconds)
-                for k in [] if paired else ks:
-                    print(
-                        f"round {r + 1}/{rounds}, K={k}: trackyard sfu --workers {k},"
-                        f" node_participants ceil((N+1)/{k})"
-                    )
-                    per_k[str(k)] = await saturate(bench, k, sizes_for(sizes, k), seconds)
+                else:
+                    for k in ks:
+                        print(
+                            f"round {r + 1}/{rounds}, K={k}: trackyard sfu --workers {k},"
+                            f" node_participants ceil((N+1)/{k})"
+                        )
+                        per_k[str(k)] = await saturate(bench, k, sizes_for(sizes, k), seconds)
                 by_round.append(per_k)
             if hop_rounds:
                 print("relay hop: K=2, publisher + 2 subscribers, joined in order")
