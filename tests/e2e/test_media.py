@@ -8,6 +8,7 @@ import itertools
 import pytest
 from livekit import rtc
 
+from tests.support.cluster import eventually
 from tests.support.media import dominant_tone, pattern_video, read_numbers, tone_audio, until_width
 from tests.support.metrics import metric, prometheus_config
 from tests.support.nft import input_rules
@@ -22,6 +23,10 @@ NO_SIMULCAST = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, sim
 async def _metric(server: TrackyardProcess, name: str) -> float:
     """Read from the server's ``prometheus.port`` (the public port serves no metrics)."""
     return await metric(server, name)
+
+
+async def _subscriptions_are(server: TrackyardProcess, count: float) -> bool:
+    return await metric(server, "livekit_track_subscribed_total", kind="VIDEO") == count
 
 
 def _increasing(numbers: list[int]) -> bool:
@@ -85,11 +90,20 @@ async def test_manual_subscription(server: TrackyardProcess, room_name: str) -> 
         ):
             (publication, _) = await published.wait(lambda p, who: p.sid == vpub.sid)
             assert not subscribed.calls  # nothing arrives unasked
+            before = await metric(server, "livekit_track_subscribed_total", kind="VIDEO")
             publication.set_subscribed(True)
             (track, _, _) = await subscribed.wait(lambda t, p, who: p.sid == vpub.sid)
             assert _increasing(await read_numbers(track, 5))
             publication.set_subscribed(False)
             await unsubscribed.wait(lambda t, p, who: p.sid == vpub.sid)
+            # The SDK raises track_unsubscribed at once and does not order its requests: the
+            # server log showed the next subscribe=True arriving before this subscribe=False
+            # (1 run in ~13). Ask again once the server has ended the subscription.
+            await eventually(
+                lambda: _subscriptions_are(server, before),
+                timeout=10,
+                what="the server ended the subscription",
+            )
             # again: the transceiver is reused, and media flows again
             publication.set_subscribed(True)
             await subscribed.wait(lambda t, p, who: p.sid == vpub.sid and len(subscribed.calls) > 1)

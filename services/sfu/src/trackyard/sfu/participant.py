@@ -406,6 +406,7 @@ class Participant:
 
     async def _on_subscription(self, req: rtc.UpdateSubscription) -> None:
         sids = list(req.track_sids) + [s for pt in req.participant_tracks for s in pt.track_sids]
+        self.log.debug("subscription request", tracks=sids, subscribe=req.subscribe)
         await self._listener.subscriptions_wanted(self, sids, req.subscribe)
 
     async def _on_track_setting(self, req: rtc.UpdateTrackSettings) -> None:
@@ -506,6 +507,7 @@ class Participant:
         """Start receiving ``track_sid`` (``up``) of ``publisher_sid``; renegotiates the
         subscriber connection."""
         if track_sid in self.downtracks or self.state is State.DISCONNECTED:
+            self.log.debug("subscription skipped", track=track_sid, state=self.state.name)
             return False
         if not self.permission.can_subscribe:
             self.log.info("subscription refused: token lacks canSubscribe", track=track_sid)
