@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from aiortc.rtp import RtpPacket
 
-from tests.sfu.test_fanout import Route, udp_pair
+from tests.sfu.test_fanout import Route, ssrcs, udp_pair
 from trackyard.sfu import fanout
 from trackyard.sfu.fanout import Copy
 from trackyard.sfu.native import build
@@ -60,16 +60,6 @@ class Sink:
 
     def source_closed(self) -> None:
         return None
-
-
-def ssrcs(rx: socket.socket) -> list[int]:
-    """The SSRCs of what ``rx`` has received (non-blocking: loopback delivers at once)."""
-    out = []
-    while True:
-        try:
-            out.append(int.from_bytes(rx.recv(2048)[8:12], "big"))
-        except BlockingIOError:
-            return out
 
 
 def test_held_packets_reach_a_copy_that_leaves_the_lane_meanwhile(

@@ -63,7 +63,7 @@ from trackyard.sfu.connectionquality import (
     LOSS_WEIGHT_VIDEO,
     StreamWindow,
 )
-from trackyard.sfu.fanout import AHEAD, REST, Fanout, LaneFilter, make_fanout
+from trackyard.sfu.fanout import AHEAD, REST, WHOLE, Fanout, LaneFilter, make_fanout
 from trackyard.sfu.forwarder import KeyframeThrottle
 from trackyard.sfu.h264 import begins_keyframe as h264_begins_keyframe
 from trackyard.sfu.rtphooks import (
@@ -717,7 +717,7 @@ class UpTrack:
                 if again:
                     self._send_nack(layer, again)
 
-    def _forward(self, out: ForwardedPacket, part: int = 0) -> None:
+    def _forward(self, out: ForwardedPacket, part: int = WHOLE) -> None:
         """``out`` to the fan-out's copies (``part``: ``Fanout.forward``'s), and to the lane
         copies it hands back to Python."""
         level = out.audio_level
