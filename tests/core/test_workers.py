@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from trackyard.cli.workers import parse_worker, worker_config
+from trackyard.cli.workers import SUPERVISOR_PID_ENV, parse_worker, worker_config
 from trackyard.core.config import Config, ConfigError
 
 
@@ -61,3 +66,23 @@ def test_worker_option_parses() -> None:
     assert parse_worker("1/4") == (1, 4)
     with pytest.raises(ConfigError):
         parse_worker("x")
+
+
+def test_a_worker_whose_supervisor_is_already_gone_exits(tmp_path: Path) -> None:
+    """The supervisor died between starting the worker and the worker asking for a death signal:
+    no signal will come, so the worker must notice by itself and not serve as an orphan."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = tmp_path / "config.yaml"
+    path.write_text("keys: {k: secretsecretsecretsecretsecretsecret}\n")
+    env = {**os.environ, SUPERVISOR_PID_ENV: str(gone.pid)}
+    argv = ["-m", "trackyard.cli.main", "sfu", "--config", str(path), "--worker", "0/2"]
+    done = subprocess.run(
+        [sys.executable, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "supervisor is gone" in done.stderr

@@ -259,7 +259,9 @@ def sfu(
         if worker is not None:  # one of a supervisor's workers
             index, count = pool.parse_worker(worker)
             cfg = pool.worker_config(cfg, index, count)
-            pool.die_with_parent()
+            if not pool.die_with_parent():
+                typer.echo("trackyard: sfu worker's supervisor is gone; exiting", err=True)
+                sys.exit(1)
         else:
             count = cfg.node.workers if workers is None else workers
             count = count or pool.default_workers()

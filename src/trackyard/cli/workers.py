@@ -25,6 +25,7 @@ from trackyard.core.config import Config, ConfigError
 
 log = structlog.get_logger(__name__)
 
+SUPERVISOR_PID_ENV = "TRACKYARD_SUPERVISOR_PID"  # set for each worker: who its parent must be
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0)  # seconds before restarting a worker that died
 STABLE_AFTER = 30.0  # a worker up this long resets its backoff
 
@@ -78,7 +79,8 @@ class Supervisor:
         return [*self.argv, "--worker", f"{index}/{self.workers}"]
 
     async def _start(self, index: int) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(*self.command(index))
+        env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
+        proc = await asyncio.create_subprocess_exec(*self.command(index), env=env)
         self.procs[index] = proc
         log.info("sfu worker started", worker=index, pid=proc.pid)
         return proc
@@ -126,14 +128,20 @@ def supervise(argv: Sequence[str], workers: int) -> int:
     return asyncio.run(Supervisor(argv, workers).run())
 
 
-def die_with_parent() -> None:
+def die_with_parent() -> bool:
     """A worker drains (SIGTERM) when its supervisor dies, even by ``kill -9``: no orphaned
-    nodes keep serving after the host's supervisor is gone (Linux ``PR_SET_PDEATHSIG``)."""
+    nodes keep serving after the host's supervisor is gone (Linux ``PR_SET_PDEATHSIG``).
+
+    False when the supervisor is already gone: it died between starting this process and this
+    call, when no death signal can come any more (the worker should exit, having served nothing).
+    """
     import ctypes
 
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    return expected is None or os.getppid() == int(expected)
 
 
 def parse_worker(value: str) -> tuple[int, int]:
