@@ -197,6 +197,10 @@ class Tester:
         self._nacks = 0  # publisher: NACKed packets the server asked for
         self._plis = 0  # publisher: keyframe requests
         self.published_sid = ""
+        # the room as this participant's updates show it: identity -> (sid, state), others only
+        self.others: dict[str, tuple[str, int]] = {}
+        self.update_messages = 0  # participant_update messages received
+        self.others_changed = asyncio.Event()  # set at every update; cleared by who waits
 
     # -- what it measured ---------------------------------------------------------------------
 
@@ -340,9 +344,31 @@ class Tester:
                 self._first_message.set_exception(JoinError("server closed the socket"))
             self.left.set()
 
+    def _see(self, infos: Any) -> None:
+        own = self.join.participant.identity if self.join is not None else ""
+        for info in infos:
+            if info.identity == own:
+                continue
+            if info.state == models.ParticipantInfo.DISCONNECTED:
+                if self.others.get(info.identity, (info.sid, 0))[0] == info.sid:
+                    self.others.pop(info.identity, None)
+            else:
+                self.others[info.identity] = (info.sid, info.state)
+        self.others_changed.set()
+
+    def sees_active(self) -> int:
+        """How many others this participant's updates show as ACTIVE."""
+        return sum(1 for _, state in self.others.values() if state == models.ParticipantInfo.ACTIVE)
+
     async def _handle(self, msg: rtc.SignalResponse) -> None:
         which = msg.WhichOneof("message")
-        if which == "offer":
+        if which == "join":  # before anything after it (the reader handles messages in order)
+            self.join = msg.join
+            self._see(msg.join.other_participants)
+        elif which == "update":
+            self.update_messages += 1
+            self._see(msg.update.participants)
+        elif which == "offer":
             await self._on_offer(msg.offer)
         elif which == "answer":
             if self._answer is not None and not self._answer.done():

@@ -241,6 +241,11 @@ class RoomConfig(_Section):
     empty_timeout: WholeSeconds = Field(300, ge=0)  # seconds a room lives never joined
     departure_timeout: WholeSeconds = Field(20, ge=0)  # seconds a room lives after its last leave
     max_participants: int = Field(0, ge=0)  # 0 = unlimited
+    # Trackyard's own: seconds that joins and leaves of non-publishers wait to go to the other
+    # clients in one batch (LiveKit's fixed 3 s); 0 = every update at once
+    participant_update_interval: float = Field(3.0, ge=0)
+    # bytes of participant infos per ParticipantUpdate message (LiveKit's key and default)
+    update_batch_target_size: int = Field(128 * 1024, ge=0)
     # an admin may unmute a participant's track (MutePublishedTrack muted=false), as LiveKit
     enable_remote_unmute: bool = False
     # LiveKit's legacy spellings of limit.*: when set (non-zero) they win, as in LiveKit
@@ -468,7 +473,6 @@ LIVEKIT_UNSUPPORTED: frozenset[str] = frozenset(
         "room.create_room_timeout",
         "room.create_room_attempts",
         "room.enable_full_room_in_webhooks",
-        "room.update_batch_target_size",
         "room.room_configurations",
         # audio
         "audio.active_red_encoding",

@@ -31,6 +31,7 @@ from trackyard.sfu.peers import RemoteParticipant, RoomPeers, participant_update
 from trackyard.sfu.relay import LAYER_MARK, RelayIn, parse_alias
 from trackyard.sfu.roomrecord import RoomRecord
 from trackyard.sfu.rtpstats import TrafficCounters
+from trackyard.sfu.updates import ParticipantUpdates
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +134,12 @@ class Room:
         self.closed = False
         self.handed_over = False  # closed here while the room lives on on other nodes
         self._close_timer: asyncio.TimerHandle | None = None
+        room_cfg = services.config.room
+        self.updates = ParticipantUpdates(
+            self._send_update,
+            interval=room_cfg.participant_update_interval,
+            target_size=room_cfg.update_batch_target_size,
+        )
         self.log = log.bind(room=name, room_sid=self.sid)
         self._arm_close_timer(self.empty_timeout)
         self._monitors = (
@@ -300,7 +307,7 @@ class Room:
         info = participant.info()
         info.disconnect_reason = reason
         if not participant.hidden:
-            self.broadcast(responses.participant_update([info]))
+            self.updates.push(info)
         self.peers.send(messages.PEER_PARTICIPANTS, participant_update([info]))
         self.record.participant_gone(participant.identity)
         self.record.unseat(participant.identity)
@@ -322,6 +329,7 @@ class Room:
         self._stop_monitors()
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, notify=True)
+        self.updates.close()
         if self.is_home and reason != models.DisconnectReason.SERVER_SHUTDOWN:
             self.peers.send(messages.PEER_CLOSE, headers={"reason": str(int(reason))})
         else:  # a part, or a home going away with its node: the others keep the room
@@ -342,6 +350,7 @@ class Room:
         for participant in list(self.participants.values()):
             participant.send(responses.rejoin())
             await self.remove(participant, models.DisconnectReason.STATE_MISMATCH, notify=False)
+        self.updates.close()
         self.peers.send(messages.PEER_BYE)  # the others keep the room (one of them takes home)
         await self._close_relays()
         self.log.info("room evicted", reason=reason)
@@ -390,14 +399,15 @@ class Room:
             if p is not exclude and p.state is not State.DISCONNECTED:
                 p.send_raw(Envelope(kind=messages.SIGNAL, session=p.session_id, data=data))
 
+    def _send_update(self, infos: list[models.ParticipantInfo]) -> None:
+        self.broadcast(responses.participant_update(infos))
+
     def _announce(self, participant: Participant) -> None:
-        """Send the participant's snapshot: to everyone, or only to itself when hidden."""
+        """Send the participant's snapshot: to everyone (at once or batched: :mod:`updates`),
+        and at once to itself (only to itself when hidden)."""
         info = participant.info()
-        update = responses.participant_update([info])
-        if participant.hidden:
-            participant.send(update)
-        else:
-            self.broadcast(update)
+        if participant.hidden or not self.updates.push(info):
+            participant.send(responses.participant_update([info]))
         if not self.closed:
             self.record.participant(info)
         self.peers.send(messages.PEER_PARTICIPANTS, participant_update([info]))
@@ -665,7 +675,7 @@ class Room:
                 if r.identity not in listed:
                     self._remote_left(r, None)
         if changed:
-            self.broadcast(responses.participant_update(changed))
+            self.updates.push(*changed)
             if self._has_independent():
                 self._cancel_close_timer()
             self._persist()
@@ -700,7 +710,7 @@ class Room:
             info.CopyFrom(remote.info)
             info.state = models.ParticipantInfo.DISCONNECTED
         if not remote.hidden:
-            self.broadcast(responses.participant_update([info]))
+            self.updates.push(info)
         self._persist()
         if not self._has_independent() and not self.closed:
             self._arm_close_timer(self.departure_timeout)
