@@ -2,10 +2,11 @@
 
 What it measures is the cost of telling everyone about everyone: each join, state change and
 leave is a participant update to every other client, bridged from the SFU node through Redis
-and the signal edge. ``room.participant_update_interval`` (``sfu/updates.py``) batches those of
-participants that publish nothing; this benchmark runs the same storm with batching off (``0``,
-every update at once, as Trackyard did before) and on (LiveKit's 3 s), alternating phase by
-phase so both meet the same minutes of the machine.
+and the signal edge. Past a budget of client messages a second (``room.participant_update_rate``)
+a room batches those of participants that publish nothing (``sfu/updates.py``); this benchmark
+runs the same storm with batching off (``--intervals 0``: ``participant_update_interval: 0``,
+every update at once, as Trackyard did before) and on (``3``: the defaults, 1000 messages/s and
+3 s batches), alternating phase by phase so both meet the same minutes of the machine.
 
 Per phase: a fresh cluster of real processes (redis-server, router, signal edge, SFU node;
 ``tests/support/cluster.py``) and N load-test participants (``trackyard.loadtest.client``:

@@ -42,9 +42,28 @@ class Sent:
         self.arrived.set()
 
 
-def updates(interval: float = 30.0, target_size: int = 0) -> tuple[ParticipantUpdates, Sent]:
+def updates(
+    interval: float = 30.0, *, rate: float = 0, audience: int = 10, clock: Clock | None = None
+) -> tuple[ParticipantUpdates, Sent]:
+    """rate 0: every non-urgent update waits for the batch (LiveKit's way)."""
     sent = Sent()
-    return ParticipantUpdates(sent, interval=interval, target_size=target_size), sent
+    u = ParticipantUpdates(
+        sent,
+        lambda: audience,
+        interval=interval,
+        rate=rate,
+        target_size=0,
+        clock=clock or Clock(),
+    )
+    return u, sent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def test_joins_and_leaves_of_subscribers_go_out_together_with_the_batch() -> None:
@@ -114,3 +133,25 @@ def test_chunks_keep_order_within_the_target_size() -> None:
     assert [i.identity for c in cut for i in c] == [i.identity for i in infos]
     assert chunks(infos, 0) == [infos]
     assert [len(c) for c in chunks(infos, 1)] == [1] * 10  # an info larger than the target
+
+
+async def test_within_the_budget_nothing_waits_beyond_it_the_batch_does() -> None:
+    clock = Clock()
+    u, sent = updates(rate=25, audience=10, clock=clock)  # a message to 10 clients costs 10
+    assert u.push(info("a")) is True  # 25 -> 15
+    assert u.push(info("b")) is True  # 15 -> 5
+    assert u.push(info("c")) is False  # 5 < 10: waits
+    clock.now += 1.0  # the budget is back, but a batch waits: join it (order per identity)
+    assert u.push(info("d")) is False
+    assert u.push(info("e", publisher=True)) is True  # urgent: at once whatever the budget
+    assert sent.messages == [
+        [("a", "PA_a", JOINED)],
+        [("b", "PA_b", JOINED)],
+        [("e", "PA_e", JOINED)],
+    ]
+    u.flush()  # the batch spends too: 25 - 10 (e) - 10 (batch) = 5
+    assert sent.messages[-1] == [("c", "PA_c", JOINED), ("d", "PA_d", JOINED)]
+    assert u.push(info("f")) is False
+    u.close()
+    clock.now += 1.0
+    assert u.push(info("g")) is True

@@ -90,6 +90,37 @@ async def test_a_second_join_with_the_same_identity_replaces_the_first(node: Fak
     await _close(room)
 
 
+def _updates_about_others(node: FakeNode, session: str) -> list[list[str]]:
+    own = f"SE_{session}"
+    out = []
+    for e in node.sent[own]:
+        r = rtc.SignalResponse.FromString(e.data)
+        if r.WhichOneof("message") == "update":
+            out.append([p.identity for p in r.update.participants if p.identity != session])
+    return [ids for ids in out if ids]
+
+
+async def test_subscribers_joins_reach_the_others_in_one_batch(node: FakeNode) -> None:
+    node.config.room.participant_update_interval = 1.5
+    node.config.room.participant_update_rate = 0  # always batch (LiveKit's way)
+    room = node.room()
+    await room.join(_start("a"))
+    for identity in "bcd":
+        await room.join(_start(identity))
+    own = (await node.response("SE_d", "update")).update.participants
+    assert [p.identity for p in own] == ["d"]  # its own change goes to a participant at once
+    await node.update_about("SE_a", "d", models.ParticipantInfo.JOINED)
+    assert _updates_about_others(node, "a") == [["b", "c", "d"]]  # one message for three joins
+    # a change the others must see goes at once, alone
+    room.participants["c"].update_info(metadata="m")
+    async with node.arrived:
+        await asyncio.wait_for(
+            node.arrived.wait_for(lambda: len(_updates_about_others(node, "a")) == 2), WAIT
+        )
+    assert _updates_about_others(node, "a") == [["b", "c", "d"], ["c"]]
+    await _close(room)
+
+
 async def test_hidden_participant_is_not_announced(node: FakeNode) -> None:
     room = node.room()
     await room.join(_start("a"))

@@ -241,8 +241,10 @@ class RoomConfig(_Section):
     empty_timeout: WholeSeconds = Field(300, ge=0)  # seconds a room lives never joined
     departure_timeout: WholeSeconds = Field(20, ge=0)  # seconds a room lives after its last leave
     max_participants: int = Field(0, ge=0)  # 0 = unlimited
-    # Trackyard's own: seconds that joins and leaves of non-publishers wait to go to the other
-    # clients in one batch (LiveKit's fixed 3 s); 0 = every update at once
+    # Trackyard's own (sfu/updates.py): client messages a second a room may spend on the joins,
+    # state changes and leaves of non-publishers before it batches them (0: always batch, as
+    # LiveKit), and the seconds a batch waits (LiveKit's fixed 3 s; 0: never batch)
+    participant_update_rate: float = Field(1000.0, ge=0)
     participant_update_interval: float = Field(3.0, ge=0)
     # bytes of participant infos per ParticipantUpdate message (LiveKit's key and default)
     update_batch_target_size: int = Field(128 * 1024, ge=0)

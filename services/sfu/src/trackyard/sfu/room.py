@@ -137,7 +137,9 @@ class Room:
         room_cfg = services.config.room
         self.updates = ParticipantUpdates(
             self._send_update,
+            lambda: len(self.participants),
             interval=room_cfg.participant_update_interval,
+            rate=room_cfg.participant_update_rate,
             target_size=room_cfg.update_batch_target_size,
         )
         self.log = log.bind(room=name, room_sid=self.sid)

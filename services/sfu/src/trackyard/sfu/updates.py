@@ -1,11 +1,16 @@
 """What a room's clients are told about its participants, and when.
 
-As LiveKit does, a change that matters to the others at once goes out at once: anything about a
-publisher (its tracks come and go with it), and a change of name, metadata, attributes or
-permission. The rest, the joins and leaves of participants that publish nothing, wait for the
-next batch (``room.participant_update_interval``), one update per batch and client with the
-latest info of each: N subscribers joining a room one after the other cost N x N messages
-through the signal edges unbatched, and far fewer batched.
+A change that matters to the others at once goes out at once, as LiveKit sends it: anything
+about a publisher (its tracks come and go with it), and a change of name, metadata, attributes
+or permission. The rest, the joins, state changes and leaves of participants that publish
+nothing, LiveKit holds for its next batch (every 3 s). Trackyard sends them at once too while
+the room's participant updates stay within a budget of client messages per second
+(``room.participant_update_rate``; a message to each client counts one), and batches them
+(``room.participant_update_interval``) only beyond it: a small room sees joins and leaves at
+once, and a storm (N subscribers joining one room cost N x N messages through the signal edges
+and Redis unbatched; a departure storm feeds on itself) costs one update per batch and client,
+with the latest info of each. ``participant_update_rate: 0`` batches always (LiveKit's way),
+``participant_update_interval: 0`` never.
 
 Updates are cut in messages of at most ``room.update_batch_target_size`` bytes (LiveKit's key).
 """
@@ -13,6 +18,7 @@ Updates are cut in messages of at most ``room.update_batch_target_size`` bytes (
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from livekit.protocol import models
@@ -49,36 +55,89 @@ def chunks(
     return out
 
 
+class Budget:
+    """Client messages a room may send unbatched: ``rate`` a second, at most a second's worth
+    saved up. A batch spends too (it may leave the budget in debt: the storm goes on)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+    def take(self, messages: int) -> bool:
+        """Spend ``messages`` if the budget has them."""
+        self._refill()
+        if self._rate <= 0 or self._tokens < messages:
+            return False
+        self._tokens -= messages
+        return True
+
+    def spend(self, messages: int) -> None:
+        self._refill()
+        self._tokens -= messages
+
+
 class ParticipantUpdates:
     """One room's participant updates to its clients (see the module docstring).
 
-    ``send`` is given the infos of one update message; it reaches every client of the room."""
+    ``send`` is given the infos of one update message, for every client of the room;
+    ``audience`` says how many clients that is now."""
 
-    def __init__(self, send: Send, *, interval: float, target_size: int) -> None:
+    def __init__(
+        self,
+        send: Send,
+        audience: Callable[[], int],
+        *,
+        interval: float,
+        rate: float,
+        target_size: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._send = send
+        self._audience = audience
         self._interval = interval
+        self._budget = Budget(rate, clock)
         self._target_size = target_size
         self._pending: dict[str, models.ParticipantInfo] = {}  # identity -> latest, not sent
         self._known: dict[str, models.ParticipantInfo] = {}  # identity -> latest pushed
         self._timer: asyncio.TimerHandle | None = None
 
     def push(self, *infos: models.ParticipantInfo) -> bool:
-        """``infos`` changed: each goes now, or with the next batch. True when all went now."""
+        """``infos`` changed: each goes now, or with the next batch. True when none waits."""
         now: list[models.ParticipantInfo] = []
-        batched = False
+        later: list[models.ParticipantInfo] = []
         for info in infos:
-            batched = self._push(info, now) or batched
+            self._push(info, now, later)
+        audience = self._audience()
+        if later and not self._pending and self._budget.take(audience):
+            now.extend(later)  # within the budget and no batch waiting: no need to wait
+            later = []
+        elif now:
+            self._budget.spend(audience)
+        for info in later:
+            self._pending[info.identity] = info
         if now:
             self._deliver(now)
-        if batched and self._timer is None:
+        if later and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
-        return not batched
+        return not later
 
-    def _push(self, info: models.ParticipantInfo, now: list[models.ParticipantInfo]) -> bool:
+    def _push(
+        self,
+        info: models.ParticipantInfo,
+        now: list[models.ParticipantInfo],
+        later: list[models.ParticipantInfo],
+    ) -> None:
         identity = info.identity
         known = self._known.get(identity)
         if known is not None and known.sid == info.sid and info.version < known.version:
-            return False  # an older view of the same session: the clients have a newer one
+            return  # an older view of the same session: the clients have a newer one
         waiting = self._pending.get(identity)
         if waiting is not None and waiting.sid != info.sid:
             # another session of the identity: the clients see the old one's last state first
@@ -92,18 +151,19 @@ class ParticipantUpdates:
             self._known.pop(identity, None)
         else:
             self._known[identity] = info
+        later[:] = [i for i in later if i.identity != identity]
         if immediate:
             self._pending.pop(identity, None)
             now.append(info)
-            return False
-        self._pending[identity] = info
-        return True
+        else:
+            later.append(info)
 
     def flush(self) -> None:
         """Send what waits for the batch."""
         self._timer = None
         pending, self._pending = self._pending, {}
         if pending:
+            self._budget.spend(self._audience())
             self._deliver(list(pending.values()))
 
     def close(self) -> None:
