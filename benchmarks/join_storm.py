@@ -37,7 +37,6 @@ from typing import Any
 
 import psutil
 
-from benchmarks.load_test import CpuSampler
 from benchmarks.stats import percentiles
 from tests.support.cluster import single_node_cluster
 from tests.support.sdk import token
@@ -52,8 +51,28 @@ async def _sees_everyone(tester: Tester, others: int) -> None:
         await tester.others_changed.wait()
 
 
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, proc in procs.items():
+        t = proc.cpu_times()
+        out[name] = t.user + t.system
+    return out
+
+
+def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    out = {name: round(after[name] - before[name], 2) for name in before}
+    out["server"] = round(sum(out.values()), 2)
+    return out
+
+
 async def storm(
-    url: str, n: int, *, concurrency: int, timeout: float, leave_seconds: float
+    url: str,
+    n: int,
+    procs: dict[str, psutil.Process],
+    *,
+    concurrency: int,
+    timeout: float,
+    leave_seconds: float,
 ) -> dict[str, Any]:
     room = f"storm-{n}-{time.monotonic_ns()}"
     testers = [Tester(f"p{i}", url, token(f"p{i}", room), room, subscribe=True) for i in range(n)]
@@ -64,6 +83,7 @@ async def storm(
             await tester.run_join(timeout=60)
 
     started = time.time()
+    cpu_start = cpu_seconds(procs)
     outcomes = await asyncio.gather(*(join(t) for t in testers), return_exceptions=True)
     failed = [f"{t.name}: {o}" for t, o in zip(testers, outcomes, strict=True) if o is not None]
     joined = [t for t, o in zip(testers, outcomes, strict=True) if o is None]
@@ -74,12 +94,15 @@ async def storm(
             asyncio.gather(*(_sees_everyone(t, len(joined) - 1) for t in joined)), timeout
         )
         full_at = time.time()
+    cpu_full = cpu_seconds(procs)
     ended = [t.name for t in joined if t.left.is_set()]
     updates = sum(t.update_messages for t in testers)
     latencies = [t.join_latency * 1000 for t in joined if t.join_latency is not None]
     leave_at = time.time()
+    cpu_leave = cpu_seconds(procs)
     await asyncio.gather(*(t.close() for t in testers))
     await asyncio.sleep(max(0.0, leave_at + leave_seconds - time.time()))
+    cpu_end = cpu_seconds(procs)
     return {
         "n": n,
         "joined": len(joined),
@@ -91,7 +114,7 @@ async def storm(
         "update_messages": updates,
         "update_messages_per_participant": round(updates / max(n, 1), 1),
         "join_latency_ms": percentiles(latencies),
-        "_windows": {"join": (started, full_at or joined_at), "leave": (leave_at, time.time())},
+        "server_cpu_s": {"join": used(cpu_start, cpu_full), "leave": used(cpu_leave, cpu_end)},
     }
 
 
@@ -105,32 +128,27 @@ def run_phase(interval: float, n: int, args: argparse.Namespace) -> dict[str, An
         "logging": {"level": "warn"},
         "node": {"stats_update_interval": 2.0},
     }
-    with single_node_cluster(config) as cluster, contextlib.ExitStack() as stack:
-        procs = {
+    with single_node_cluster(config) as cluster:
+        roles = {
             "sfu": cluster.sfus[0].proc,
             "edge": cluster.edges[0].proc,
             "router": cluster.routers[0].proc,
             "redis": cluster.redis.proc,
         }
-        samplers = {name: stack.enter_context(CpuSampler(p.pid)) for name, p in procs.items() if p}
+        procs = {name: psutil.Process(p.pid) for name, p in roles.items() if p is not None}
         me = psutil.Process()
         before = me.cpu_times()
         result = asyncio.run(
             storm(
                 cluster.edges[0].ws_url,
                 n,
+                procs,
                 concurrency=args.concurrency,
                 timeout=args.timeout,
                 leave_seconds=args.leave_seconds,
             )
         )
         after = me.cpu_times()
-    windows = result.pop("_windows")
-    cpu: dict[str, dict[str, float]] = {}
-    for phase, (start, end) in windows.items():
-        cpu[phase] = {name: round(s.between(start, end), 2) for name, s in samplers.items()}
-        cpu[phase]["server"] = round(sum(cpu[phase].values()), 2)
-    result["server_cpu_s"] = cpu
     result["client_cpu_s"] = round((after.user + after.system) - (before.user + before.system), 1)
     result["participant_update_interval"] = interval
     return result

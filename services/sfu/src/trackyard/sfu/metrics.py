@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from trackyard.core import metrics
 from trackyard.core.metrics import NODE_LABELS, node_label_values
 from trackyard.core.node import NodeState
+from trackyard.sfu import updates
 from trackyard.sfu.rtpstats import TrafficCounters
 
 if TYPE_CHECKING:
@@ -209,6 +210,16 @@ class NodeCollector(Collector):
             ("relay_nacks_sent", r.nacks_sent, "NACKs sent to other nodes for relayed packets"),
             ("relay_retransmits", r.retransmits, "relayed packets resent after a node's NACK"),
             ("relay_plis_sent", r.plis_sent, "keyframe requests sent to other nodes"),
+            (
+                "participant_update_messages",
+                updates.COUNTERS.messages,
+                "participant update messages sent to clients (one to N clients counts N)",
+            ),
+            (
+                "participant_updates_batched",
+                updates.COUNTERS.batched,
+                "participant changes that waited for a batch (room over its update budget)",
+            ),
         ):
             yield CounterMetricFamily(f"trackyard_sfu_{name}", doc, value=value)
         sessions = self._node.sessions

@@ -20,10 +20,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from livekit.protocol import models
 
 Send = Callable[[list[models.ParticipantInfo]], None]
+
+
+@dataclass
+class UpdateCounters:
+    """This process's participant updates (exported as ``trackyard_sfu_participant_update_*``)."""
+
+    messages: int = 0  # update messages to clients (one message to N clients counts N)
+    batched: int = 0  # infos that waited for a batch
+
+
+COUNTERS = UpdateCounters()
 
 
 def _changed_for_others(old: models.ParticipantInfo, new: models.ParticipantInfo) -> bool:
@@ -122,8 +134,9 @@ class ParticipantUpdates:
             self._budget.spend(audience)
         for info in later:
             self._pending[info.identity] = info
+        COUNTERS.batched += len(later)
         if now:
-            self._deliver(now)
+            self._deliver(now, audience)
         if later and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
         return not later
@@ -163,8 +176,9 @@ class ParticipantUpdates:
         self._timer = None
         pending, self._pending = self._pending, {}
         if pending:
-            self._budget.spend(self._audience())
-            self._deliver(list(pending.values()))
+            audience = self._audience()
+            self._budget.spend(audience)
+            self._deliver(list(pending.values()), audience)
 
     def close(self) -> None:
         """The room is gone: nothing more goes out."""
@@ -174,6 +188,7 @@ class ParticipantUpdates:
         self._pending.clear()
         self._known.clear()
 
-    def _deliver(self, infos: list[models.ParticipantInfo]) -> None:
+    def _deliver(self, infos: list[models.ParticipantInfo], audience: int) -> None:
         for chunk in chunks(infos, self._target_size):
             self._send(chunk)
+            COUNTERS.messages += audience
