@@ -21,6 +21,7 @@ def info(
     sid: str = "",
     publisher: bool = False,
     metadata: str = "",
+    joined_at_ms: int = 1000,
 ) -> models.ParticipantInfo:
     return models.ParticipantInfo(
         identity=identity,
@@ -29,6 +30,7 @@ def info(
         version=version,
         is_publisher=publisher,
         metadata=metadata,
+        joined_at_ms=joined_at_ms,
     )
 
 
@@ -104,7 +106,7 @@ async def test_an_older_view_is_dropped_and_a_new_session_follows_the_old_ones_e
     u.push(info("a", DISCONNECTED, version=6))
     assert sent.messages == []
     # the identity rejoins with a new session before the batch: the end of the old goes first
-    assert u.push(info("a", sid="PA_a2")) is True
+    assert u.push(info("a", sid="PA_a2", joined_at_ms=2000)) is True
     assert sent.messages == [[("a", "PA_a", DISCONNECTED), ("a", "PA_a2", JOINED)]]
     u.flush()
     assert len(sent.messages) == 1  # nothing was left waiting
@@ -155,3 +157,15 @@ async def test_within_the_budget_nothing_waits_beyond_it_the_batch_does() -> Non
     u.close()
     clock.now += 1.0
     assert u.push(info("g")) is True
+
+
+async def test_a_sessions_end_and_the_next_session_in_one_push_keep_their_order() -> None:
+    u, sent = updates()
+    u.push(info("a", ACTIVE, version=2))  # waits
+    new = info("a", sid="PA_a2", joined_at_ms=2000)
+    assert u.push(info("a", DISCONNECTED, version=3), new) is True
+    assert sent.messages == [[("a", "PA_a", DISCONNECTED), ("a", "PA_a2", JOINED)]]
+    u.push(info("a", ACTIVE, version=2))  # a late view of the ended session: dropped
+    u.flush()
+    assert len(sent.messages) == 1
+    u.close()

@@ -47,6 +47,12 @@ def _changed_for_others(old: models.ParticipantInfo, new: models.ParticipantInfo
     )
 
 
+def _older(info: models.ParticipantInfo, known: models.ParticipantInfo) -> bool:
+    if info.sid == known.sid:
+        return info.version < known.version
+    return info.joined_at_ms < known.joined_at_ms  # an earlier session of the identity
+
+
 def chunks(
     infos: Iterable[models.ParticipantInfo], target_size: int
 ) -> list[list[models.ParticipantInfo]]:
@@ -123,17 +129,16 @@ class ParticipantUpdates:
     def push(self, *infos: models.ParticipantInfo) -> bool:
         """``infos`` changed: each goes now, or with the next batch. True when none waits."""
         now: list[models.ParticipantInfo] = []
-        later: list[models.ParticipantInfo] = []
+        later: dict[str, models.ParticipantInfo] = {}  # identity -> info, in push order
         for info in infos:
             self._push(info, now, later)
         audience = self._audience()
         if later and not self._pending and self._budget.take(audience):
-            now.extend(later)  # within the budget and no batch waiting: no need to wait
-            later = []
+            now.extend(later.values())  # within the budget and no batch waiting: no need to wait
+            later = {}
         elif now:
             self._budget.spend(audience)
-        for info in later:
-            self._pending[info.identity] = info
+        self._pending.update(later)
         COUNTERS.batched += len(later)
         if now:
             self._deliver(now, audience)
@@ -145,31 +150,28 @@ class ParticipantUpdates:
         self,
         info: models.ParticipantInfo,
         now: list[models.ParticipantInfo],
-        later: list[models.ParticipantInfo],
+        later: dict[str, models.ParticipantInfo],
     ) -> None:
         identity = info.identity
         known = self._known.get(identity)
-        if known is not None and known.sid == info.sid and info.version < known.version:
-            return  # an older view of the same session: the clients have a newer one
-        waiting = self._pending.get(identity)
+        if known is not None and _older(info, known):
+            return  # the clients have a newer view of this session, or a newer session
+        waiting = later.pop(identity, None) or self._pending.get(identity)
         if waiting is not None and waiting.sid != info.sid:
             # another session of the identity: the clients see the old one's last state first
-            now.append(self._pending.pop(identity))
+            self._pending.pop(identity, None)
+            now.append(waiting)
             immediate = True
         else:
             immediate = self._interval <= 0 or info.is_publisher
             if known is not None and known.sid == info.sid:
                 immediate = immediate or known.is_publisher or _changed_for_others(known, info)
-        if info.state == models.ParticipantInfo.DISCONNECTED:
-            self._known.pop(identity, None)
-        else:
-            self._known[identity] = info
-        later[:] = [i for i in later if i.identity != identity]
+        self._known[identity] = info  # a session's end too: a late view of it stays dropped
         if immediate:
             self._pending.pop(identity, None)
             now.append(info)
         else:
-            later.append(info)
+            later[identity] = info
 
     def flush(self) -> None:
         """Send what waits for the batch."""
