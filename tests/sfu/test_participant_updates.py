@@ -169,3 +169,14 @@ async def test_a_sessions_end_and_the_next_session_in_one_push_keep_their_order(
     u.flush()
     assert len(sent.messages) == 1
     u.close()
+
+
+async def test_in_a_storm_a_batch_goes_once_the_budget_pays_for_it() -> None:
+    u, sent = updates(interval=30.0, rate=1000, audience=100)  # a batch costs 0.1 s of budget
+    for i in range(10):
+        assert u.push(info(f"p{i}")) is True  # the saved-up second: 10 x 100 messages
+    assert u.push(info("late")) is False
+    sent.arrived.clear()
+    await asyncio.wait_for(sent.arrived.wait(), 5)  # long before the 30 s interval
+    assert sent.messages[-1] == [("late", "PA_late", JOINED)]
+    u.close()

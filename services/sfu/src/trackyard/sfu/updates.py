@@ -9,8 +9,10 @@ the room's participant updates stay within a budget of client messages per secon
 (``room.participant_update_interval``) only beyond it: a small room sees joins and leaves at
 once, and a storm (N subscribers joining one room cost N x N messages through the signal edges
 and Redis unbatched; a departure storm feeds on itself) costs one update per batch and client,
-with the latest info of each. ``participant_update_rate: 0`` batches always (LiveKit's way),
-``participant_update_interval: 0`` never.
+with the latest info of each. A batch goes as soon as the budget pays for it, at the latest
+after the interval, so in a storm the budget paces the batches.
+``participant_update_rate: 0`` batches always (LiveKit's way), ``participant_update_interval:
+0`` never.
 
 Updates are cut in messages of at most ``room.update_batch_target_size`` bytes (LiveKit's key).
 """
@@ -100,6 +102,13 @@ class Budget:
         self._refill()
         self._tokens -= messages
 
+    def wait(self, messages: int, at_most: float) -> float:
+        """Seconds until the budget has ``messages``, capped at ``at_most``."""
+        self._refill()
+        if self._rate <= 0:
+            return at_most
+        return min(at_most, max(0.0, (messages - self._tokens) / self._rate))
+
 
 class ParticipantUpdates:
     """One room's participant updates to its clients (see the module docstring).
@@ -143,7 +152,9 @@ class ParticipantUpdates:
         if now:
             self._deliver(now, audience)
         if later and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
+            # the batch goes once the budget pays for it, at the latest after the interval
+            delay = self._budget.wait(audience, self._interval)
+            self._timer = asyncio.get_running_loop().call_later(delay, self.flush)
         return not later
 
     def _push(
@@ -175,7 +186,9 @@ class ParticipantUpdates:
 
     def flush(self) -> None:
         """Send what waits for the batch."""
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()  # when called before its time
+            self._timer = None
         pending, self._pending = self._pending, {}
         if pending:
             audience = self._audience()
