@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,7 +344,7 @@ class Tester:
                 self._first_message.set_exception(JoinError("server closed the socket"))
             self.left.set()
 
-    def _see(self, infos: Any) -> None:
+    def _see(self, infos: Iterable[models.ParticipantInfo]) -> None:
         own = self.join.participant.identity if self.join is not None else ""
         for info in infos:
             if info.identity == own:
