@@ -44,6 +44,14 @@ class Sent:
         self.arrived.set()
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def updates(
     interval: float = 30.0, *, rate: float = 0, audience: int = 10, clock: Clock | None = None
 ) -> tuple[ParticipantUpdates, Sent]:
@@ -58,14 +66,6 @@ def updates(
         clock=clock or Clock(),
     )
     return u, sent
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_joins_and_leaves_of_subscribers_go_out_together_with_the_batch() -> None:

@@ -350,8 +350,9 @@ class Tester:
             if info.identity == own:
                 continue
             if info.state == models.ParticipantInfo.DISCONNECTED:
-                if self.others.get(info.identity, (info.sid, 0))[0] == info.sid:
-                    self.others.pop(info.identity, None)
+                seen = self.others.get(info.identity)
+                if seen is not None and seen[0] == info.sid:  # not a newer session's
+                    del self.others[info.identity]
             else:
                 self.others[info.identity] = (info.sid, info.state)
         self.others_changed.set()
